@@ -1,0 +1,136 @@
+"""Self-describing model files.
+
+A model file is one ``.safetensors`` file: the weights, plus a JSON document in the safetensors
+metadata under the key ``sharpkd`` with the architecture name, the config that rebuilds the network
+and the training provenance (command, steps, data, wall time, hardware). Loading never unpickles
+anything. Training state for ``--resume`` (optimizer, RNG) is kept separately by :mod:`sharpkd.train`
+and read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sharpkd.models import ARCHS, PRESETS
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED = {"student": WEIGHTS_DIR / "student.safetensors", "teacher": WEIGHTS_DIR / "teacher.safetensors"}
+
+
+class CheckpointError(ValueError):
+    """A model file is missing, unreadable or not a sharpkd model."""
+
+
+def config_to_dict(config: Any) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def build_model(arch: str, config: dict | Any | None = None) -> nn.Module:
+    """Instantiate architecture ``arch`` from a config dataclass, a dict of its fields, or defaults."""
+    if arch not in ARCHS:
+        raise CheckpointError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
+    cfg_cls, cls = ARCHS[arch]
+    if config is None:
+        config = cfg_cls()
+    elif isinstance(config, dict):
+        fields = {f.name for f in dataclasses.fields(cfg_cls)}
+        unknown = set(config) - fields
+        if unknown:
+            raise CheckpointError(f"unknown {arch} config fields: {sorted(unknown)}")
+        config = cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return cls(config=config)
+
+
+def build_preset(name: str) -> tuple[str, nn.Module]:
+    if name not in PRESETS:
+        raise CheckpointError(f"unknown architecture preset {name!r}; choose from {sorted(PRESETS)}")
+    arch, cfg = PRESETS[name]
+    return arch, build_model(arch, cfg)
+
+
+def arch_of(model: nn.Module) -> str:
+    for name, (_, cls) in ARCHS.items():
+        if type(model) is cls:
+            return name
+    raise CheckpointError(f"{type(model).__name__} is not a sharpkd architecture")
+
+
+def save_model(path: str | Path, model: nn.Module, info: dict | None = None, half: bool = False) -> Path:
+    """Write weights + description atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"format": 1, "arch": arch_of(model), "config": config_to_dict(model.config), **(info or {})}
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"sharpkd": json.dumps(doc)})
+    os.replace(tmp, path)
+    return path
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """``student``/``teacher`` -> the shipped file; a run folder -> its ``model.safetensors``."""
+    if str(name_or_path) in SHIPPED:
+        p = SHIPPED[str(name_or_path)]
+        if not p.exists():
+            raise CheckpointError(f"the shipped {name_or_path} model is missing from {p.parent}")
+        return p
+    p = Path(name_or_path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise CheckpointError(f"no model file at {name_or_path} (expected 'student', 'teacher', a .safetensors "
+                              "file or a training run folder)")
+    return p
+
+
+def read_info(name_or_path: str | Path) -> dict:
+    """The JSON description stored in a model file."""
+    p = resolve(name_or_path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for a corrupt header
+        raise CheckpointError(f"{p} is not a readable safetensors file: {e}") from e
+    if "sharpkd" not in meta:
+        raise CheckpointError(f"{p} is a safetensors file but not a sharpkd model (no 'sharpkd' metadata)")
+    return json.loads(meta["sharpkd"])
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the network described by a model file, load its weights (as float32), eval mode."""
+    p = resolve(name_or_path)
+    info = read_info(p)
+    model = build_model(info["arch"], info["config"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(p)).items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{p}: weights do not match the stored config: {e}") from e
+    return model.to(device).eval(), info
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
+    """Multiply-accumulates per input pixel, counted by PyTorch's FLOP counter on a size x size input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = getattr(model.config, "multiple", 1)
+    size = -(-size // m) * m
+    p = next(model.parameters())
+    x = torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return fc.get_total_flops() / 2 / (size * size)

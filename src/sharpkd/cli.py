@@ -1,0 +1,263 @@
+"""The ``sharpkd`` command line. Thin: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAIL = 1
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+# --------------------------------------------------------------------------------------------
+# sharpen
+# --------------------------------------------------------------------------------------------
+def cmd_sharpen(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from sharpkd.data import IMAGE_EXTENSIONS
+    from sharpkd.imageio import ImageReadError, read_image, write_image
+    from sharpkd.infer import Sharpener
+
+    jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS)
+    sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=args.tile)
+    failed = 0
+    for src, dst in tqdm(jobs, desc="sharpen", unit="img", disable=len(jobs) < 2 or args.quiet):
+        try:
+            img = read_image(src)
+        except ImageReadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        out = sharpener.sharpen_image(img)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_image(dst, out)
+    done = len(jobs) - failed
+    if not args.quiet:
+        print(f"sharpened {done} image(s) with {args.model} -> {args.output}")
+    if failed:
+        print(f"{failed} image(s) failed", file=sys.stderr)
+        return EXIT_FAIL
+    return 0
+
+
+def plan_outputs(inputs: list[str], output: str, exts: set[str]) -> list[tuple[Path, Path]]:
+    """Pair every input image with its output path. One input file may go to a file; otherwise
+    OUTPUT is a folder and names are kept. Refuses to write over an input."""
+    files: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+            if not found:
+                raise UserError(f"no images in folder {p}")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"no such file or folder: {p}")
+    out = Path(output)
+    single_file = len(files) == 1 and Path(inputs[0]).is_file() and out.suffix.lower() in exts
+    if single_file:
+        jobs = [(files[0], out)]
+    else:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"output {out} is a file, but several inputs need an output folder")
+        names = [f.name for f in files]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise UserError(f"several inputs share the file name(s) {sorted(dup)}; sharpen them separately")
+        jobs = [(f, out / f.name) for f in files]
+    for src, dst in jobs:
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise UserError(f"refusing to overwrite the input {src}; choose another output")
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------
+# degrade
+# --------------------------------------------------------------------------------------------
+def cmd_degrade(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from sharpkd.data import IMAGE_EXTENSIONS
+    from sharpkd.degrade import add_noise, blur, make_kernel
+    from sharpkd.imageio import ImageReadError, read_image, write_image
+
+    jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS)
+    try:
+        kernel = make_kernel(args.blur, sigma=args.sigma, radius=args.radius, length=args.length, seed=args.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    failed = 0
+    for i, (src, dst) in enumerate(jobs):
+        try:
+            img = read_image(src)
+        except ImageReadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        x = torch.from_numpy(np.ascontiguousarray(img.rgb)).permute(2, 0, 1)[None].float()
+        y = blur(x, kernel)
+        if args.noise > 0:
+            y = add_noise(y, args.noise, torch.Generator().manual_seed(args.seed * 100003 + i))
+        img.rgb = y.clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_image(dst, img)
+    print(f"degraded {len(jobs) - failed} image(s) ({args.blur}) -> {args.output}")
+    return EXIT_FAIL if failed else 0
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from sharpkd.train import TrainConfig, train
+
+    cfg = TrainConfig(stage=args.stage, arch=args.arch or "", out=args.out, data=args.data or [],
+                      teacher=args.teacher or "", distill=not args.no_distill, steps=args.steps,
+                      batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
+                      device=args.device, threads=args.threads, max_minutes=args.max_minutes,
+                      val_every=args.val_every, ckpt_every=args.val_every, ema=args.ema,
+                      w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out, w_kd_feat=args.w_kd_feat)
+    if args.stage == "student" and cfg.distill and not cfg.teacher:
+        raise UserError("train student needs --teacher MODEL (or --no-distill for the ablation)")
+    for d in cfg.data:
+        if not Path(d).exists():
+            raise UserError(f"no such data folder: {d}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+    try:
+        path = train(cfg, resume=args.resume, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
+    print(f"model written to {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# eval / info
+# --------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sharpkd.evaluate import run_benchmark
+
+    models = [m for m in (args.models or "").split(",") if m]
+    try:
+        res = run_benchmark(args.data, models, out_dir=args.out, kernels=args.kernels, limit=args.limit,
+                            device=args.device, tile=args.tile, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
+    print(res["markdown"])
+    print(f"wrote {Path(args.out) / 'results.md'} and results.json")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel
+
+    model, info = load_model(args.model)
+    print(f"model:          {args.model}")
+    print(f"architecture:   {info['arch']} {json.dumps(info['config'])}")
+    print(f"parameters:     {count_params(model):,}")
+    print(f"MACs per pixel: {macs_per_pixel(model):,.0f}")
+    for key in ("stage", "preset", "steps", "wall_time_s", "hardware", "data", "command", "distilled", "teacher",
+                "val_psnr", "val_blurred_psnr"):
+        if key in info:
+            print(f"{key + ':':15s} {info[key]}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sharpkd", description="Sharpen blurry photos with a distilled student network.")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sharpen", help="sharpen image files or folders")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
+    p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_sharpen)
+
+    p = sub.add_parser("degrade", help="blur images with the project's degradation code")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--blur", default="gaussian", choices=["gaussian", "defocus", "motion"])
+    p.add_argument("--sigma", type=float, default=2.0, help="Gaussian sigma in pixels")
+    p.add_argument("--radius", type=float, default=3.0, help="defocus disc radius in pixels")
+    p.add_argument("--length", type=float, default=15.0, help="motion trajectory length in pixels")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std, image range [0, 1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_degrade)
+
+    p = sub.add_parser("train", help="train the teacher, or distil the student")
+    p.add_argument("stage", choices=["teacher", "student"])
+    p.add_argument("--data", nargs="+", help="image folders or CIFAR-10 batch folders (default: scikit-image photos)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model.safetensors)")
+    p.add_argument("--arch", help="architecture preset (teacher default: nafunet; student default: student)")
+    p.add_argument("--teacher", help="teacher model file (student stage)")
+    p.add_argument("--no-distill", action="store_true", help="student stage: ground truth only (ablation)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=96)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights (0: off)")
+    p.add_argument("--w-perceptual", type=float, default=0.0, help="weight of the VGG16 perceptual loss")
+    p.add_argument("--w-kd-out", type=float, default=1.0, help="weight of output distillation")
+    p.add_argument("--w-kd-feat", type=float, default=0.1, help="weight of feature distillation")
+    p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop (with a checkpoint) after this long")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch default)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="the benchmark protocol of BENCHMARK.md")
+    p.add_argument("--data", default="../shared/datasets/eval/kodak24")
+    p.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
+    p.add_argument("--models", default="", help="comma-separated: student, teacher, model files")
+    p.add_argument("--out", default="out/eval")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images (quick checks)")
+    p.add_argument("--tile", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="parameters, MACs/pixel and provenance of a model")
+    p.add_argument("--model", default="student")
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sharpkd.checkpoint import CheckpointError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return args.func(args)
+    except (UserError, CheckpointError) as e:
+        print(f"sharpkd: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

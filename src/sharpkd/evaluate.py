@@ -1,0 +1,181 @@
+"""The benchmark protocol of ``shared/BENCHMARK.md``, as ``sharpkd eval`` runs it.
+
+For every image i (sorted file names) and degradation j in (gauss1, gauss2, gauss3, motion):
+blur each channel in float64 with ``scipy.ndimage.convolve(mode="reflect")`` (Gaussian sigma = N on a
+(2*ceil(3 sigma)+1)^2 grid, or Levin kernel k{i mod 8 + 1}), add N(0, 1/255) noise from
+``numpy.random.default_rng(1000 j + i)``, round to uint8. Methods see only that uint8 image (the
+oracle Wiener row alone is also given the true kernel). Scores: PSNR (uint8, range 255, whole image)
+and SSIM (Wang et al. 2004 settings) against the sharp original; means per degradation and over
+all four; gain = method - blurred input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import convolve
+from tqdm.auto import tqdm
+
+from sharpkd.degrade import gaussian_kernel
+from sharpkd.metrics import psnr, ssim
+
+DEGRADATIONS = ("gauss1", "gauss2", "gauss3", "motion")
+WIENER_BALANCE = 0.001  # chosen on training-pool photos (benchmarks/wiener_balance.py), not on Kodak
+
+
+def load_eval_images(folder: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray]]:
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"evaluation folder not found: {folder}")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in {".png", ".bmp", ".tif", ".tiff", ".jpg"})
+    if not files:
+        raise FileNotFoundError(f"no images in {folder}")
+    if limit:
+        files = files[:limit]
+    return [(f.name, np.asarray(Image.open(f).convert("RGB"))) for f in files]
+
+
+def load_levin_kernels(path: str | Path) -> list[np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Levin kernel file not found: {path}")
+    with np.load(path) as z:
+        return [np.asarray(z[f"k{n}"], np.float64) / np.asarray(z[f"k{n}"], np.float64).sum() for n in range(1, 9)]
+
+
+def protocol_kernel(j: int, i: int, levin: list[np.ndarray]) -> np.ndarray:
+    if j < 3:
+        return gaussian_kernel(float(j + 1))
+    return levin[i % 8]
+
+
+def protocol_degrade(sharp: np.ndarray, kernel: np.ndarray, seed: int) -> np.ndarray:
+    """uint8 H x W x 3 -> blurred, noisy uint8, exactly as BENCHMARK.md steps 1-4."""
+    x = sharp.astype(np.float64) / 255.0
+    y = np.stack([convolve(x[..., c], kernel, mode="reflect") for c in range(3)], axis=-1)
+    rng = np.random.default_rng(seed)
+    y = y + rng.normal(0, 1 / 255, y.shape)
+    return np.clip(np.round(y * 255), 0, 255).astype(np.uint8)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(np.asarray(x, np.float64) * 255), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Classical methods: uint8 blurred image (and, for the oracle, the kernel) -> uint8
+# --------------------------------------------------------------------------------------------
+def unsharp(blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
+    from skimage.filters import unsharp_mask
+
+    return to_uint8(unsharp_mask(blurred, radius=1, amount=1, channel_axis=2))
+
+
+def wiener_oracle(blurred: np.ndarray, kernel: np.ndarray, balance: float = WIENER_BALANCE) -> np.ndarray:
+    """Non-blind Wiener deconvolution (scikit-image, Laplacian regulariser) given the true kernel.
+    The image is reflect-padded by the kernel size first so the FFT's periodic boundary does not
+    ring into the picture."""
+    from skimage.restoration import wiener
+
+    x = blurred.astype(np.float64) / 255.0
+    p = kernel.shape[0]
+    xp = np.pad(x, ((p, p), (p, p), (0, 0)), mode="symmetric")
+    out = np.stack([wiener(xp[..., c], kernel, balance, clip=False) for c in range(3)], axis=-1)
+    return to_uint8(out[p:-p, p:-p])
+
+
+CLASSICAL: dict[str, Callable] = {
+    "blurred input": lambda b, k: b,
+    "unsharp mask (r=1, a=1)": unsharp,
+    "Wiener, true kernel (oracle)": wiener_oracle,
+}
+
+
+def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kernels: str | Path,
+                  limit: int = 0, device: str = "cpu", tile: int = 0, progress: bool = True,
+                  classical: bool = True) -> dict:
+    """Score the classical rows and every model; write results.json and results.md to ``out_dir``."""
+    from sharpkd.checkpoint import count_params, macs_per_pixel, read_info
+    from sharpkd.infer import Sharpener
+    from sharpkd.train import hardware
+
+    images = load_eval_images(data, limit)
+    levin = load_levin_kernels(kernels)
+    cases = []  # (image index, degradation index, blurred uint8, kernel)
+    for i, (_, sharp) in enumerate(images):
+        for j in range(len(DEGRADATIONS)):
+            k = protocol_kernel(j, i, levin)
+            cases.append((i, j, protocol_degrade(sharp, k, 1000 * j + i), k))
+
+    methods: list[tuple[str, Callable, dict]] = []
+    if classical:
+        methods += [(n, f, {}) for n, f in CLASSICAL.items()]
+    else:
+        methods.append(("blurred input", CLASSICAL["blurred input"], {}))
+    for m in models:
+        sh = Sharpener.from_pretrained(m, device=device, tile=tile)
+        info = read_info(m)
+        meta = {"params": count_params(sh.model), "macs_per_pixel": macs_per_pixel(sh.model),
+                "arch": info.get("preset", info["arch"]), "steps": info.get("steps"),
+                "distilled": info.get("distilled")}
+        methods.append((m, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta))
+
+    rows = []
+    total = len(methods) * len(cases)
+    bar = tqdm(total=total, desc="eval", unit="img", disable=not progress)
+    for name, fn, meta in methods:
+        per = {d: {"psnr": [], "ssim": []} for d in DEGRADATIONS}
+        seconds = 0.0
+        for i, j, blurred, k in cases:
+            t = time.perf_counter()
+            out = fn(blurred, k)
+            seconds += time.perf_counter() - t
+            sharp = images[i][1]
+            if out.shape != sharp.shape:
+                raise ValueError(f"{name} returned shape {out.shape} for an image of shape {sharp.shape}")
+            per[DEGRADATIONS[j]]["psnr"].append(psnr(sharp, out))
+            per[DEGRADATIONS[j]]["ssim"].append(ssim(sharp, out))
+            bar.update(1)
+        row = {"method": name, **meta,
+               "per_degradation": {d: {"psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"]))}
+                                   for d, v in per.items()},
+               "per_image_psnr": {d: v["psnr"] for d, v in per.items()},
+               "seconds_per_image": seconds / len(cases),
+               "megapixels_per_s": np.mean([b.shape[0] * b.shape[1] for _, _, b, _ in cases]) / 1e6
+               / max(seconds / len(cases), 1e-9)}
+        row["mean_psnr"] = float(np.mean([row["per_degradation"][d]["psnr"] for d in DEGRADATIONS]))
+        row["mean_ssim"] = float(np.mean([row["per_degradation"][d]["ssim"] for d in DEGRADATIONS]))
+        rows.append(row)
+    bar.close()
+    base = rows[0]["mean_psnr"]
+    for r in rows:
+        r["gain_db"] = r["mean_psnr"] - base
+    result = {"protocol": "shared/BENCHMARK.md", "data": str(data), "images": len(images),
+              "hardware": hardware(), "device": device, "rows": rows}
+    result["markdown"] = to_markdown(result)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
+    (out / "results.md").write_text(result["markdown"] + "\n")
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    head = ("| method | " + " | ".join(DEGRADATIONS) + " | mean PSNR / SSIM | gain (dB) | params | MACs/px | MP/s |")
+    lines = [f"Kodak-protocol results on {result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
+             f"Throughput: {result['device']}, {result['hardware']}.", "", head,
+             "|" + "---|" * (len(DEGRADATIONS) + 6)]
+    for r in result["rows"]:
+        cells = [f"{r['per_degradation'][d]['psnr']:.2f} / {r['per_degradation'][d]['ssim']:.4f}" for d in DEGRADATIONS]
+        params = f"{r['params']:,}" if "params" in r else "-"
+        macs = f"{r['macs_per_pixel']:,.0f}" if "macs_per_pixel" in r else "-"
+        lines.append(f"| {r['method']} | " + " | ".join(cells)
+                     + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f} | {params} | {macs}"
+                     + f" | {r['megapixels_per_s']:.2f} |")
+    return "\n".join(lines)

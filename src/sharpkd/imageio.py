@@ -1,0 +1,120 @@
+"""Reading and writing photos so that what comes out matches what went in.
+
+``read_image`` applies the EXIF orientation, keeps the alpha channel aside (it is never sharpened),
+remembers whether the image was grayscale, its format, EXIF block and ICC profile, and returns RGB
+float32 in [0, 1]. ``write_image`` puts all of that back: same mode, same format (chosen by the
+output's extension), EXIF (with orientation reset, since the pixels are now upright) and ICC.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse decompression bombs outright instead of Pillow's warning-then-error behaviour.
+MAX_PIXELS = 100_000_000
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+           ".webp": "WEBP"}
+
+
+class ImageReadError(ValueError):
+    """The file is missing, not an image, truncated, or too large."""
+
+
+@dataclass
+class LoadedImage:
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    alpha: np.ndarray | None = None  # (H, W) original alpha channel, untouched
+    mode: str = "RGB"  # the original PIL mode
+    format: str | None = None
+    info: dict = field(default_factory=dict)  # exif / icc_profile bytes
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageReadError(f"{path}: {im.width}x{im.height} is larger than {MAX_PIXELS:,} pixels")
+                fmt = im.format
+                info = {k: im.info[k] for k in ("icc_profile",) if im.info.get(k)}
+                exif = im.getexif()
+                im = ImageOps.exif_transpose(im)
+                im.load()
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e})") from e
+    if exif:
+        exif[0x0112] = 1  # orientation: pixels are upright now
+        info["exif"] = exif.tobytes()
+    mode = im.mode
+    alpha = None
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3].copy()
+        rgb = np.asarray(rgba.convert("RGB"), dtype=np.float32) / 255.0
+    elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float32)
+        scale = 65535.0 if arr.max() > 255 or mode.startswith("I;16") else 255.0
+        rgb = np.repeat((arr / scale)[..., None], 3, axis=2)
+    else:
+        if mode == "CMYK":
+            warnings.warn(f"{path}: CMYK image converted to RGB", stacklevel=2)
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return LoadedImage(np.ascontiguousarray(rgb.clip(0, 1)), alpha, mode, fmt, info)
+
+
+def to_pil(img: LoadedImage) -> Image.Image:
+    """Back to a PIL image in (nearly) the original mode."""
+    rgb8 = (np.clip(img.rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    mode = img.mode
+    if mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I"):
+        y = Image.fromarray(rgb8).convert("L")
+        if mode.startswith("I"):
+            luma = np.clip(img.rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32), 0, 1)
+            return Image.fromarray((luma * 65535 + 0.5).astype(np.uint16))
+        if img.alpha is not None:
+            y.putalpha(Image.fromarray(img.alpha))
+        return y
+    out = Image.fromarray(rgb8)
+    if img.alpha is not None:
+        out.putalpha(Image.fromarray(img.alpha))
+    return out
+
+
+def write_image(path: str | Path, img: LoadedImage, quality: int = 95) -> None:
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported output extension (use one of {sorted(FORMATS)})")
+    pil = to_pil(img)
+    if fmt in ("JPEG", "BMP") and pil.mode in ("RGBA", "LA"):
+        pil = pil.convert("RGB" if pil.mode == "RGBA" else "L")
+    kwargs: dict = {}
+    if fmt in ("JPEG", "WEBP"):
+        kwargs["quality"] = quality
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and "icc_profile" in img.info:
+        kwargs["icc_profile"] = img.info["icc_profile"]
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and "exif" in img.info:
+        kwargs["exif"] = img.info["exif"]
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        pil.save(tmp, format=fmt, **kwargs)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,154 @@
+"""Inference: the one path every front end uses.
+
+``run_padded`` pads an image batch to the network's size multiple (reflected borders), runs the
+network under ``torch.inference_mode``, clamps to [0, 1] and crops back. ``run_tiled`` splits a large
+image into overlapping tiles, runs each through ``run_padded`` and blends them with weights that
+ramp linearly across each overlap, so there are no seams; only one tile is on the device at a time.
+``Sharpener`` wraps a model with these and reads/writes the project's image types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sharpkd.checkpoint import load_model
+from sharpkd.imageio import LoadedImage
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) on the bottom/right to multiples of ``multiple``; returns (padded, (H, W))."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+@torch.inference_mode()
+def run_padded(model: nn.Module, x: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Model output for (B, 3, H, W) in [0, 1], any H and W; returns the same shape, clamped."""
+    xp, (h, w) = pad_to_multiple(x, multiple)
+    return model(xp)[..., :h, :w].clamp(0, 1)
+
+
+def _ramp(n: int, overlap: int, start_edge: bool, end_edge: bool) -> torch.Tensor:
+    """1-D blending weight for a tile of length n: 1 inside, rising/falling linearly over
+    ``overlap`` pixels on sides that meet another tile (not on the image border)."""
+    w = torch.ones(n)
+    if overlap > 0:
+        r = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
+        k = min(overlap, n)
+        if not start_edge:
+            w[:k] = torch.minimum(w[:k], r[:k])
+        if not end_edge:
+            w[n - k :] = torch.minimum(w[n - k :], r[:k].flip(0))
+    return w
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` shared."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    return sorted(set(starts))
+
+
+def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """Apply ``fn`` to overlapping ``tile`` x ``tile`` crops of (B, C, H, W) ``x`` (kept on the CPU)
+    and blend; ``fn`` sees tensors on ``device``. Output is on the CPU, same shape as ``x``."""
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
+    b, c, h, w = x.shape
+    out = torch.zeros(b, c, h, w)
+    weight = torch.zeros(1, 1, h, w)
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    for y0 in ys:
+        for x0 in xs:
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            res = fn(x[..., y0:y1, x0:x1].to(device)).float().cpu()
+            wy = _ramp(y1 - y0, overlap, y0 == 0, y1 == h)
+            wx = _ramp(x1 - x0, overlap, x0 == 0, x1 == w)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            out[..., y0:y1, x0:x1] += res * wt
+            weight[..., y0:y1, x0:x1] += wt
+    return out / weight
+
+
+class Sharpener:
+    """Sharpen images with a trained model.
+
+    Args:
+        model: a sharpkd network (input/output RGB in [0, 1], (B, 3, H, W)).
+        device: "cpu" or "cuda".
+        tile: tile size in pixels for images larger than that (0: never tile).
+        overlap: pixels shared by neighbouring tiles; larger than the network's effective
+            receptive field radius gives tiled == untiled to within float error.
+    """
+
+    def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu", tile: int = 512,
+                 overlap: int = 64, name: str = "model"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.multiple = int(getattr(model.config, "multiple", 1))
+        self.tile = tile
+        self.overlap = min(overlap, tile // 2) if tile else overlap
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
+                        overlap: int = 64) -> Sharpener:
+        """``student`` or ``teacher`` (the shipped weights), a model file, or a training run folder."""
+        if str(device) == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        model, _ = load_model(name_or_path, device)
+        return cls(model, device=device, tile=tile, overlap=overlap, name=str(name_or_path))
+
+    def sharpen_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] -> same shape, on the CPU."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        x = x.float()
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            return run_padded(self.model, t, self.multiple)
+
+        h, w = x.shape[-2:]
+        if self.tile and (h > self.tile or w > self.tile):
+            return run_tiled(fn, x.cpu(), self.tile, self.overlap, self.device)
+        return fn(x.to(self.device)).cpu()
+
+    def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+        return self.sharpen_tensor(x)[0].permute(1, 2, 0).numpy()
+
+    def sharpen_image(self, img: LoadedImage) -> LoadedImage:
+        """Sharpen the colour of a loaded image; alpha, mode and metadata are carried over."""
+        return LoadedImage(self.sharpen_array(img.rgb), img.alpha, img.mode, img.format, dict(img.info))
+
+    def __call__(self, image):
+        """Sharpen a PIL image, an (H, W, 3) NumPy array (uint8 or float in [0, 1]) or a tensor;
+        returns the same kind."""
+        from PIL import Image
+
+        if isinstance(image, torch.Tensor):
+            return self.sharpen_tensor(image if image.ndim == 4 else image[None]).reshape(image.shape)
+        if isinstance(image, Image.Image):
+            arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            out = (self.sharpen_array(arr) * 255 + 0.5).astype(np.uint8)
+            return Image.fromarray(out)
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) array, got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            return (self.sharpen_array(arr / 255.0) * 255 + 0.5).astype(np.uint8)
+        return self.sharpen_array(arr).astype(arr.dtype)

@@ -1,0 +1,24 @@
+"""Networks. ``ARCHS`` maps a checkpoint's ``arch`` field to its config and module classes."""
+
+from sharpkd.models.student import Student, StudentConfig
+from sharpkd.models.teacher import NAFTeacher, NAFTeacherConfig, ResNetTeacher, ResNetTeacherConfig
+
+ARCHS = {
+    "resnet": (ResNetTeacherConfig, ResNetTeacher),
+    "nafunet": (NAFTeacherConfig, NAFTeacher),
+    "student": (StudentConfig, Student),
+}
+
+# Named presets a user can pass to ``--arch``.
+PRESETS = {
+    "resnet8": ("resnet", ResNetTeacherConfig()),
+    "nafunet": ("nafunet", NAFTeacherConfig()),
+    "nafunet-s": ("nafunet", NAFTeacherConfig(width=16)),
+    # the student's plain-convolution design, scaled up: a teacher candidate that trains fast on CPUs
+    "convunet": ("student", StudentConfig(unshuffle=2, width=64, low_width=128, low_blocks=6, high_blocks=2)),
+    "student": ("student", StudentConfig()),
+    "student-x4": ("student", StudentConfig(unshuffle=4, width=48, low_width=48, low_blocks=1)),
+}
+
+__all__ = ["ARCHS", "PRESETS", "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher", "ResNetTeacherConfig",
+           "Student", "StudentConfig"]

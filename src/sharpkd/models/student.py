@@ -1,0 +1,69 @@
+"""The student: a small encoder-decoder CNN built for CPU speed.
+
+A pixel-unshuffle front end (Shi et al., CVPR 2016, run backwards) folds each ``unshuffle`` x
+``unshuffle`` block of pixels into channels, so every convolution runs at 1/unshuffle (and the
+bottleneck at 1/(2*unshuffle)) of the input resolution. Only plain 3x3 convolutions and ReLUs are
+used: they are the operations that ONNX Runtime and INT8 kernels run fastest. The network predicts
+a residual that is added to the blurred input.
+
+Input and output: RGB in [0, 1], shape (B, 3, H, W), H and W multiples of ``config.multiple``
+(the :class:`~sharpkd.infer.Sharpener` pads for you).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    unshuffle: int = 2
+    width: int = 32  # channels at 1/unshuffle resolution
+    low_width: int = 48  # channels at the bottleneck, 1/(2*unshuffle) resolution
+    low_blocks: int = 2
+    high_blocks: int = 1  # residual blocks before and after the bottleneck
+
+    @property
+    def multiple(self) -> int:
+        return 2 * self.unshuffle
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class Student(nn.Module):
+    def __init__(self, *, config: StudentConfig = StudentConfig()):
+        super().__init__()
+        self.config = config
+        s, w, lw = config.unshuffle, config.width, config.low_width
+        self.unshuffle = nn.PixelUnshuffle(s)
+        self.head = nn.Conv2d(3 * s * s, w, 3, padding=1)
+        self.enc = nn.Sequential(*[ConvBlock(w) for _ in range(config.high_blocks)])
+        self.down = nn.Conv2d(w, lw, 2, stride=2)
+        self.low = nn.Sequential(*[ConvBlock(lw) for _ in range(config.low_blocks)])
+        self.up = nn.Sequential(nn.Conv2d(lw, 4 * w, 1), nn.PixelShuffle(2))
+        self.dec = nn.Sequential(*[ConvBlock(w) for _ in range(config.high_blocks)])
+        self.tail = nn.Conv2d(w, 3 * s * s, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(s)
+        nn.init.zeros_(self.tail.weight)  # start as the identity
+        nn.init.zeros_(self.tail.bias)
+        self.feature_channels = lw
+        self.feature_stride = 2 * s
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        h = self.enc(F.relu(self.head(self.unshuffle(x))))
+        feat = self.low(F.relu(self.down(h)))
+        h = self.dec(F.relu(self.up(feat)) + h)
+        out = x + self.shuffle(self.tail(h))
+        return (out, feat) if return_features else out

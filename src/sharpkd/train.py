@@ -1,0 +1,257 @@
+"""One training loop for both stages: the teacher (ground truth only) and the student
+(ground truth + teacher outputs and features).
+
+Read it top to bottom: configuration, data, model, optimiser, then the loop. Every ``val_every``
+steps the (EMA) model is scored on a fixed hold-out set of patches cut from photos that are never
+trained on; every ``ckpt_every`` steps the run folder gets, atomically:
+
+* ``state.pt``          everything ``--resume`` needs (weights, EMA, optimiser, step, RNG states),
+                        read back with ``torch.load(weights_only=True)``;
+* ``model.safetensors`` the model to use (EMA weights when EMA is on), self-describing;
+* ``config.json``       the resolved configuration; ``log.jsonl`` one JSON line per log event.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sharpkd.checkpoint import build_preset, count_params, load_model, macs_per_pixel, save_model
+from sharpkd.data import PatchSampler, fixed_validation_set, load_photos, skimage_photos, split_holdout
+from sharpkd.degrade import DegradeConfig
+from sharpkd.losses import FeatureAdapter, LossWeights, combined_loss
+from sharpkd.metrics import batch_psnr
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "teacher"  # "teacher" or "student"
+    arch: str = ""  # preset name; "" -> nafunet for the teacher, student for the student
+    out: str = "runs/teacher"
+    data: list[str] = field(default_factory=list)  # folders/files; empty -> scikit-image sample photos
+    teacher: str = ""  # model file of the teacher (student stage)
+    distill: bool = True  # student stage: False trains the same student on ground truth only
+    steps: int = 2000
+    batch_size: int = 8
+    patch_size: int = 96
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.02
+    warmup: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 disables the exponential moving average of the weights
+    recon: str = "charbonnier"
+    w_rec: float = 1.0
+    w_perceptual: float = 0.0
+    w_kd_out: float = 1.0
+    w_kd_feat: float = 0.1
+    val_fraction: float = 0.1
+    val_patches: int = 48
+    val_patch_size: int = 128
+    val_every: int = 250
+    ckpt_every: int = 250
+    log_every: int = 10
+    max_minutes: float = 0.0  # stop early after this much wall time (0: no limit)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads (0: PyTorch's default)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+
+    def loss_weights(self) -> LossWeights:
+        kd = self.stage == "student" and self.distill
+        return LossWeights(rec=self.w_rec, perceptual=self.w_perceptual, recon=self.recon,
+                           kd_out=self.w_kd_out if kd else 0.0, kd_feat=self.w_kd_feat if kd else 0.0)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    d = dict(d)
+    deg = d.pop("degrade", {})
+    deg = DegradeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in deg.items()})
+    return TrainConfig(**d, degrade=deg)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up (avoids early blow-ups with Adam's noisy second-moment estimates), then
+    cosine decay to ``min_lr_ratio * lr`` at ``cfg.steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with {threads} threads"
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def validate(model: torch.nn.Module, blurred: torch.Tensor, sharp: torch.Tensor, chunk: int = 8) -> float:
+    model.eval()
+    scores = []
+    for i in range(0, len(blurred), chunk):
+        out = model(blurred[i : i + chunk]).clamp(0, 1)
+        out = torch.round(out * 255) / 255  # score what would be saved to disk
+        scores.append(batch_psnr(out, sharp[i : i + chunk]))
+    model.train()
+    return float(torch.cat(scores).mean())
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) a training run; returns the path of the model file."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.pt"
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = config_from_dict(json.loads(state["config"]))
+        # the schedule length, time limit and logging may change on resume; the rest may not
+        cfg = dataclasses.replace(saved, steps=cfg.steps, max_minutes=cfg.max_minutes, out=cfg.out,
+                                  val_every=cfg.val_every, ckpt_every=cfg.ckpt_every, device=cfg.device,
+                                  threads=cfg.threads)
+    else:
+        state = None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.stage not in ("teacher", "student"):
+        raise ValueError(f"stage must be 'teacher' or 'student', got {cfg.stage!r}")
+    cfg.arch = cfg.arch or ("nafunet" if cfg.stage == "teacher" else "student")
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    # ---- data: a hash-based hold-out split of the pool; validation patches are fixed -------------
+    photos = load_photos(cfg.data) if cfg.data else skimage_photos()
+    train_photos, val_photos = split_holdout(photos, cfg.val_fraction)
+    sampler = PatchSampler(train_photos, cfg.patch_size, seed=cfg.seed)
+    val_blur, val_sharp = fixed_validation_set(val_photos, cfg.val_patches, cfg.val_patch_size, cfg.degrade)
+    val_blur, val_sharp = val_blur.to(device), val_sharp.to(device)
+
+    # ---- models ---------------------------------------------------------------------------------
+    arch, model = build_preset(cfg.arch)
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema > 0 else None
+    weights = cfg.loss_weights()
+    teacher, adapter = None, None
+    if weights.kd_out > 0 or weights.kd_feat > 0:
+        if not cfg.teacher:
+            raise ValueError("the student stage needs --teacher MODEL (or --no-distill)")
+        teacher, _ = load_model(cfg.teacher, device)
+        teacher.requires_grad_(False)
+        if weights.kd_feat > 0:
+            adapter = FeatureAdapter(model.feature_channels, teacher.feature_channels).to(device)
+    params = list(model.parameters()) + (list(adapter.parameters()) if adapter else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+
+    step, elapsed = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if adapter is not None:
+            adapter.load_state_dict(state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        sampler.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    log = open(out / "log.jsonl", "a")  # noqa: SIM115 (closed in finally)
+
+    def write_log(**rec) -> None:
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+
+    blurred_psnr = validate(torch.nn.Identity(), val_blur, val_sharp)
+    if state is None:
+        write_log(event="start", arch=arch, params=count_params(model), macs_per_pixel=macs_per_pixel(model),
+                  train_photos=len(train_photos), val_photos=len(val_photos), val_blurred_psnr=blurred_psnr,
+                  hardware=hardware())
+
+    def checkpoint(val_psnr: float | None) -> None:
+        _atomic_torch_save({
+            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+            "adapter": adapter.state_dict() if adapter is not None else {}, "optimizer": opt.state_dict(),
+            "step": step, "elapsed": elapsed, "config": json.dumps(dataclasses.asdict(cfg)),
+            "numpy_rng": json.dumps(sampler.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+        }, state_path)
+        info = {"stage": cfg.stage, "preset": cfg.arch, "steps": step, "wall_time_s": round(elapsed, 1),
+                "hardware": hardware(), "data": cfg.data or ["scikit-image sample photos"],
+                "command": shlex.join(["sharpkd", *sys.argv[1:]]) if sys.argv else "",
+                "val_psnr": val_psnr, "val_blurred_psnr": blurred_psnr,
+                "distilled": bool(teacher is not None), "teacher": cfg.teacher,
+                "train_config": dataclasses.asdict(cfg)}
+        save_model(out / "model.safetensors", ema if ema is not None else model, info)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    t0 = time.time() - elapsed
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.stage}", unit="step")
+    val_psnr = None
+    try:
+        while step < cfg.steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            blurred, sharp = sampler.batch(cfg.batch_size, cfg.degrade)
+            blurred, sharp = blurred.to(device), sharp.to(device)
+            t_out = t_feat = None
+            if teacher is not None:
+                with torch.no_grad():  # the teacher's graph is never kept
+                    t_out, t_feat = teacher(blurred, return_features=True)
+            pred, s_feat = model(blurred, return_features=True)
+            loss, parts = combined_loss(weights, pred, sharp, teacher_out=t_out, student_feat=s_feat,
+                                        teacher_feat=t_feat, adapter=adapter)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+            opt.step()
+            if ema is not None:
+                # EMA with a warm-up of its own so early averages are not dominated by the random init
+                d = min(cfg.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                        pe.lerp_(pm, 1 - d)
+            step += 1
+            elapsed = time.time() - t0
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                write_log(event="train", step=step, lr=opt.param_groups[0]["lr"], loss=float(loss.detach()), **parts,
+                          grad_norm=float(gnorm) if gnorm is not None else None, elapsed_s=round(elapsed, 2))
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", val=f"{val_psnr:.2f}" if val_psnr else "-")
+            timeout = cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60
+            if step % cfg.val_every == 0 or step == cfg.steps or timeout:
+                val_psnr = validate(ema if ema is not None else model, val_blur, val_sharp)
+                write_log(event="val", step=step, val_psnr=val_psnr, val_gain=val_psnr - blurred_psnr,
+                          elapsed_s=round(elapsed, 2))
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or timeout:
+                checkpoint(val_psnr)
+            if timeout:
+                break
+    finally:
+        bar.close()
+        log.close()
+    return out / "model.safetensors"
