@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       teacher=args.teacher or "", distill=not args.no_distill, steps=args.steps,
                       batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
                       device=args.device, threads=args.threads, max_minutes=args.max_minutes,
-                      val_every=args.val_every, ckpt_every=args.val_every, ema=args.ema,
+                      val_every=args.val_every, ckpt_every=args.val_every, log_every=args.log_every, ema=args.ema,
                       w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out, w_kd_feat=args.w_kd_feat)
     if args.stage == "student" and cfg.distill and not cfg.teacher:
         raise UserError("train student needs --teacher MODEL (or --no-distill for the ablation)")
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w-kd-out", type=float, default=1.0, help="weight of output distillation")
     p.add_argument("--w-kd-feat", type=float, default=0.1, help="weight of feature distillation")
     p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
+    p.add_argument("--log-every", type=int, default=10, help="write a log line every N steps")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (with a checkpoint) after this long")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--seed", type=int, default=0)

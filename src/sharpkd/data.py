@@ -27,6 +27,15 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right")
 
 
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return getattr(skimage.data, name)()
+
+
 @dataclass(eq=False)
 class Photo:
     name: str
@@ -76,9 +85,7 @@ def load_photos(paths: Sequence[str | Path], min_size: int = 32) -> list[Photo]:
 
 def skimage_photos() -> list[Photo]:
     """The colour sample photographs bundled with scikit-image: the fallback training pool."""
-    import skimage.data
-
-    return [Photo(f"skimage:{n}", np.ascontiguousarray(getattr(skimage.data, n)()[..., :3])) for n in SKIMAGE_PHOTOS]
+    return [Photo(f"skimage:{n}", np.ascontiguousarray(_skimage_photo(n)[..., :3])) for n in SKIMAGE_PHOTOS]
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,41 +39,47 @@ def run_padded(model: nn.Module, x: torch.Tensor, multiple: int = 1) -> torch.Te
 
 
 def _ramp(n: int, overlap: int, start_edge: bool, end_edge: bool) -> torch.Tensor:
-    """1-D blending weight for a tile of length n: 1 inside, rising/falling linearly over
-    ``overlap`` pixels on sides that meet another tile (not on the image border)."""
+    """1-D blending weight for a tile of length n. On sides that meet another tile (not the image
+    border) the weight is 0 over the outer quarter of the overlap, where the network saw padding
+    instead of the true neighbourhood, rises linearly over the middle half, and is 1 inside.
+    Two neighbours sharing ``overlap`` or more pixels never both have weight 0."""
+    d = torch.arange(n, dtype=torch.float32)
     w = torch.ones(n)
     if overlap > 0:
-        r = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
-        k = min(overlap, n)
+        def rise(dist: torch.Tensor) -> torch.Tensor:
+            return ((dist - overlap / 4 + 0.5) / (overlap / 2)).clamp(0, 1)
+
         if not start_edge:
-            w[:k] = torch.minimum(w[:k], r[:k])
+            w = torch.minimum(w, rise(d))
         if not end_edge:
-            w[n - k :] = torch.minimum(w[n - k :], r[:k].flip(0))
+            w = torch.minimum(w, rise(n - 1 - d))
     return w
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` shared."""
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
+    """(start, end) of tiles of about ``tile`` pixels covering ``length``, neighbours sharing at least
+    ``overlap``. Starts are multiples of ``align`` (networks with pixel-unshuffle or strided layers
+    are only shift-equivariant on their own grid), so the last tile may be up to ``align - 1``
+    pixels longer than ``tile``."""
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    return sorted(set(starts))
+        return [(0, length)]
+    stride = max(align, (tile - overlap) // align * align)
+    last = (length - tile) // align * align
+    starts = sorted(set(list(range(0, last, stride)) + [last]))
+    return [(s, min(s + tile, length) if s != last else length) for s in starts]
 
 
 def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """Apply ``fn`` to overlapping ``tile`` x ``tile`` crops of (B, C, H, W) ``x`` (kept on the CPU)
-    and blend; ``fn`` sees tensors on ``device``. Output is on the CPU, same shape as ``x``."""
+              device: torch.device | str = "cpu", align: int = 1) -> torch.Tensor:
+    """Apply ``fn`` to overlapping crops of (B, C, H, W) ``x`` (kept on the CPU) and blend; ``fn``
+    sees tensors on ``device``. Output is on the CPU, same shape as ``x``."""
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
     b, c, h, w = x.shape
     out = torch.zeros(b, c, h, w)
     weight = torch.zeros(1, 1, h, w)
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    for y0 in ys:
-        for x0 in xs:
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+    for y0, y1 in tile_starts(h, tile, overlap, align):
+        for x0, x1 in tile_starts(w, tile, overlap, align):
             res = fn(x[..., y0:y1, x0:x1].to(device)).float().cpu()
             wy = _ramp(y1 - y0, overlap, y0 == 0, y1 == h)
             wx = _ramp(x1 - x0, overlap, x0 == 0, x1 == w)
@@ -90,12 +96,13 @@ class Sharpener:
         model: a sharpkd network (input/output RGB in [0, 1], (B, 3, H, W)).
         device: "cpu" or "cuda".
         tile: tile size in pixels for images larger than that (0: never tile).
-        overlap: pixels shared by neighbouring tiles; larger than the network's effective
-            receptive field radius gives tiled == untiled to within float error.
+        overlap: pixels shared by neighbouring tiles. Each output pixel keeps at least overlap/4
+            pixels of real context; once that exceeds the network's effective receptive field,
+            tiled equals untiled to within float error.
     """
 
     def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu", tile: int = 512,
-                 overlap: int = 64, name: str = "model"):
+                 overlap: int = 96, name: str = "model"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.multiple = int(getattr(model.config, "multiple", 1))
@@ -105,7 +112,7 @@ class Sharpener:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
-                        overlap: int = 64) -> Sharpener:
+                        overlap: int = 96) -> Sharpener:
         """``student`` or ``teacher`` (the shipped weights), a model file, or a training run folder."""
         if str(device) == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
@@ -123,7 +130,7 @@ class Sharpener:
 
         h, w = x.shape[-2:]
         if self.tile and (h > self.tile or w > self.tile):
-            return run_tiled(fn, x.cpu(), self.tile, self.overlap, self.device)
+            return run_tiled(fn, x.cpu(), self.tile, self.overlap, self.device, self.multiple)
         return fn(x.to(self.device)).cpu()
 
     def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:

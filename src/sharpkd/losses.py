@@ -98,7 +98,8 @@ class FeatureAdapter(nn.Module):
         return f
 
 
-def feature_distillation(student_feat: torch.Tensor, teacher_feat: torch.Tensor, adapter: FeatureAdapter) -> torch.Tensor:
+def feature_distillation(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
+                         adapter: FeatureAdapter) -> torch.Tensor:
     """L1 between adapted student features and teacher features, both divided by the teacher
     features' RMS so the loss scale does not depend on the teacher's activation magnitude."""
     t = teacher_feat.detach()

@@ -140,6 +140,8 @@ class NAFTeacher(nn.Module):
             c //= 2
             self.decoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
         self.ending = nn.Conv2d(w, 3, 3, padding=1)
+        nn.init.zeros_(self.ending.weight)  # start as the identity: output = input
+        nn.init.zeros_(self.ending.bias)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         h = self.intro(x)

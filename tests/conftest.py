@@ -1,0 +1,33 @@
+"""Shared fixtures: seeded, CPU-only, tiny odd-sized inputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A 53 x 37 crop of a real photograph (scikit-image's astronaut), uint8 RGB."""
+    import skimage.data
+
+    return np.ascontiguousarray(skimage.data.astronaut()[100:137, 200:253])
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared/datasets is not beside the project")
+    return SHARED

@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sharpkd.checkpoint import build_preset, save_model
+from sharpkd.cli import main
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    _, model = build_preset("student")
+    return str(save_model(tmp_path / "tiny.safetensors", model, {"steps": 0}))
+
+
+@pytest.fixture
+def images(tmp_path, photo):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(photo).save(d / "a.png")
+    Image.fromarray(photo[:31, :29]).save(d / "b.jpg", quality=90)
+    Image.fromarray(photo).convert("L").save(d / "gray.png")
+    return d
+
+
+def test_sharpen_folder_keeps_names_sizes_and_modes(tmp_path, images, model_file):
+    out = tmp_path / "out"
+    assert main(["-q", "sharpen", str(images), "-o", str(out), "--model", model_file]) == 0
+    for name in ("a.png", "b.jpg", "gray.png"):
+        src, dst = Image.open(images / name), Image.open(out / name)
+        assert dst.size == src.size and dst.mode == src.mode and dst.format == src.format
+    # an untrained (identity) student gives the input back (up to JPEG re-encoding)
+    assert np.array_equal(np.asarray(Image.open(out / "a.png")), np.asarray(Image.open(images / "a.png")))
+
+
+def test_sharpen_single_file_to_file(tmp_path, images, model_file):
+    out = tmp_path / "single.png"
+    assert main(["-q", "sharpen", str(images / "a.png"), "-o", str(out), "--model", model_file]) == 0
+    assert out.is_file()
+
+
+def test_sharpen_errors_exit_non_zero_without_traceback(tmp_path, images, model_file, capsys):
+    assert main(["sharpen", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o"), "--model", model_file]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not an image at all")
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(bad / "ok.png")
+    assert main(["-q", "sharpen", str(bad), "-o", str(tmp_path / "o2"), "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    assert "x.png" in err and "Traceback" not in err
+    assert (tmp_path / "o2" / "ok.png").is_file()
+    assert main(["sharpen", str(images / "a.png"), "-o", str(tmp_path), "--model", str(tmp_path / "none")]) == 2
+    assert "no model file" in capsys.readouterr().err
+
+
+def test_sharpen_refuses_to_overwrite_input(images, model_file, capsys):
+    assert main(["sharpen", str(images), "-o", str(images), "--model", model_file]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_degrade_blurs_and_is_seeded(tmp_path, images):
+    o1, o2 = tmp_path / "d1", tmp_path / "d2"
+    for o in (o1, o2):
+        assert main(["degrade", str(images / "a.png"), "-o", str(o), "--blur", "motion", "--noise", "0.01",
+                     "--seed", "3"]) == 0
+    a, b = np.asarray(Image.open(o1 / "a.png")), np.asarray(Image.open(o2 / "a.png"))
+    assert np.array_equal(a, b) and a.shape == np.asarray(Image.open(images / "a.png")).shape
+    assert not np.array_equal(a, np.asarray(Image.open(images / "a.png")))
+    assert main(["degrade", str(images / "a.png"), "-o", str(tmp_path / "g.png"), "--sigma", "-1"]) == 2
+
+
+def test_info_prints_params_and_macs(model_file, capsys):
+    assert main(["info", "--model", model_file]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "MACs per pixel" in out
+
+
+def test_train_requires_teacher_for_distillation(tmp_path, capsys):
+    assert main(["train", "student", "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
+    assert "--teacher" in capsys.readouterr().err
+
+
+def test_train_teacher_then_student_end_to_end(tmp_path, images, capsys):
+    t_dir, s_dir = tmp_path / "t", tmp_path / "s"
+    common = ["--data", str(images), "--steps", "4", "--batch-size", "2", "--patch-size", "32", "--val-every", "2",
+              "--log-every", "1"]
+    assert main(["-q", "train", "teacher", "--arch", "nafunet-s", "--out", str(t_dir), *common]) == 0
+    assert main(["-q", "train", "student", "--teacher", str(t_dir), "--out", str(s_dir), "--w-perceptual", "0.01",
+                 *common]) == 0
+    log = [json.loads(line) for line in (s_dir / "log.jsonl").read_text().splitlines()]
+    parts = {k for r in log if r["event"] == "train" for k in r}
+    assert {"rec", "perceptual", "kd_out", "kd_feat"} <= parts
+    assert main(["info", "--model", str(s_dir)]) == 0
+    assert "distilled:" in capsys.readouterr().out

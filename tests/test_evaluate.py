@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import convolve
+
+from sharpkd.checkpoint import build_preset, save_model
+from sharpkd.degrade import gaussian_kernel
+from sharpkd.evaluate import protocol_degrade, protocol_kernel, run_benchmark, unsharp, wiener_oracle
+from sharpkd.metrics import psnr
+
+
+def test_protocol_degrade_follows_the_steps(photo):
+    k = gaussian_kernel(2.0)
+    out = protocol_degrade(photo, k, seed=1003)
+    x = photo / 255.0
+    y = np.stack([convolve(x[..., c], k, mode="reflect") for c in range(3)], -1)
+    y = y + np.random.default_rng(1003).normal(0, 1 / 255, y.shape)
+    assert out.dtype == np.uint8
+    assert np.array_equal(out, np.clip(np.round(y * 255), 0, 255).astype(np.uint8))
+    # the reflect mode repeats the edge sample: a constant image stays constant but for noise
+    flat = np.full((9, 11, 3), 100, np.uint8)
+    assert np.abs(protocol_degrade(flat, k, 0).astype(int) - 100).max() <= 4
+
+
+def test_protocol_kernels():
+    levin = [np.full((3, 3), 1 / 9) * (n + 1) / (n + 1) for n in range(8)]
+    assert protocol_kernel(0, 5, levin).shape == (7, 7)
+    assert protocol_kernel(2, 5, levin).shape == (19, 19)
+    assert protocol_kernel(3, 9, levin) is levin[1]
+
+
+def test_classical_baselines_help_where_they_should(photo):
+    k = gaussian_kernel(1.0)
+    blurred = protocol_degrade(photo, k, 0)
+    assert psnr(photo, wiener_oracle(blurred, k)) > psnr(photo, blurred) + 1.0
+    assert unsharp(blurred).shape == photo.shape
+
+
+def test_blurred_row_reproduces_benchmark_md(shared_datasets, tmp_path):
+    res = run_benchmark(shared_datasets / "eval" / "kodak24", [], tmp_path, shared_datasets / "kernels" / "levin09.npz",
+                        progress=False, classical=False)
+    row = res["rows"][0]
+    reference = {"gauss1": 28.99, "gauss2": 25.48, "gauss3": 24.13, "motion": 22.65}
+    for d, ref in reference.items():
+        assert row["per_degradation"][d]["psnr"] == pytest.approx(ref, abs=0.01)
+    assert row["mean_psnr"] == pytest.approx(25.31, abs=0.01)
+    assert row["per_degradation"]["gauss1"]["ssim"] == pytest.approx(0.8429, abs=1e-4)
+
+
+def test_benchmark_writes_tables_for_a_model(shared_datasets, tmp_path):
+    _, model = build_preset("student")
+    path = save_model(tmp_path / "m.safetensors", model, {"steps": 0})
+    res = run_benchmark(shared_datasets / "eval" / "kodak24", [str(path)], tmp_path / "o",
+                        shared_datasets / "kernels" / "levin09.npz", limit=1, progress=False)
+    methods = [r["method"] for r in res["rows"]]
+    assert methods[:3] == ["blurred input", "unsharp mask (r=1, a=1)", "Wiener, true kernel (oracle)"]
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    student = data["rows"][3]
+    assert student["params"] < 150_000 and student["macs_per_pixel"] > 0
+    # an untrained student is the identity: zero gain
+    assert student["gain_db"] == pytest.approx(0.0, abs=1e-9)
+    assert "| blurred input |" in (tmp_path / "o" / "results.md").read_text()
