@@ -8,7 +8,7 @@ from sharpkd.train import TrainConfig, lr_at, train
 
 def _cfg(tmp_path, **kw):
     base = dict(stage="teacher", arch="student", out=str(tmp_path / "run"), steps=6, batch_size=2, patch_size=24,
-                val_patches=4, val_patch_size=24, val_every=3, ckpt_every=3, log_every=1, warmup=2)
+                val_crops_per_photo=1, val_crop=32, val_every=3, ckpt_every=3, log_every=1, warmup=2)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -151,7 +151,7 @@ class DegradeConfig:
     defocus_radius_range: tuple[float, float] = (1.0, 5.0)
     motion_length_range: tuple[float, float] = (3.0, 30.0)
     kernel_size: int = 31
-    noise_range: tuple[float, float] = (0.0, 0.012)
+    noise_range: tuple[float, float] = (0.0, 0.01)
     jpeg_prob: float = 0.0
     jpeg_quality_range: tuple[int, int] = (60, 95)
 
@@ -170,9 +170,7 @@ def random_kernel(rng: np.random.Generator, cfg: DegradeConfig) -> np.ndarray:
     p = np.asarray(cfg.kind_probs, dtype=np.float64)
     kind = cfg.kinds[rng.choice(len(cfg.kinds), p=p / p.sum())]
     if kind == "gaussian":
-        # sample sigma log-uniformly: small blurs are common and hard to tell apart
-        lo, hi = cfg.sigma_range
-        k = gaussian_kernel(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
+        k = gaussian_kernel(float(rng.uniform(*cfg.sigma_range)))
     elif kind == "defocus":
         k = defocus_kernel(float(rng.uniform(*cfg.defocus_radius_range)))
     else:

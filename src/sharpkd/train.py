@@ -58,8 +58,8 @@ class TrainConfig:
     w_kd_out: float = 1.0
     w_kd_feat: float = 0.1
     val_fraction: float = 0.1
-    val_patches: int = 48
-    val_patch_size: int = 128
+    val_crops_per_photo: int = 2
+    val_crop: int = 192
     val_every: int = 250
     ckpt_every: int = 250
     log_every: int = 10
@@ -150,7 +150,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     photos = load_photos(cfg.data) if cfg.data else skimage_photos()
     train_photos, val_photos = split_holdout(photos, cfg.val_fraction)
     sampler = PatchSampler(train_photos, cfg.patch_size, seed=cfg.seed)
-    val_blur, val_sharp = fixed_validation_set(val_photos, cfg.val_patches, cfg.val_patch_size, cfg.degrade)
+    val_blur, val_sharp = fixed_validation_set(val_photos, cfg.val_crops_per_photo, cfg.val_crop)
     val_blur, val_sharp = val_blur.to(device), val_sharp.to(device)
 
     # ---- models ---------------------------------------------------------------------------------
@@ -244,9 +244,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", val=f"{val_psnr:.2f}" if val_psnr else "-")
             timeout = cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60
             if step % cfg.val_every == 0 or step == cfg.steps or timeout:
+                tv = time.time()
                 val_psnr = validate(ema if ema is not None else model, val_blur, val_sharp)
                 write_log(event="val", step=step, val_psnr=val_psnr, val_gain=val_psnr - blurred_psnr,
                           elapsed_s=round(elapsed, 2))
+                t0 += time.time() - tv  # elapsed_s counts training only, so curves compare learning speed
             if step % cfg.ckpt_every == 0 or step == cfg.steps or timeout:
                 checkpoint(val_psnr)
             if timeout:

@@ -1,0 +1,80 @@
+"""Copy a trained model into the package as a shipped model, and write its model card.
+
+    python tools/ship_model.py runs/teacher --name teacher --half
+    sharpkd eval --models teacher,... --out docs/eval          # benchmark the shipped file itself
+    python tools/ship_model.py runs/teacher --name teacher --card-only --eval docs/eval/results.json
+
+The card is built from the provenance stored in the model file (command, steps, data, wall time,
+hardware) and, when given, the model's row of a ``sharpkd eval`` results.json.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from sharpkd.checkpoint import WEIGHTS_DIR, count_params, load_model, macs_per_pixel, save_model
+from sharpkd.evaluate import DEGRADATIONS
+
+
+def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
+    tc = info.get("train_config", {})
+    lines = [f"# Model card: `{name}`", "",
+             f"- file: `src/sharpkd/weights/{name}.safetensors` ({info.get('dtype', 'float32')} weights)",
+             f"- architecture: `{info['arch']}` preset `{info.get('preset', '?')}`, "
+             f"config `{json.dumps(info['config'])}`",
+             f"- parameters: {count_params(model):,}; MACs per pixel: {macs_per_pixel(model):,.0f}",
+             f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
+             + (f" from `{info['teacher']}`" if info.get("teacher") else ""),
+             f"- training command: `{info.get('command', '')}`",
+             f"- steps: {info.get('steps')}; batch {tc.get('batch_size')} x {tc.get('patch_size')}^2 patches; "
+             f"lr {tc.get('lr')} (warm-up + cosine), EMA {tc.get('ema')}",
+             f"- loss weights: reconstruction ({tc.get('recon')}) {tc.get('w_rec')}, "
+             f"perceptual {tc.get('w_perceptual')}"
+             + (f", distillation output {tc.get('w_kd_out')}, features {tc.get('w_kd_feat')}" if info.get("distilled")
+                else ""),
+             f"- data: {', '.join(info.get('data', []))} (about 10 % of the photos held out for validation)",
+             f"- degradations: `{json.dumps(tc.get('degrade', {}))}`",
+             f"- wall time: {info.get('wall_time_s', 0) / 60:.1f} min of training on {info.get('hardware')}",
+             f"- hold-out validation PSNR: {info.get('val_psnr', float('nan')):.2f} dB "
+             f"(blurred input {info.get('val_blurred_psnr', float('nan')):.2f} dB)", ""]
+    if eval_rows:
+        lines += ["## Benchmark (Kodak24, `shared/BENCHMARK.md`), PSNR dB / SSIM", "",
+                  "| method | " + " | ".join(DEGRADATIONS) + " | mean | gain |", "|" + "---|" * 7]
+        for r in eval_rows:
+            cells = [f"{r['per_degradation'][d]['psnr']:.2f} / {r['per_degradation'][d]['ssim']:.4f}"
+                     for d in DEGRADATIONS]
+            lines.append(f"| {r['method']} | " + " | ".join(cells)
+                         + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f} |")
+        lines.append("")
+    lines += ["Intended use: sharpening mildly to moderately blurred photographs (focus, camera shake).",
+              "Trained on synthetic degradations; strong real-world blur, heavy noise or compression may be",
+              "beyond it.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="training run folder or model file")
+    ap.add_argument("--name", required=True, choices=["student", "teacher", "student-nokd"])
+    ap.add_argument("--half", action="store_true", help="store fp16 weights")
+    ap.add_argument("--eval", type=Path, help="results.json of sharpkd eval, for the benchmark table")
+    ap.add_argument("--card-only", action="store_true", help="only (re)write the model card")
+    args = ap.parse_args()
+    dest = WEIGHTS_DIR / f"{args.name}.safetensors"
+    if not args.card_only:
+        model, info = load_model(args.run)
+        info = {k: v for k, v in info.items() if k not in ("format", "arch", "config")}
+        info["dtype"] = "float16" if args.half else "float32"
+        save_model(dest, model, info, half=args.half)
+        print(f"wrote {dest}")
+    model, info = load_model(dest)
+    rows = None
+    if args.eval:
+        data = json.loads(args.eval.read_text())
+        rows = [r for r in data["rows"] if not r.get("params") or r["method"] in (args.name, str(dest))]
+    (WEIGHTS_DIR / f"{args.name}.md").write_text(card(args.name, model, info, rows))
+    print(f"wrote {WEIGHTS_DIR / (args.name + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
