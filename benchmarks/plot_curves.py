@@ -38,7 +38,8 @@ def main() -> None:
             continue
         t = [v["elapsed_s"] / 60 for v in r["vals"]]
         g = [v["val_gain"] for v in r["vals"]]
-        ax.plot(t, g, marker="o", ms=3, label=f"{r['name']} ({r['config']['arch']})")
+        label = r["name"] if r["name"] == r["config"]["arch"] else f"{r['name']} ({r['config']['arch']})"
+        ax.plot(t, g, marker="o", ms=3, label=label)
         last = r["vals"][-1]
         rows.append(f"| {r['name']} | {r['config']['arch']} | {r['start']['params']:,} | "
                     f"{r['start']['macs_per_pixel']:,.0f} | {r['config']['threads'] or 'default'} | {last['step']} | "
