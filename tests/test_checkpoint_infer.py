@@ -86,3 +86,11 @@ def test_sharpener_accepts_arrays_pil_and_tensors(photo):
     assert t.shape == (3, 21, 19)
     with pytest.raises(ValueError):
         sh(np.zeros((5, 5)))
+
+
+def test_top_level_import():
+    import sharpkd
+
+    assert sharpkd.Sharpener is Sharpener
+    with pytest.raises(AttributeError):
+        sharpkd.NoSuchThing  # noqa: B018

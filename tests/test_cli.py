@@ -94,3 +94,20 @@ def test_train_teacher_then_student_end_to_end(tmp_path, images, capsys):
     assert {"rec", "perceptual", "kd_out", "kd_feat"} <= parts
     assert main(["info", "--model", str(s_dir)]) == 0
     assert "distilled:" in capsys.readouterr().out
+
+
+def test_sharpen_tiled_matches_untiled(tmp_path, images):
+    import torch
+
+    _, model = build_preset("student")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = str(save_model(tmp_path / "p.safetensors", model))
+    big = tmp_path / "big.png"
+    Image.fromarray(np.tile(np.asarray(Image.open(images / "a.png")), (4, 3, 1))).save(big)  # 148 x 159
+    a, b = tmp_path / "whole.png", tmp_path / "tiled.png"
+    assert main(["-q", "sharpen", str(big), "-o", str(a), "--model", path, "--tile", "0"]) == 0
+    assert main(["-q", "sharpen", str(big), "-o", str(b), "--model", path, "--tile", "96"]) == 0
+    diff = np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b)).astype(int))
+    assert diff.max() <= 1

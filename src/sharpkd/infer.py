@@ -107,7 +107,7 @@ class Sharpener:
         self.model = model.to(self.device).eval()
         self.multiple = int(getattr(model.config, "multiple", 1))
         self.tile = tile
-        self.overlap = min(overlap, tile // 2) if tile else overlap
+        self.overlap = min(overlap, tile * 3 // 4) if tile else overlap
         self.name = name
 
     @classmethod
