@@ -60,3 +60,11 @@ def test_student_without_distillation_needs_no_teacher(tmp_path):
     path = train(_cfg(tmp_path, stage="student", distill=False), progress=False)
     _, info = load_model(path)
     assert info["distilled"] is False and info["steps"] == 6
+
+
+def test_resume_history_is_recorded(tmp_path):
+    train(_cfg(tmp_path, steps=6, max_minutes=1e-9), progress=False)
+    path = train(_cfg(tmp_path, steps=6), resume=True, progress=False)
+    _, info = load_model(path)
+    assert [(h["start_step"], h["end_step"]) for h in info["history"]] == [(0, 1), (1, 6)]
+    assert info["command"] == info["history"][0]["command"]

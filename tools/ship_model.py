@@ -26,6 +26,8 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
              f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
              + (f" from `{info['teacher']}`" if info.get("teacher") else ""),
              f"- training command: `{info.get('command', '')}`",
+             *[f"  - steps {h['start_step']}-{h['end_step']} ({h['threads']} threads, {h['device']}): `{h['command']}`"
+               for h in info.get("history", [])[1:]],
              f"- steps: {info.get('steps')}; batch {tc.get('batch_size')} x {tc.get('patch_size')}^2 patches; "
              f"lr {tc.get('lr')} (warm-up + cosine), EMA {tc.get('ema')}",
              f"- loss weights: reconstruction ({tc.get('recon')}) {tc.get('w_rec')}, "
@@ -46,10 +48,25 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
             lines.append(f"| {r['method']} | " + " | ".join(cells)
                          + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f} |")
         lines.append("")
-    lines += ["Intended use: sharpening mildly to moderately blurred photographs (focus, camera shake).",
+    lines += [*info.get("notes", []), "",
+              "Intended use: sharpening mildly to moderately blurred photographs (focus, camera shake).",
               "Trained on synthetic degradations; strong real-world blur, heavy noise or compression may be",
               "beyond it.", ""]
     return "\n".join(lines)
+
+
+def fp16_check(full, half, info: dict) -> float:
+    """Hold-out PSNR of the float32 model minus that of the fp16-stored one (dB)."""
+    from sharpkd.data import fixed_validation_set, load_photos, skimage_photos, split_holdout
+    from sharpkd.train import validate
+
+    tc = info.get("train_config", {})
+    photos = load_photos(tc["data"]) if tc.get("data") else skimage_photos()
+    _, val = split_holdout(photos, tc.get("val_fraction", 0.1))
+    blurred, sharp = fixed_validation_set(val, tc.get("val_crops_per_photo", 2), tc.get("val_crop", 192))
+    a, b = validate(full, blurred, sharp), validate(half, blurred, sharp)
+    print(f"hold-out PSNR: float32 {a:.3f} dB, fp16 weights {b:.3f} dB")
+    return a - b
 
 
 def main() -> None:
@@ -59,13 +76,23 @@ def main() -> None:
     ap.add_argument("--half", action="store_true", help="store fp16 weights")
     ap.add_argument("--eval", type=Path, help="results.json of sharpkd eval, for the benchmark table")
     ap.add_argument("--card-only", action="store_true", help="only (re)write the model card")
+    ap.add_argument("--note", action="append", default=[], help="a line to add to the card (repeatable)")
     args = ap.parse_args()
     dest = WEIGHTS_DIR / f"{args.name}.safetensors"
     if not args.card_only:
         model, info = load_model(args.run)
         info = {k: v for k, v in info.items() if k not in ("format", "arch", "config")}
         info["dtype"] = "float16" if args.half else "float32"
+        info["notes"] = args.note
         save_model(dest, model, info, half=args.half)
+        if args.half:
+            drop = fp16_check(model, load_model(dest)[0], info)
+            info["fp16_holdout_psnr_drop_db"] = round(drop, 4)
+            if drop > 0.02:
+                save_model(dest, model, {**info, "dtype": "float32"})
+                print(f"fp16 costs {drop:.3f} dB on the hold-out set: shipped float32 instead")
+            else:
+                save_model(dest, model, info, half=True)
         print(f"wrote {dest}")
     model, info = load_model(dest)
     rows = None

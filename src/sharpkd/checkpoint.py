@@ -73,6 +73,7 @@ def save_model(path: str | Path, model: nn.Module, info: dict | None = None, hal
              for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"sharpkd": json.dumps(doc)})
+    os.chmod(tmp, 0o644)  # safetensors creates the file owner-only; a model file is meant to be shared
     os.replace(tmp, path)
     return path
 

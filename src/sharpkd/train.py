@@ -170,6 +170,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
 
     step, elapsed = 0, 0.0
+    history: list[dict] = []  # one entry per invocation (first run and each --resume)
     if state is not None:
         model.load_state_dict(state["model"])
         if ema is not None:
@@ -178,8 +179,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             adapter.load_state_dict(state["adapter"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
+        history = json.loads(state.get("history", "[]"))
         sampler.rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
+    command = shlex.join(["sharpkd", *sys.argv[1:]]) if sys.argv else ""
+    history.append({"command": command, "start_step": step, "end_step": step, "threads": torch.get_num_threads(),
+                    "device": str(device)})
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     log = open(out / "log.jsonl", "a")  # noqa: SIM115 (closed in finally)
 
@@ -194,15 +199,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                   hardware=hardware())
 
     def checkpoint(val_psnr: float | None) -> None:
+        history[-1]["end_step"] = step
         _atomic_torch_save({
             "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
             "adapter": adapter.state_dict() if adapter is not None else {}, "optimizer": opt.state_dict(),
             "step": step, "elapsed": elapsed, "config": json.dumps(dataclasses.asdict(cfg)),
             "numpy_rng": json.dumps(sampler.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+            "history": json.dumps(history),
         }, state_path)
         info = {"stage": cfg.stage, "preset": cfg.arch, "steps": step, "wall_time_s": round(elapsed, 1),
                 "hardware": hardware(), "data": cfg.data or ["scikit-image sample photos"],
-                "command": shlex.join(["sharpkd", *sys.argv[1:]]) if sys.argv else "",
+                "command": history[0]["command"], "history": history,
                 "val_psnr": val_psnr, "val_blurred_psnr": blurred_psnr,
                 "distilled": bool(teacher is not None), "teacher": cfg.teacher,
                 "train_config": dataclasses.asdict(cfg)}
