@@ -68,3 +68,13 @@ def test_resume_history_is_recorded(tmp_path):
     _, info = load_model(path)
     assert [(h["start_step"], h["end_step"]) for h in info["history"]] == [(0, 1), (1, 6)]
     assert info["command"] == info["history"][0]["command"]
+
+
+def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
+    import pytest
+
+    train(_cfg(tmp_path, steps=3), progress=False)
+    before = (tmp_path / "run" / "state.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(tmp_path, steps=3), progress=False)
+    assert (tmp_path / "run" / "state.pt").read_bytes() == before

@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("--device cuda: no CUDA device is available")
     try:
         path = train(cfg, resume=args.resume, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise UserError(str(e)) from e
     print(f"model written to {path}")
     return 0

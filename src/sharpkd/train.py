@@ -137,6 +137,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                                   val_every=cfg.val_every, ckpt_every=cfg.ckpt_every, device=cfg.device,
                                   threads=cfg.threads)
     else:
+        if state_path.exists():
+            raise FileExistsError(f"{out} already holds a training run: continue it with --resume, "
+                                  "or choose another --out")
         state = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
