@@ -69,6 +69,8 @@ def test_degrade_blurs_and_is_seeded(tmp_path, images):
     assert np.array_equal(a, b) and a.shape == np.asarray(Image.open(images / "a.png")).shape
     assert not np.array_equal(a, np.asarray(Image.open(images / "a.png")))
     assert main(["degrade", str(images / "a.png"), "-o", str(tmp_path / "g.png"), "--sigma", "-1"]) == 2
+    assert main(["degrade", str(images / "a.png"), "-o", str(tmp_path / "j.png"), "--jpeg", "30"]) == 0
+    assert main(["degrade", str(images / "a.png"), "-o", str(tmp_path / "j2.png"), "--jpeg", "300"]) == 2
 
 
 def test_info_prints_params_and_macs(model_file, capsys):
@@ -86,7 +88,9 @@ def test_train_teacher_then_student_end_to_end(tmp_path, images, capsys):
     t_dir, s_dir = tmp_path / "t", tmp_path / "s"
     common = ["--data", str(images), "--steps", "4", "--batch-size", "2", "--patch-size", "32", "--val-every", "2",
               "--log-every", "1"]
-    assert main(["-q", "train", "teacher", "--arch", "nafunet-s", "--out", str(t_dir), *common]) == 0
+    assert main(["-q", "train", "teacher", "--arch", "nafunet-s", "--out", str(t_dir), "--jpeg-prob", "0.5",
+                 "--recon", "l1", *common]) == 0
+    assert json.loads((t_dir / "config.json").read_text())["degrade"]["jpeg_prob"] == 0.5
     assert main(["-q", "train", "student", "--teacher", str(t_dir), "--out", str(s_dir), "--w-perceptual", "0.01",
                  *common]) == 0
     log = [json.loads(line) for line in (s_dir / "log.jsonl").read_text().splitlines()]

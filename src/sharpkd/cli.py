@@ -88,7 +88,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     import torch
 
     from sharpkd.data import IMAGE_EXTENSIONS
-    from sharpkd.degrade import add_noise, blur, make_kernel
+    from sharpkd.degrade import add_noise, blur, jpeg, make_kernel
     from sharpkd.imageio import ImageReadError, read_image, write_image
 
     jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS)
@@ -96,6 +96,8 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         kernel = make_kernel(args.blur, sigma=args.sigma, radius=args.radius, length=args.length, seed=args.seed)
     except ValueError as e:
         raise UserError(str(e)) from e
+    if args.noise < 0 or not 0 <= args.jpeg <= 100:
+        raise UserError("--noise must be >= 0 and --jpeg a quality between 1 and 100")
     failed = 0
     for i, (src, dst) in enumerate(jobs):
         try:
@@ -108,7 +110,10 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         y = blur(x, kernel)
         if args.noise > 0:
             y = add_noise(y, args.noise, torch.Generator().manual_seed(args.seed * 100003 + i))
-        img.rgb = y.clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        y = y.clamp(0, 1)
+        if args.jpeg:
+            y = jpeg(y, args.jpeg)
+        img.rgb = y[0].permute(1, 2, 0).numpy()
         dst.parent.mkdir(parents=True, exist_ok=True)
         write_image(dst, img)
     print(f"degraded {len(jobs) - failed} image(s) ({args.blur}) -> {args.output}")
@@ -119,6 +124,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
 # train
 # --------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from sharpkd.degrade import DegradeConfig
     from sharpkd.train import TrainConfig, train
 
     cfg = TrainConfig(stage=args.stage, arch=args.arch or "", out=args.out, data=args.data or [],
@@ -126,7 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
                       device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                       val_every=args.val_every, ckpt_every=args.val_every, log_every=args.log_every, ema=args.ema,
-                      w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out, w_kd_feat=args.w_kd_feat)
+                      w_rec=args.w_rec, recon=args.recon, w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out,
+                      w_kd_feat=args.w_kd_feat, degrade=DegradeConfig(jpeg_prob=args.jpeg_prob))
     if args.stage == "student" and cfg.distill and not cfg.teacher:
         raise UserError("train student needs --teacher MODEL (or --no-distill for the ablation)")
     for d in cfg.data:
@@ -201,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=float, default=3.0, help="defocus disc radius in pixels")
     p.add_argument("--length", type=float, default=15.0, help="motion trajectory length in pixels")
     p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std, image range [0, 1]")
+    p.add_argument("--jpeg", type=int, default=0, metavar="QUALITY", help="also JPEG-compress at this quality")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_degrade)
 
@@ -216,9 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights (0: off)")
+    p.add_argument("--recon", default="charbonnier", choices=["charbonnier", "l1"], help="reconstruction loss")
+    p.add_argument("--w-rec", type=float, default=1.0, help="weight of the reconstruction loss (ground truth)")
     p.add_argument("--w-perceptual", type=float, default=0.0, help="weight of the VGG16 perceptual loss")
     p.add_argument("--w-kd-out", type=float, default=1.0, help="weight of output distillation")
     p.add_argument("--w-kd-feat", type=float, default=0.1, help="weight of feature distillation")
+    p.add_argument("--jpeg-prob", type=float, default=0.0, help="share of training patches JPEG-compressed")
     p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
     p.add_argument("--log-every", type=int, default=10, help="write a log line every N steps")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (with a checkpoint) after this long")
