@@ -177,5 +177,5 @@ def to_markdown(result: dict) -> str:
         macs = f"{r['macs_per_pixel']:,.0f}" if "macs_per_pixel" in r else "-"
         lines.append(f"| {r['method']} | " + " | ".join(cells)
                      + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f} | {params} | {macs}"
-                     + f" | {r['megapixels_per_s']:.2f} |")
+                     + f" | {'-' if r is result['rows'][0] else format(r['megapixels_per_s'], '.2f')} |")
     return "\n".join(lines)
