@@ -25,7 +25,8 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
              f"- parameters: {count_params(model):,}; MACs per pixel: {macs_per_pixel(model):,.0f}",
              f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
              + (f" from `{info['teacher']}`" if info.get("teacher") else ""),
-             f"- training command: `{info.get('command', '')}`",
+             (f"- training command: `{info.get('command', '')}`" if info.get("history")
+              else f"- training command (latest invocation; see the history below): `{info.get('command', '')}`"),
              *[f"  - steps {h['start_step']}-{h['end_step']} ({h['threads']} threads, {h['device']}): `{h['command']}`"
                for h in info.get("history", [])[1:]],
              f"- steps: {info.get('steps')}; batch {tc.get('batch_size')} x {tc.get('patch_size')}^2 patches; "
