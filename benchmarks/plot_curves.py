@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     ap.add_argument("--md", type=Path, help="markdown table to write")
     ap.add_argument("--title", default="Validation gain per CPU-minute")
+    ap.add_argument("--x", choices=["minutes", "steps"], default="minutes", help="horizontal axis")
     args = ap.parse_args()
     import matplotlib
 
@@ -36,7 +37,7 @@ def main() -> None:
     for r in runs:
         if not r["vals"]:
             continue
-        t = [v["elapsed_s"] / 60 for v in r["vals"]]
+        t = [v["elapsed_s"] / 60 if args.x == "minutes" else v["step"] for v in r["vals"]]
         g = [v["val_gain"] for v in r["vals"]]
         label = r["name"] if r["name"] == r["config"]["arch"] else f"{r['name']} ({r['config']['arch']})"
         ax.plot(t, g, marker="o", ms=3, label=label)
@@ -45,7 +46,7 @@ def main() -> None:
                     f"{r['start']['macs_per_pixel']:,.0f} | {r['config']['threads'] or 'default'} | {last['step']} | "
                     f"{last['elapsed_s'] / 60:.1f} | {last['val_gain']:+.3f} | {max(g):+.3f} |")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("training wall time (minutes)")
+    ax.set_xlabel("training wall time (minutes)" if args.x == "minutes" else "training steps")
     ax.set_ylabel("hold-out PSNR gain over blurred input (dB)")
     ax.set_title(args.title)
     ax.grid(alpha=0.3)
