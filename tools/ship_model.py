@@ -42,6 +42,8 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
              f"(blurred input {info.get('val_blurred_psnr', float('nan')):.2f} dB)", ""]
     if eval_rows:
         lines += ["## Benchmark (Kodak24, `shared/BENCHMARK.md`), PSNR dB / SSIM", "",
+                  "`sharpkd eval --data ../shared/datasets/eval/kodak24 --models teacher,student,student-nokd "
+                  "--out docs/eval` (the shipped fp16 file itself)", "",
                   "| method | " + " | ".join(DEGRADATIONS) + " | mean | gain |", "|" + "---|" * 7]
         for r in eval_rows:
             cells = [f"{r['per_degradation'][d]['psnr']:.2f} / {r['per_degradation'][d]['ssim']:.4f}"
