@@ -166,7 +166,7 @@ class PatchSampler:
         area = np.array([p.pixels.shape[0] * p.pixels.shape[1] for p in self.photos], dtype=np.float64)
         self.prob = area / area.sum()
 
-    def _crop(self, arr: np.ndarray) -> np.ndarray:
+    def random_crop(self, arr: np.ndarray) -> np.ndarray:
         ps = self.patch_size
         h, w = arr.shape[:2]
         if h < ps or w < ps:
@@ -191,7 +191,7 @@ class PatchSampler:
     def sharp_batch(self, batch_size: int) -> torch.Tensor:
         """(B, 3, P, P) float32 in [0, 1]."""
         idx = self.rng.choice(len(self.photos), size=batch_size, p=self.prob)
-        arr = np.stack([self._crop(self.photos[i].pixels) for i in idx])
+        arr = np.stack([self.random_crop(self.photos[i].pixels) for i in idx])
         return torch.from_numpy(arr.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
 
     def batch(self, batch_size: int, degrade: DegradeConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +212,7 @@ def fixed_validation_set(photos: Sequence[Photo], crops_per_photo: int = 2, crop
     sampler = PatchSampler(photos, crop, seed=seed, tries=4)
     blurred, sharp = [], []
     for n in range(crops_per_photo * len(photos)):
-        patch = sampler._crop(photos[n % len(photos)].pixels)
+        patch = sampler.random_crop(photos[n % len(photos)].pixels)
         patch = np.ascontiguousarray(patch)
         kernels = [gaussian_kernel(s) for s in (1.0, 2.0, 3.0)]
         kernels.append(make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)),

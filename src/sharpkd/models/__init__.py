@@ -17,7 +17,6 @@ PRESETS = {
     # the student's plain-convolution design, scaled up: a teacher candidate that trains fast on CPUs
     "convunet": ("student", StudentConfig(unshuffle=2, width=64, low_width=128, low_blocks=6, high_blocks=2)),
     "student": ("student", StudentConfig()),
-    "student-x4": ("student", StudentConfig(unshuffle=4, width=48, low_width=48, low_blocks=1)),
 }
 
 __all__ = ["ARCHS", "PRESETS", "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher", "ResNetTeacherConfig",
