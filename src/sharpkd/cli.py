@@ -26,7 +26,10 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
     from sharpkd.infer import Sharpener
 
     jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS)
-    sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=args.tile)
+    try:
+        sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=args.tile, backend=args.backend)
+    except ValueError as e:
+        raise UserError(str(e)) from e
     failed = 0
     for src, dst in tqdm(jobs, desc="sharpen", unit="img", disable=len(jobs) < 2 or args.quiet):
         try:
@@ -161,11 +164,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     models = [m for m in (args.models or "").split(",") if m]
     try:
         res = run_benchmark(args.data, models, out_dir=args.out, kernels=args.kernels, limit=args.limit,
-                            device=args.device, tile=args.tile, progress=not args.quiet)
+                            device=args.device, tile=args.tile, progress=not args.quiet, backend=args.backend)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
     print(res["markdown"])
     print(f"wrote {Path(args.out) / 'results.md'} and results.json")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sharpkd.checkpoint import load_model, read_info
+    from sharpkd.export import export_onnx
+
+    out = Path(args.output)
+    if out.suffix != ".onnx":
+        raise UserError(f"output {out} should end in .onnx")
+    model, _ = load_model(args.model)
+    path = export_onnx(model, out, read_info(args.model))
+    print(f"exported {args.model} to {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX opset 18, dynamic batch/H/W)")
     return 0
 
 
@@ -198,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine")
     p.set_defaults(func=cmd_sharpen)
 
     p = sub.add_parser("degrade", help="blur images with the project's degradation code")
@@ -247,7 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (quick checks)")
     p.add_argument("--tile", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine for the models")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a model to ONNX")
+    p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="parameters, MACs/pixel and provenance of a model")
     p.add_argument("--model", default="student")

@@ -99,9 +99,9 @@ CLASSICAL: dict[str, Callable] = {
 
 def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kernels: str | Path,
                   limit: int = 0, device: str = "cpu", tile: int = 0, progress: bool = True,
-                  classical: bool = True) -> dict:
+                  classical: bool = True, backend: str = "torch") -> dict:
     """Score the classical rows and every model; write results.json and results.md to ``out_dir``."""
-    from sharpkd.checkpoint import count_params, macs_per_pixel, read_info
+    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel
     from sharpkd.infer import Sharpener
     from sharpkd.train import hardware
 
@@ -119,11 +119,12 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
     else:
         methods.append(("blurred input", CLASSICAL["blurred input"], {}))
     for m in models:
-        sh = Sharpener.from_pretrained(m, device=device, tile=tile)
-        info = read_info(m)
-        meta = {"params": count_params(sh.model), "macs_per_pixel": macs_per_pixel(sh.model),
-                "arch": info.get("preset", info["arch"]), "steps": info.get("steps"),
-                "distilled": info.get("distilled")}
+        sh = Sharpener.from_pretrained(m, device=device, tile=tile, backend=backend)
+        torch_model, info = load_model(m) if not m.endswith(".onnx") else (None, sh.model.info)
+        meta = {"arch": info.get("preset", info.get("arch")), "steps": info.get("steps"),
+                "distilled": info.get("distilled"), "backend": backend}
+        if torch_model is not None:
+            meta.update(params=count_params(torch_model), macs_per_pixel=macs_per_pixel(torch_model))
         methods.append((m, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta))
 
     rows = []
@@ -157,7 +158,7 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
     for r in rows:
         r["gain_db"] = r["mean_psnr"] - base
     result = {"protocol": "shared/BENCHMARK.md", "data": str(data), "images": len(images),
-              "hardware": hardware(), "device": device, "rows": rows}
+              "hardware": hardware(), "device": device, "backend": backend, "rows": rows}
     result["markdown"] = to_markdown(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +170,8 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
 def to_markdown(result: dict) -> str:
     head = ("| method | " + " | ".join(DEGRADATIONS) + " | mean PSNR / SSIM | gain (dB) | params | MACs/px | MP/s |")
     lines = [f"Kodak-protocol results on {result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
-             f"Throughput: {result['device']}, {result['hardware']}.", "", head,
+             f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend, fp32), {result['hardware']}.",
+             "", head,
              "|" + "---|" * (len(DEGRADATIONS) + 6)]
     for r in result["rows"]:
         cells = [f"{r['per_degradation'][d]['psnr']:.2f} / {r['per_degradation'][d]['ssim']:.4f}" for d in DEGRADATIONS]

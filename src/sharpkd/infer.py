@@ -89,6 +89,24 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     return out / weight
 
 
+def onnx_runner(name_or_path: str | Path):
+    """An ONNX Runtime runner for a .onnx file, a shipped model, or any sharpkd model file."""
+    import tempfile
+
+    from sharpkd.checkpoint import SHIPPED, read_info
+    from sharpkd.export import OnnxRunner, export_onnx
+
+    p = Path(name_or_path)
+    if p.suffix == ".onnx":
+        return OnnxRunner(p)
+    if str(name_or_path) in SHIPPED and SHIPPED[str(name_or_path)].with_suffix(".onnx").is_file():
+        return OnnxRunner(SHIPPED[str(name_or_path)].with_suffix(".onnx"))
+    model, _ = load_model(name_or_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", read_info(name_or_path))
+        return OnnxRunner(path)  # the session holds the model in memory; the file may go
+
+
 class Sharpener:
     """Sharpen images with a trained model.
 
@@ -104,18 +122,32 @@ class Sharpener:
     def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu", tile: int = 512,
                  overlap: int = 96, name: str = "model"):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.multiple = int(getattr(model.config, "multiple", 1))
+        if isinstance(model, nn.Module):
+            self.model = model.to(self.device).eval()
+            self.multiple = int(getattr(model.config, "multiple", 1))
+        else:  # a callable backend on (B, 3, H, W) tensors, e.g. sharpkd.export.OnnxRunner
+            self.model = model
+            self.multiple = int(model.multiple)
         self.tile = tile
         self.overlap = min(overlap, tile * 3 // 4) if tile else overlap
         self.name = name
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
-                        overlap: int = 96) -> Sharpener:
-        """``student`` or ``teacher`` (the shipped weights), a model file, or a training run folder."""
+                        overlap: int = 96, backend: str = "torch") -> Sharpener:
+        """``student`` or ``teacher`` (the shipped weights), a model file, or a training run folder.
+
+        ``backend="onnx"`` runs ONNX Runtime on the CPU: a ``.onnx`` path is used as it is, a shipped
+        name uses its shipped ``.onnx`` export when there is one, anything else is exported first.
+        """
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"unknown backend {backend!r}; choose 'torch' or 'onnx'")
         if str(device) == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
+        if backend == "onnx" or str(name_or_path).endswith(".onnx"):
+            if str(device) != "cpu":
+                raise ValueError("the onnx backend runs on the CPU; use --backend torch for CUDA")
+            return cls(onnx_runner(name_or_path), tile=tile, overlap=overlap, name=str(name_or_path))
         model, _ = load_model(name_or_path, device)
         return cls(model, device=device, tile=tile, overlap=overlap, name=str(name_or_path))
 

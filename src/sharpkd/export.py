@@ -1,0 +1,83 @@
+"""ONNX export and the ONNX Runtime backend.
+
+``export_onnx`` writes a single self-contained ``.onnx`` file (opset 18) with a dynamic batch,
+height and width; height and width must be multiples of the network's ``multiple``, which is stored
+in the file's metadata together with the model description, so that :class:`OnnxRunner` (and the
+:class:`~sharpkd.infer.Sharpener` that pads for it) needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from sharpkd.checkpoint import CheckpointError, config_to_dict
+
+OPSET = 18
+INPUT, OUTPUT = "image", "sharp"
+
+
+def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None) -> Path:
+    """Export ``model`` (float32, eval mode) to ``path``; returns the path."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval().cpu()
+    m = int(getattr(model.config, "multiple", 1))
+    x = torch.rand(1, 3, 4 * m, 6 * m)
+    dims = {"x": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC,
+                  3: torch.export.Dim.DYNAMIC}}
+    # the exporter reports its progress on stdout and warns about its own internals (and about
+    # torchvision, which sharpkd does not use): keep all of that quiet
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), input_names=[INPUT], output_names=[OUTPUT], dynamo=True,
+                                    dynamic_shapes=dims, opset_version=OPSET, external_data=False, verbose=False)
+    proto = program.model_proto
+    meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {})}
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "sharpkd", json.dumps(meta)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+class OnnxRunner:
+    """Runs an exported sharpkd ONNX model with ONNX Runtime on the CPU, as a callable on
+    (B, 3, H, W) float tensors (H, W multiples of ``multiple``)."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"no ONNX model at {path}")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise CheckpointError(f"{path} is not a loadable ONNX model: {e}") from e
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "sharpkd" not in meta:
+            raise CheckpointError(f"{path} is an ONNX model but not a sharpkd export (no 'sharpkd' metadata)")
+        self.info = json.loads(meta["sharpkd"])
+        self.multiple = int(self.info["multiple"])
+        self.path = path
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x.detach().cpu().float().numpy())})[0]
+        return torch.from_numpy(out)
