@@ -185,6 +185,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sharpkd.bench import METHODS, plot, run_bench, save_json, to_markdown
+
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    try:
+        sizes = tuple(tuple(int(v) for v in r.lower().split("x")) for r in args.resolutions.split(","))
+    except ValueError as e:
+        raise UserError(f"--resolutions takes WxH,WxH,... ({e})") from e
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    res = run_bench(methods, sizes, warmup=args.warmup, max_runs=args.runs, max_seconds=args.max_seconds,
+                    device=args.device, threads=args.threads)
+    print(to_markdown(res))
+    if args.json:
+        save_json(res, args.json)
+    if args.plot:
+        plot(res, args.plot)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -272,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="speed table: FPS and MP/s per method and resolution")
+    p.add_argument("--methods", default="unsharp-opencv,student-torch,student-onnx,teacher-torch")
+    p.add_argument("--resolutions", default="640x480,1280x720,1920x1080")
+    p.add_argument("--runs", type=int, default=20, help="at most this many timed runs per cell")
+    p.add_argument("--max-seconds", type=float, default=15.0, help="stop timing a cell after this long (>= 3 runs)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: library default)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--plot", help="write a PNG plot here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="parameters, MACs/pixel and provenance of a model")
     p.add_argument("--model", default="student")

@@ -1,0 +1,143 @@
+"""``sharpkd bench``: frames per second of the sharpening methods at common video resolutions.
+
+Each cell is the median over timed runs of one whole frame (1 x 3 x H x W, float32 in [0, 1]) through
+the same ``Sharpener`` path the CLI uses (pad, model, clamp, crop; no tiling), after warm-up runs.
+Unsharp masking is OpenCV (Gaussian blur + weighted sum on uint8), the classical baseline. On CUDA
+the clock is read after ``torch.cuda.synchronize()``. Each cell stops after ``max_seconds`` of timed
+runs (at least ``min_runs``), so slow models do not take minutes at 1080p.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESOLUTIONS = ((640, 480), (1280, 720), (1920, 1080))
+METHODS = ("unsharp-opencv", "student-torch", "student-onnx", "teacher-torch")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def environment(threads: int) -> dict:
+    import cv2
+    import onnxruntime
+
+    from sharpkd.train import hardware
+
+    return {"cpu": hardware().split(",")[0], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "onnxruntime_threads": threads or "default (all cores)", "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "precision": "fp32"}
+
+
+def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], object]:
+    """A function of one uint8 H x W x 3 frame that sharpens it (what is timed)."""
+    if name == "unsharp-opencv":
+        import cv2
+
+        def unsharp(frame: np.ndarray):
+            blurred = cv2.GaussianBlur(frame, (0, 0), 1.0)
+            return cv2.addWeighted(frame, 2.0, blurred, -1.0, 0)
+
+        return unsharp
+    from sharpkd.infer import Sharpener
+
+    model, backend = name.rsplit("-", 1)
+    if backend == "onnx":
+        from sharpkd.export import OnnxRunner
+        from sharpkd.infer import onnx_runner
+
+        runner = onnx_runner(model)
+        if threads:
+            runner = OnnxRunner(runner.path, threads=threads)
+        sh = Sharpener(runner, tile=0)
+    else:
+        sh = Sharpener.from_pretrained(model, device=device, tile=0)
+    dev = torch.device(device)
+
+    def run(frame: np.ndarray):
+        x = torch.from_numpy(frame).to(dev).permute(2, 0, 1)[None].float() / 255.0
+        out = sh.sharpen_tensor(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def run_bench(methods: tuple[str, ...] = METHODS, resolutions: tuple[tuple[int, int], ...] = RESOLUTIONS,
+              warmup: int = 2, min_runs: int = 3, max_runs: int = 20, max_seconds: float = 15.0,
+              device: str = "cpu", threads: int = 0) -> dict:
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in methods:
+        fn = _method(name, device, threads)
+        for w, h in resolutions:
+            frame = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            for _ in range(warmup):
+                fn(frame)
+            times: list[float] = []
+            while len(times) < max_runs and (len(times) < min_runs or sum(times) < max_seconds):
+                t = time.perf_counter()
+                fn(frame)
+                times.append(time.perf_counter() - t)
+            med = statistics.median(times)
+            rows.append({"method": name, "width": w, "height": h, "runs": len(times), "median_s": med,
+                         "fps": 1 / med, "mp_per_s": w * h / 1e6 / med, "peak_rss_mb": _peak_rss_mb()})
+    return {"device": device, "environment": environment(threads), "rows": rows}
+
+
+def to_markdown(res: dict) -> str:
+    env = res["environment"]
+    lines = [f"Device: {res['device']}; CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs; "
+             f"torch {env['torch']} ({env['torch_threads']} threads), onnxruntime {env['onnxruntime']} "
+             f"({env['onnxruntime_threads']} threads), OpenCV {env['opencv']}; precision {env['precision']}.",
+             "Median of the timed runs after warm-up; one frame per call (batch 1), no tiling.", "",
+             "| method | resolution | FPS | MP/s | median ms | runs | peak RSS so far (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['method']} | {r['width']}x{r['height']} | {r['fps']:.1f} | {r['mp_per_s']:.2f} | "
+                     f"{r['median_s'] * 1000:.1f} | {r['runs']} | {r['peak_rss_mb']:.0f} |")
+    by = {(r["method"], r["width"]): r for r in res["rows"]}
+    ratios = [by[("student-torch", w)]["fps"] / by[("teacher-torch", w)]["fps"] for w, _ in RESOLUTIONS
+              if ("student-torch", w) in by and ("teacher-torch", w) in by]
+    if ratios:
+        lines += ["", f"Student (torch) / teacher (torch) throughput: {', '.join(f'{x:.1f}x' for x in ratios)}."]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for name in dict.fromkeys(r["method"] for r in res["rows"]):
+        rs = [r for r in res["rows"] if r["method"] == name]
+        ax.plot([r["width"] * r["height"] / 1e6 for r in rs], [r["fps"] for r in rs], marker="o", label=name)
+    ax.axhline(30, color="grey", ls="--", lw=0.8, label="30 FPS")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("frame size (megapixels)")
+    ax.set_ylabel("frames per second")
+    ax.set_title(f"sharpkd bench: {res['environment']['cpu']} ({res['device']})", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def save_json(res: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(res, indent=1))
