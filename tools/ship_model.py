@@ -1,4 +1,4 @@
-"""Copy a trained model into the package as a shipped model, and write its model card.
+"""Copy a trained model into the package as a shipped model (and its ONNX export), and write its model card.
 
     python tools/ship_model.py runs/teacher --name teacher --half
     sharpkd eval --models teacher,... --out docs/eval          # benchmark the shipped file itself
@@ -97,6 +97,12 @@ def main() -> None:
             else:
                 save_model(dest, model, info, half=True)
         print(f"wrote {dest}")
+        if args.name in ("student", "teacher"):  # keep the shipped ONNX export in step with the weights
+            from sharpkd.checkpoint import read_info
+            from sharpkd.export import export_onnx
+
+            onnx_path = export_onnx(load_model(dest)[0], dest.with_suffix(".onnx"), read_info(dest))
+            print(f"wrote {onnx_path}")
     model, info = load_model(dest)
     rows = None
     if args.eval:
