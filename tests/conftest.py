@@ -31,3 +31,19 @@ def shared_datasets() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/datasets is not beside the project")
     return SHARED
+
+
+@pytest.fixture
+def perturbed():
+    """Factory: a preset network with small random offsets on every weight, so that zero-initialised
+    layers (which make fresh networks the identity) carry signal."""
+    from sharpkd.checkpoint import build_preset
+
+    def make(name: str, scale: float = 0.02) -> torch.nn.Module:
+        _, model = build_preset(name)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(scale * torch.randn_like(p))
+        return model.eval()
+
+    return make

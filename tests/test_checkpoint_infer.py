@@ -2,21 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from sharpkd.checkpoint import CheckpointError, build_preset, load_model, read_info, save_model
+from sharpkd.checkpoint import CheckpointError, load_model, read_info, save_model
 from sharpkd.infer import Sharpener, run_padded, run_tiled, tile_starts
 
 
-def _perturbed(name):
-    _, model = build_preset(name)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", ["student", "nafunet-s", "resnet8"])
-def test_checkpoint_round_trip_gives_same_output(tmp_path, name):
-    model = _perturbed(name)
+def test_checkpoint_round_trip_gives_same_output(tmp_path, name, perturbed):
+    model = perturbed(name)
     path = save_model(tmp_path / "m.safetensors", model, {"steps": 7})
     loaded, info = load_model(path)
     assert info["steps"] == 7 and info["config"]
@@ -25,8 +17,8 @@ def test_checkpoint_round_trip_gives_same_output(tmp_path, name):
         assert torch.equal(model(x), loaded(x))
 
 
-def test_fp16_checkpoint_is_close(tmp_path):
-    model = _perturbed("student")
+def test_fp16_checkpoint_is_close(tmp_path, perturbed):
+    model = perturbed("student")
     loaded, _ = load_model(save_model(tmp_path / "h.safetensors", model, half=True))
     x = torch.rand(1, 3, 24, 24)
     with torch.no_grad():
@@ -62,8 +54,8 @@ def test_tile_starts_cover_everything_on_the_grid(align):
 
 
 @pytest.mark.parametrize("name", ["student", "nafunet-s"])
-def test_tiled_equals_untiled(name):
-    model = _perturbed(name)
+def test_tiled_equals_untiled(name, perturbed):
+    model = perturbed(name)
     m = model.config.multiple
     x = torch.rand(1, 3, 131, 157)
     full = run_padded(model, x, m)
@@ -72,10 +64,10 @@ def test_tiled_equals_untiled(name):
     assert (tiled - full).abs().max() < 1e-4
 
 
-def test_sharpener_accepts_arrays_pil_and_tensors(photo):
+def test_sharpener_accepts_arrays_pil_and_tensors(photo, perturbed):
     from PIL import Image
 
-    sh = Sharpener(_perturbed("student"), tile=32, overlap=8)
+    sh = Sharpener(perturbed("student"), tile=32, overlap=8)
     out = sh(photo)
     assert out.shape == photo.shape and out.dtype == np.uint8
     outf = sh(photo.astype(np.float32) / 255)

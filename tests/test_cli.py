@@ -100,14 +100,8 @@ def test_train_teacher_then_student_end_to_end(tmp_path, images, capsys):
     assert "distilled:" in capsys.readouterr().out
 
 
-def test_sharpen_tiled_matches_untiled(tmp_path, images):
-    import torch
-
-    _, model = build_preset("student")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    path = str(save_model(tmp_path / "p.safetensors", model))
+def test_sharpen_tiled_matches_untiled(tmp_path, images, perturbed):
+    path = str(save_model(tmp_path / "p.safetensors", perturbed("student", 0.01)))
     big = tmp_path / "big.png"
     Image.fromarray(np.tile(np.asarray(Image.open(images / "a.png")), (4, 3, 1))).save(big)  # 148 x 159
     a, b = tmp_path / "whole.png", tmp_path / "tiled.png"

@@ -2,23 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from sharpkd.checkpoint import CheckpointError, build_preset, save_model
+from sharpkd.checkpoint import CheckpointError, save_model
 from sharpkd.cli import main
 from sharpkd.export import OnnxRunner, export_onnx
 from sharpkd.infer import Sharpener
 
 
-def _perturbed(name):
-    _, model = build_preset(name)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", ["student", "nafunet-s"])
-def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name):
-    model = _perturbed(name)
+def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name, perturbed):
+    model = perturbed(name)
     runner = OnnxRunner(export_onnx(model, tmp_path / "m.onnx", {"steps": 3}))
     assert runner.multiple == model.config.multiple and runner.info["steps"] == 3
     a = Sharpener(model, tile=0)
@@ -40,10 +32,10 @@ def test_shipped_onnx_files_match_shipped_weights():
         assert (a - b).abs().max() <= 1e-4, name
 
 
-def test_export_cli_and_onnx_backend(tmp_path, photo, capsys):
+def test_export_cli_and_onnx_backend(tmp_path, photo, capsys, perturbed):
     from PIL import Image
 
-    path = save_model(tmp_path / "s.safetensors", _perturbed("student"))
+    path = save_model(tmp_path / "s.safetensors", perturbed("student"))
     onnx_path = tmp_path / "s.onnx"
     assert main(["export", "--model", str(path), "-o", str(onnx_path)]) == 0
     assert "exported" in capsys.readouterr().out
