@@ -98,10 +98,10 @@ def main() -> None:
                 save_model(dest, model, info, half=True)
         print(f"wrote {dest}")
         if args.name in ("student", "teacher"):  # keep the shipped ONNX export in step with the weights
-            from sharpkd.checkpoint import read_info
             from sharpkd.export import export_onnx
 
-            onnx_path = export_onnx(load_model(dest)[0], dest.with_suffix(".onnx"), read_info(dest))
+            shipped, shipped_info = load_model(dest)
+            onnx_path = export_onnx(shipped, dest.with_suffix(".onnx"), shipped_info)
             print(f"wrote {onnx_path}")
     model, info = load_model(dest)
     rows = None

@@ -55,13 +55,9 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
 
     model, backend = name.rsplit("-", 1)
     if backend == "onnx":
-        from sharpkd.export import OnnxRunner
         from sharpkd.infer import onnx_runner
 
-        runner = onnx_runner(model)
-        if threads:
-            runner = OnnxRunner(runner.path, threads=threads)
-        sh = Sharpener(runner, tile=0)
+        sh = Sharpener(onnx_runner(model, threads), tile=0)
     else:
         sh = Sharpener.from_pretrained(model, device=device, tile=0)
     dev = torch.device(device)

@@ -173,14 +173,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sharpkd.checkpoint import load_model, read_info
+    from sharpkd.checkpoint import load_model
     from sharpkd.export import export_onnx
 
     out = Path(args.output)
     if out.suffix != ".onnx":
         raise UserError(f"output {out} should end in .onnx")
-    model, _ = load_model(args.model)
-    path = export_onnx(model, out, read_info(args.model))
+    model, info = load_model(args.model)
+    path = export_onnx(model, out, info)
     print(f"exported {args.model} to {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX opset 18, dynamic batch/H/W)")
     return 0
 

@@ -210,13 +210,12 @@ def fixed_validation_set(photos: Sequence[Photo], crops_per_photo: int = 2, crop
 
     rng = np.random.default_rng(seed)
     sampler = PatchSampler(photos, crop, seed=seed, tries=4)
+    gaussians = [gaussian_kernel(s) for s in (1.0, 2.0, 3.0)]
     blurred, sharp = [], []
     for n in range(crops_per_photo * len(photos)):
-        patch = sampler.random_crop(photos[n % len(photos)].pixels)
-        patch = np.ascontiguousarray(patch)
-        kernels = [gaussian_kernel(s) for s in (1.0, 2.0, 3.0)]
-        kernels.append(make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)),
-                                   size=27))
+        patch = np.ascontiguousarray(sampler.random_crop(photos[n % len(photos)].pixels))
+        kernels = gaussians + [make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)),
+                                   size=27)]
         for j, k in enumerate(kernels):
             blurred.append(protocol_degrade(patch, k, seed + 1000 * j + n))
             sharp.append(patch)

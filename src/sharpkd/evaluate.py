@@ -101,7 +101,9 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
                   limit: int = 0, device: str = "cpu", tile: int = 0, progress: bool = True,
                   classical: bool = True, backend: str = "torch") -> dict:
     """Score the classical rows and every model; write results.json and results.md to ``out_dir``."""
-    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel
+    import torch
+
+    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel, read_info
     from sharpkd.infer import Sharpener
     from sharpkd.train import hardware
 
@@ -120,7 +122,12 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
         methods.append(("blurred input", CLASSICAL["blurred input"], {}))
     for m in models:
         sh = Sharpener.from_pretrained(m, device=device, tile=tile, backend=backend)
-        torch_model, info = load_model(m) if not m.endswith(".onnx") else (None, sh.model.info)
+        if isinstance(sh.model, torch.nn.Module):
+            torch_model, info = sh.model, read_info(m)  # header only; the weights are loaded once
+        elif m.endswith(".onnx"):
+            torch_model, info = None, sh.model.info
+        else:  # onnx backend for a sharpkd model file: count parameters on the torch weights
+            torch_model, info = load_model(m)
         meta = {"arch": info.get("preset", info.get("arch")), "steps": info.get("steps"),
                 "distilled": info.get("distilled"), "backend": backend}
         if torch_model is not None:

@@ -89,29 +89,31 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     return out / weight
 
 
-def onnx_runner(name_or_path: str | Path):
-    """An ONNX Runtime runner for a .onnx file, a shipped model, or any sharpkd model file."""
+def onnx_runner(name_or_path: str | Path, threads: int = 0):
+    """An ONNX Runtime runner for a .onnx file, a shipped model, or any sharpkd model file
+    (``threads``: ONNX Runtime intra-op threads, 0 for its default)."""
     import tempfile
 
-    from sharpkd.checkpoint import SHIPPED, read_info
+    from sharpkd.checkpoint import SHIPPED
     from sharpkd.export import OnnxRunner, export_onnx
 
     p = Path(name_or_path)
     if p.suffix == ".onnx":
-        return OnnxRunner(p)
+        return OnnxRunner(p, threads)
     if str(name_or_path) in SHIPPED and SHIPPED[str(name_or_path)].with_suffix(".onnx").is_file():
-        return OnnxRunner(SHIPPED[str(name_or_path)].with_suffix(".onnx"))
-    model, _ = load_model(name_or_path)
+        return OnnxRunner(SHIPPED[str(name_or_path)].with_suffix(".onnx"), threads)
+    model, info = load_model(name_or_path)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx", read_info(name_or_path))
-        return OnnxRunner(path)  # the session holds the model in memory; the file may go
+        path = export_onnx(model, Path(tmp) / "model.onnx", info)
+        return OnnxRunner(path, threads)  # the session holds the model in memory; the file may go
 
 
 class Sharpener:
     """Sharpen images with a trained model.
 
     Args:
-        model: a sharpkd network (input/output RGB in [0, 1], (B, 3, H, W)).
+        model: a sharpkd network (input/output RGB in [0, 1], (B, 3, H, W)), or a callable backend
+            with a ``multiple`` attribute such as :class:`sharpkd.export.OnnxRunner`.
         device: "cpu" or "cuda".
         tile: tile size in pixels for images larger than that (0: never tile).
         overlap: pixels shared by neighbouring tiles. Each output pixel keeps at least overlap/4
@@ -119,7 +121,8 @@ class Sharpener:
             tiled equals untiled to within float error.
     """
 
-    def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu", tile: int = 512,
+    def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor], *,
+                 device: str | torch.device = "cpu", tile: int = 512,
                  overlap: int = 96, name: str = "model"):
         self.device = torch.device(device)
         if isinstance(model, nn.Module):
