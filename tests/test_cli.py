@@ -109,3 +109,14 @@ def test_sharpen_tiled_matches_untiled(tmp_path, images, perturbed):
     assert main(["-q", "sharpen", str(big), "-o", str(b), "--model", path, "--tile", "96"]) == 0
     diff = np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b)).astype(int))
     assert diff.max() <= 1
+
+
+def test_train_blur_mix_is_parsed_and_checked(tmp_path, capsys):
+    from sharpkd.cli import UserError, parse_blur_mix
+
+    assert parse_blur_mix("gaussian=0.35, motion=0.65") == {"gaussian": 0.35, "motion": 0.65}
+    for bad in ("swirl=1", "motion=abc", "motion=-1", "gaussian=0"):
+        with pytest.raises(UserError):
+            parse_blur_mix(bad)
+    rc = main(["train", "teacher", "--out", str(tmp_path / "r"), "--blur-mix", "zoom=1"])
+    assert rc == 2 and "unknown blur kind" in capsys.readouterr().err

@@ -78,3 +78,23 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         train(_cfg(tmp_path, steps=3), progress=False)
     assert (tmp_path / "run" / "state.pt").read_bytes() == before
+
+
+def test_init_starts_from_given_weights_and_logs_gains_by_kind(tmp_path):
+    first = train(_cfg(tmp_path, out=str(tmp_path / "a")), progress=False)
+    model_a, _ = load_model(first)
+    # fine-tuning at learning rate 0: the weights must be exactly those it started from
+    second = train(_cfg(tmp_path, out=str(tmp_path / "b"), init=str(first), steps=1, lr=0.0), progress=False)
+    model_b, _ = load_model(second)
+    for (k, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    vals = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl") if '"val"' in line]
+    assert set(vals[-1]["val_gain_by_kind"]) == {"gauss1", "gauss2", "gauss3", "motion"}
+
+
+def test_init_with_another_architecture_is_refused(tmp_path):
+    import pytest
+
+    first = train(_cfg(tmp_path, out=str(tmp_path / "a")), progress=False)
+    with pytest.raises(ValueError, match="do not fit"):
+        train(_cfg(tmp_path, out=str(tmp_path / "b"), arch="nafunet-s", init=str(first)), progress=False)

@@ -126,17 +126,43 @@ def cmd_degrade(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
+def parse_blur_mix(text: str) -> dict[str, float]:
+    """``gaussian=0.35,motion=0.65`` -> {"gaussian": 0.35, "motion": 0.65} (shares need not sum to 1)."""
+    from sharpkd.degrade import BLUR_KINDS
+
+    mix: dict[str, float] = {}
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in BLUR_KINDS:
+            raise UserError(f"--blur-mix: unknown blur kind {name!r} (choose from {', '.join(BLUR_KINDS)})")
+        try:
+            share = float(value)
+        except ValueError:
+            raise UserError(f"--blur-mix: {part!r} needs a number, e.g. {name}=0.5") from None
+        if share < 0 or not share < float("inf"):
+            raise UserError(f"--blur-mix: share of {name} must be a non-negative number")
+        mix[name] = share
+    if not mix or sum(mix.values()) <= 0:
+        raise UserError("--blur-mix: give at least one blur kind with a positive share")
+    return mix
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sharpkd.degrade import DegradeConfig
     from sharpkd.train import TrainConfig, train
 
+    mix = parse_blur_mix(args.blur_mix)
+    if args.init and not Path(args.init).exists() and args.init not in ("student", "teacher", "student-nokd"):
+        raise UserError(f"--init: no such model file: {args.init}")
     cfg = TrainConfig(stage=args.stage, arch=args.arch or "", out=args.out, data=args.data or [],
                       teacher=args.teacher or "", distill=not args.no_distill, steps=args.steps,
                       batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
                       device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                       val_every=args.val_every, ckpt_every=args.val_every, log_every=args.log_every, ema=args.ema,
                       w_rec=args.w_rec, recon=args.recon, w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out,
-                      w_kd_feat=args.w_kd_feat, degrade=DegradeConfig(jpeg_prob=args.jpeg_prob))
+                      w_kd_feat=args.w_kd_feat, init=args.init or "",
+                      degrade=DegradeConfig(jpeg_prob=args.jpeg_prob, kinds=tuple(mix), kind_probs=tuple(mix.values()),
+                                            motion_length_range=tuple(args.motion_length)))
     if args.stage == "student" and cfg.distill and not cfg.teacher:
         raise UserError("train student needs --teacher MODEL (or --no-distill for the ablation)")
     for d in cfg.data:
@@ -227,6 +253,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sharpkd.web import WebConfig, serve
+
+    models = tuple(m.strip() for m in args.model.split(",") if m.strip())
+    if not models:
+        raise UserError("--model: name at least one model")
+    if args.workers < 1 or args.queue < 0:
+        raise UserError("--workers must be >= 1 and --queue >= 0")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise UserError("--max-upload-mb and --max-megapixels must be positive")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port} is not a valid port")
+    cfg = WebConfig(models=models, backend=args.backend, max_upload_mb=args.max_upload_mb,
+                    max_megapixels=args.max_megapixels, workers=args.workers, queue=args.queue)
+    try:
+        serve(cfg, host=args.host, port=args.port)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
+    except OSError as e:  # e.g. the port is taken
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from e
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sharpkd", description="Sharpen blurry photos with a distilled student network.")
@@ -261,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="architecture preset (teacher default: nafunet; student default: student)")
     p.add_argument("--teacher", help="teacher model file (student stage)")
     p.add_argument("--no-distill", action="store_true", help="student stage: ground truth only (ablation)")
+    p.add_argument("--init", help="start from these weights (fine-tuning; fresh optimiser and schedule)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=96)
@@ -272,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w-kd-out", type=float, default=1.0, help="weight of output distillation")
     p.add_argument("--w-kd-feat", type=float, default=0.1, help="weight of feature distillation")
     p.add_argument("--jpeg-prob", type=float, default=0.0, help="share of training patches JPEG-compressed")
+    p.add_argument("--blur-mix", default="gaussian=0.45,defocus=0.2,motion=0.35",
+                   help="share of each blur kind in training, e.g. gaussian=0.35,defocus=0.15,motion=0.5")
+    p.add_argument("--motion-length", type=float, nargs=2, default=(3.0, 30.0), metavar=("MIN", "MAX"),
+                   help="range of procedural camera-shake trajectory lengths (pixels)")
     p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
     p.add_argument("--log-every", type=int, default=10, help="write a log line every N steps")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (with a checkpoint) after this long")
@@ -309,6 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="the web app, under the waitress WSGI server")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="student,teacher,unsharp",
+                   help="comma-separated models to offer (student, teacher, unsharp, or model files); first is default")
+    p.add_argument("--workers", type=int, default=1, help="requests computed at once")
+    p.add_argument("--queue", type=int, default=4, help="requests that may wait; more get 503 + Retry-After")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload (413 above)")
+    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest decoded image (413 above)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine for the networks")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="parameters, MACs/pixel and provenance of a model")
     p.add_argument("--model", default="student")

@@ -56,9 +56,11 @@ def list_images(paths: Iterable[str | Path], recursive: bool = True) -> list[Pat
     return sorted(set(found))
 
 
-def load_photos(paths: Sequence[str | Path], min_size: int = 32) -> list[Photo]:
+def load_photos(paths: str | Path | Sequence[str | Path], min_size: int = 32) -> list[Photo]:
     """Decode images (RGB uint8). Unreadable files and images smaller than ``min_size`` are
     skipped with a warning; CIFAR-10 batch files (``data_batch_*``, ``test_batch``) are expanded."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     photos: list[Photo] = []
     files: list[Path] = []
     for p in map(Path, paths):

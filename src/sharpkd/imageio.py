@@ -8,9 +8,11 @@ output's extension), EXIF (with orientation reset, since the pixels are now upri
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,6 +28,15 @@ class ImageReadError(ValueError):
     """The file is missing, not an image, truncated, or too large."""
 
 
+class UnsupportedImageError(ImageReadError):
+    """A readable image of a kind sharpkd does not process (animation, unusual pixel mode)."""
+
+
+# Pixel modes read as they are (grayscale, 16-bit, palette, alpha) or converted (CMYK, YCbCr, ...).
+SUPPORTED_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                   "I", "I;16", "I;16B", "I;16L"}
+
+
 @dataclass
 class LoadedImage:
     rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
@@ -39,26 +50,43 @@ class LoadedImage:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
-def read_image(path: str | Path) -> LoadedImage:
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
+def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Decode a file (a path, or a binary file object such as an upload) into a :class:`LoadedImage`.
+
+    Raises :class:`ImageReadError` for missing, unreadable, truncated or oversized files and
+    :class:`UnsupportedImageError` for animations and pixel modes that are not photographs.
+    ``name`` is used in messages only (never as a path).
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = name or str(path)
+        if not path.is_file():
+            raise ImageReadError(f"{path}: no such file")
+        source = path
+    name = name or "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageReadError(f"{path}: {im.width}x{im.height} is larger than {MAX_PIXELS:,} pixels")
-                fmt = im.format
+            with Image.open(source) as im:
+                if im.width * im.height > max_pixels:
+                    raise ImageReadError(f"{name}: {im.width}x{im.height} is larger than {max_pixels:,} pixels")
+                # phone JPEGs are often MPO (a photo plus previews): the first frame is the photo
+                if im.format != "MPO" and getattr(im, "is_animated", False):
+                    raise UnsupportedImageError(f"{name}: animated images are not supported")
+                if im.mode not in SUPPORTED_MODES:
+                    raise UnsupportedImageError(f"{name}: pixel mode {im.mode} is not supported")
+                fmt = "JPEG" if im.format == "MPO" else im.format
                 info = {k: im.info[k] for k in ("icc_profile",) if im.info.get(k)}
                 exif = im.getexif()
                 im = ImageOps.exif_transpose(im)
                 im.load()
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image file, or a format that cannot be read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: cannot read image ({e})") from e
+        raise ImageReadError(f"{name}: cannot read image ({e})") from e
     if exif:
         exif[0x0112] = 1  # orientation: pixels are upright now
         info["exif"] = exif.tobytes()
@@ -74,7 +102,7 @@ def read_image(path: str | Path) -> LoadedImage:
         rgb = np.repeat((arr / scale)[..., None], 3, axis=2)
     else:
         if mode == "CMYK":
-            warnings.warn(f"{path}: CMYK image converted to RGB", stacklevel=2)
+            warnings.warn(f"{name}: CMYK image converted to RGB", stacklevel=2)
         rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return LoadedImage(np.ascontiguousarray(rgb.clip(0, 1)), alpha, mode, fmt, info)
 
@@ -98,10 +126,31 @@ def to_pil(img: LoadedImage) -> Image.Image:
 
 
 def write_image(path: str | Path, img: LoadedImage, quality: int = 95) -> None:
+    """Write atomically (a partial file never replaces an existing one); format from the extension."""
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unsupported output extension (use one of {sorted(FORMATS)})")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            save_image(f, img, fmt, quality)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def encode_image(img: LoadedImage, fmt: str, quality: int = 95) -> bytes:
+    """The image as the bytes of a file in PIL format ``fmt`` (PNG, JPEG, WEBP, TIFF, BMP)."""
+    buf = io.BytesIO()
+    save_image(buf, img, fmt, quality)
+    return buf.getvalue()
+
+
+def save_image(f: BinaryIO, img: LoadedImage, fmt: str, quality: int = 95) -> None:
+    """Encode ``img`` into an open binary file, restoring mode, alpha, EXIF and ICC profile."""
+    if fmt not in FORMATS.values():
+        raise ValueError(f"unsupported output format {fmt!r} (use one of {sorted(set(FORMATS.values()))})")
     pil = to_pil(img)
     if fmt in ("JPEG", "BMP") and pil.mode in ("RGBA", "LA"):
         pil = pil.convert("RGB" if pil.mode == "RGBA" else "L")
@@ -112,9 +161,4 @@ def write_image(path: str | Path, img: LoadedImage, quality: int = 95) -> None:
         kwargs["icc_profile"] = img.info["icc_profile"]
     if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and "exif" in img.info:
         kwargs["exif"] = img.info["exif"]
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        pil.save(tmp, format=fmt, **kwargs)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    pil.save(f, format=fmt, **kwargs)

@@ -108,6 +108,40 @@ def onnx_runner(name_or_path: str | Path, threads: int = 0):
         return OnnxRunner(path, threads)  # the session holds the model in memory; the file may go
 
 
+class UnsharpMask:
+    """The classical baseline as a backend: ``x + amount * (x - gaussian(x, radius))``, the same
+    filter as ``skimage.filters.unsharp_mask(radius=1, amount=1)`` used by the benchmark."""
+
+    multiple = 1
+
+    def __init__(self, radius: float = 1.0, amount: float = 1.0):
+        from sharpkd.degrade import gaussian_kernel
+
+        self.radius, self.amount = radius, amount
+        self.kernel = gaussian_kernel(radius, 2 * int(4 * radius + 0.5) + 1)  # skimage truncates at 4 sigma
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.kernel.shape[0] // 2
+        c = x.shape[1]
+        k = torch.as_tensor(self.kernel, dtype=x.dtype, device=x.device).expand(c, 1, -1, -1)
+        blurred = torch.nn.functional.conv2d(symmetric_pad(x, p), k, groups=c)
+        return (x + self.amount * (x - blurred)).clamp(0, 1)
+
+
+def symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Pad the last two dimensions by mirroring with the edge repeated (``d c b a | a b c d``), as
+    scipy.ndimage's "reflect" mode does; works for any image size."""
+
+    def index(n: int) -> torch.Tensor:
+        i = torch.arange(-p, n + p, device=x.device) % (2 * n)
+        return torch.where(i < n, i, 2 * n - 1 - i)
+
+    return x[..., index(x.shape[-2]), :][..., index(x.shape[-1])]
+
+
+CLASSICAL = {"unsharp": UnsharpMask}
+
+
 class Sharpener:
     """Sharpen images with a trained model.
 
@@ -145,6 +179,8 @@ class Sharpener:
         """
         if backend not in ("torch", "onnx"):
             raise ValueError(f"unknown backend {backend!r}; choose 'torch' or 'onnx'")
+        if str(name_or_path) in CLASSICAL:
+            return cls(CLASSICAL[str(name_or_path)](), tile=tile, overlap=overlap, name=str(name_or_path))
         if str(device) == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         if backend == "onnx" or str(name_or_path).endswith(".onnx"):

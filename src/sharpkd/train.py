@@ -42,6 +42,7 @@ class TrainConfig:
     out: str = "runs/teacher"
     data: list[str] = field(default_factory=list)  # folders/files; empty -> scikit-image sample photos
     teacher: str = ""  # model file of the teacher (student stage)
+    init: str = ""  # start from these weights (fine-tuning); optimiser and schedule start fresh
     distill: bool = True  # student stage: False trains the same student on ground truth only
     steps: int = 2000
     batch_size: int = 8
@@ -111,7 +112,9 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
 
 
 @torch.inference_mode()
-def validate(model: torch.nn.Module, blurred: torch.Tensor, sharp: torch.Tensor, chunk: int = 8) -> float:
+def validate(model: torch.nn.Module, blurred: torch.Tensor, sharp: torch.Tensor, chunk: int = 8,
+             per_image: bool = False) -> float | torch.Tensor:
+    """Mean PSNR of the model's 8-bit output over the validation set (or the per-image PSNRs)."""
     model.eval()
     scores = []
     for i in range(0, len(blurred), chunk):
@@ -119,7 +122,17 @@ def validate(model: torch.nn.Module, blurred: torch.Tensor, sharp: torch.Tensor,
         out = torch.round(out * 255) / 255  # score what would be saved to disk
         scores.append(batch_psnr(out, sharp[i : i + chunk]))
     model.train()
-    return float(torch.cat(scores).mean())
+    scores = torch.cat(scores)
+    return scores if per_image else float(scores.mean())
+
+
+VAL_KINDS = ("gauss1", "gauss2", "gauss3", "motion")  # the interleaving of fixed_validation_set
+
+
+def gains_by_kind(out_psnr: torch.Tensor, blurred_psnr: torch.Tensor) -> dict[str, float]:
+    """Mean gain per degradation of the validation set, rounded for the log."""
+    gain = out_psnr - blurred_psnr
+    return {k: round(float(gain[j :: len(VAL_KINDS)].mean()), 3) for j, k in enumerate(VAL_KINDS)}
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -158,6 +171,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
     # ---- models ---------------------------------------------------------------------------------
     arch, model = build_preset(cfg.arch)
+    if cfg.init and state is None:
+        init_model, _ = load_model(cfg.init)
+        try:
+            if type(init_model) is not type(model):
+                raise RuntimeError
+            model.load_state_dict(init_model.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"--init {cfg.init}: weights do not fit --arch {cfg.arch}") from e
     model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema > 0 else None
     weights = cfg.loss_weights()
@@ -195,7 +216,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         log.write(json.dumps(rec) + "\n")
         log.flush()
 
-    blurred_psnr = validate(torch.nn.Identity(), val_blur, val_sharp)
+    blurred_each = validate(torch.nn.Identity(), val_blur, val_sharp, per_image=True)
+    blurred_psnr = float(blurred_each.mean())
     if state is None:
         write_log(event="start", arch=arch, params=count_params(model), macs_per_pixel=macs_per_pixel(model),
                   train_photos=len(train_photos), val_photos=len(val_photos), val_blurred_psnr=blurred_psnr,
@@ -255,8 +277,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             timeout = cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60
             if step % cfg.val_every == 0 or step == cfg.steps or timeout:
                 tv = time.time()
-                val_psnr = validate(ema if ema is not None else model, val_blur, val_sharp)
+                val_each = validate(ema if ema is not None else model, val_blur, val_sharp, per_image=True)
+                val_psnr = float(val_each.mean())
                 write_log(event="val", step=step, val_psnr=val_psnr, val_gain=val_psnr - blurred_psnr,
+                          val_gain_by_kind=gains_by_kind(val_each, blurred_each),
                           elapsed_s=round(elapsed, 2))
                 t0 += time.time() - tv  # elapsed_s counts training only, so curves compare learning speed
             if step % cfg.ckpt_every == 0 or step == cfg.steps or timeout:

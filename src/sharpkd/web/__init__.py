@@ -1,0 +1,342 @@
+"""The sharpkd web app: upload a blurry photo, see it sharpened beside the original, download it.
+
+``create_app()`` is a Flask application factory. Models are loaded once, when the app is created,
+and shared by all requests. Uploads are decoded from memory (file names are never used as paths)
+and every request runs through the same :class:`sharpkd.infer.Sharpener` as the CLI. A gate bounds
+the work in flight: ``workers`` requests compute at once, ``queue`` more may wait, and anything
+beyond gets ``503`` with ``Retry-After`` instead of piling up in memory.
+
+Run it under a production WSGI server with ``sharpkd serve`` (waitress).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from flask import Flask, Response, jsonify, render_template, request, send_file
+from werkzeug.exceptions import HTTPException
+
+from sharpkd.imageio import (
+    FORMATS,
+    MAX_PIXELS,
+    ImageReadError,
+    LoadedImage,
+    UnsupportedImageError,
+    encode_image,
+    read_image,
+)
+
+HERE = Path(__file__).parent
+MODEL_INFO = {
+    "student": ("Student (fast)", "the small distilled network"),
+    "teacher": ("Teacher (best)", "the large network the student learned from"),
+    "unsharp": ("Unsharp mask (classical)", "a classical filter: image + (image - Gaussian blur)"),
+}
+MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
+EXTENSION = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+DEMO_BLURS = {"gaussian": ("sigma", 0.3, 5.0), "defocus": ("radius", 0.5, 8.0), "motion": ("length", 2.0, 40.0)}
+
+
+class ApiError(Exception):
+    """An error answered as JSON with an HTTP status and, for 503, a Retry-After header."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+@dataclass
+class Gate:
+    """At most ``workers`` requests compute at once and ``queue`` more wait; the rest are refused."""
+
+    workers: int = 1
+    queue: int = 4
+    _admitted: threading.BoundedSemaphore = field(init=False)
+    _compute: threading.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.queue < 0:
+            raise ValueError("workers must be >= 1 and queue >= 0")
+        self._admitted = threading.BoundedSemaphore(self.workers + self.queue)
+        self._compute = threading.Semaphore(self.workers)
+
+    def __enter__(self) -> Gate:
+        if not self._admitted.acquire(blocking=False):
+            raise ApiError(503, "the server is busy; try again shortly", retry_after=2)
+        self._compute.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._compute.release()
+        self._admitted.release()
+
+
+@dataclass
+class WebConfig:
+    models: tuple[str, ...] = ("student", "teacher", "unsharp")
+    backend: str = "torch"  # torch or onnx, for the trained models
+    max_upload_mb: float = 25.0
+    max_megapixels: float = 40.0  # decoded size limit of one upload (memory bound)
+    workers: int = 1
+    queue: int = 4
+    tile: int = 512
+    agreement_side: int = 256  # the agreement score runs both networks on a copy this size (longest side)
+
+
+def _load_sharpeners(cfg: WebConfig) -> dict:
+    from sharpkd.infer import CLASSICAL, Sharpener
+
+    out = {}
+    for name in cfg.models:
+        backend = "torch" if name in CLASSICAL else cfg.backend
+        out[name] = Sharpener.from_pretrained(name, tile=cfg.tile, backend=backend)
+    return out
+
+
+def _model_facts(name: str, sharpener) -> dict:
+    """Name, label, description and (for networks) parameters and MACs per pixel."""
+    import torch
+
+    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel
+    from sharpkd.infer import CLASSICAL
+
+    label, description = MODEL_INFO.get(name, (Path(name).stem, "a trained model"))
+    facts = {"name": name, "label": label, "description": description}
+    net = sharpener.model if isinstance(sharpener.model, torch.nn.Module) else None
+    if net is None and name not in CLASSICAL:
+        try:
+            net = load_model(name)[0]  # an ONNX-backed model: count on its PyTorch original
+        except Exception:  # noqa: BLE001 - the facts are optional (a bare .onnx file has none)
+            net = None
+    if net is not None:
+        facts.update(params=count_params(net), macs_per_pixel=round(macs_per_pixel(net)))
+    return facts
+
+
+def _downscale(rgb: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    f = side / max(h, w)
+    if f >= 1:
+        return rgb
+    im = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8))
+    im = im.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) -> Flask:
+    """The Flask app. ``sharpeners`` (name -> Sharpener) replaces loading the shipped models."""
+    from sharpkd.metrics import psnr, sharpness, ssim
+
+    cfg = config or WebConfig()
+    app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.config["MAX_CONTENT_LENGTH"] = int(cfg.max_upload_mb * 1024 * 1024)
+    models = sharpeners if sharpeners is not None else _load_sharpeners(cfg)
+    if not models:
+        raise ValueError("the web app needs at least one model")
+    facts = [_model_facts(n, sh) for n, sh in models.items()]
+    gate = Gate(cfg.workers, cfg.queue)
+    app.extensions["sharpkd"] = {"models": models, "gate": gate, "config": cfg}
+    max_pixels = int(cfg.max_megapixels * 1e6)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def upload(field_name: str = "image") -> tuple[LoadedImage, bytes]:
+        f = request.files.get(field_name)
+        if f is None:
+            raise ApiError(400, f"no file in the form field '{field_name}'")
+        data = f.read()
+        if not data:
+            raise ApiError(400, "the uploaded file is empty")
+        try:
+            img = read_image(io.BytesIO(data), name="the upload", max_pixels=MAX_PIXELS)
+        except UnsupportedImageError as e:
+            raise ApiError(415, str(e)) from None
+        except ImageReadError as e:
+            raise ApiError(400, str(e)) from None
+        if img.rgb.shape[0] * img.rgb.shape[1] > max_pixels:
+            h, w = img.rgb.shape[:2]
+            raise ApiError(413, f"the image is {w}x{h}; this server takes at most {cfg.max_megapixels:g} megapixels")
+        return img, data
+
+    def model_name(default: str | None = None) -> str:
+        name = request.form.get("model") or default or next(iter(models))
+        if name not in models:
+            raise ApiError(400, f"unknown model {name!r}; this server has: {', '.join(models)}")
+        return name
+
+    def flag(name: str, default: bool = False) -> bool:
+        v = request.form.get(name, request.args.get(name))
+        return default if v is None else v.lower() in ("1", "true", "yes", "on")
+
+    def agreement(name: str, rgb: np.ndarray) -> float | None:
+        """SSIM between this model's and the teacher's output on a downscaled copy."""
+        if name == "teacher" or "teacher" not in models:
+            return None
+        small = _downscale(rgb, cfg.agreement_side)
+        a = models[name].sharpen_array(small)
+        b = models["teacher"].sharpen_array(small)
+        return round(ssim(np.round(a * 255), np.round(b * 255)), 4)
+
+    def sharpen(name: str, img: LoadedImage) -> tuple[LoadedImage, float]:
+        t0 = time.perf_counter()
+        out = models[name].sharpen_image(img)
+        return out, time.perf_counter() - t0
+
+    # ---- pages and API -------------------------------------------------------------------------
+    @app.get("/")
+    def index():
+        return render_template("index.html", models=facts, max_upload_mb=cfg.max_upload_mb,
+                               max_megapixels=cfg.max_megapixels, demo_blurs=DEMO_BLURS)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", models=list(models))
+
+    @app.get("/api/models")
+    def api_models():
+        return jsonify(models=facts)
+
+    @app.get("/api/openapi.yaml")
+    def openapi():
+        return send_file(HERE / "openapi.yaml", mimetype="application/yaml")
+
+    @app.post("/api/sharpen")
+    def api_sharpen():
+        name = model_name()
+        fmt = request.form.get("format", "same").lower()
+        if fmt not in ("same", "png"):
+            raise ApiError(400, "format must be 'same' or 'png'")
+        want_json = request.form.get("response", "image") == "json"
+        with gate:  # admitted before decoding, so waiting requests hold only their compressed upload
+            img, _ = upload()
+            out_fmt = "PNG" if fmt == "png" or img.format not in MIME else img.format  # e.g. a GIF comes back as PNG
+            out, seconds = sharpen(name, img)
+            scores = {}
+            if flag("scores", default=want_json):
+                before = sharpness(img.rgb)
+                scores["sharpness_gain"] = round(sharpness(out.rgb) / before, 3) if before > 0 else None
+                scores["agreement"] = agreement(name, img.rgb)
+            data = encode_image(out, out_fmt)
+            preview = _b64(encode_image(img, "PNG")) if want_json and flag("preview") else None
+        h, w = out.rgb.shape[:2]
+        meta = {"model": name, "width": w, "height": h, "format": out_fmt, "mime": MIME[out_fmt],
+                "extension": EXTENSION[out_fmt], "time_ms": round(seconds * 1000, 1), "scores": scores}
+        if want_json:
+            meta["image"] = _b64(data)
+            if preview:  # a PNG of the upload for browsers that cannot show its format (TIFF)
+                meta["preview"] = preview
+            return jsonify(meta)
+        resp = Response(data, mimetype=MIME[out_fmt])
+        resp.headers["Content-Disposition"] = f'attachment; filename="sharpened{EXTENSION[out_fmt]}"'
+        resp.headers["X-Processing-Time-Ms"] = str(meta["time_ms"])
+        for k, v in scores.items():
+            resp.headers[f"X-Score-{k.replace('_', '-').title()}"] = "" if v is None else str(v)
+        return resp
+
+    @app.post("/api/demo")
+    def api_demo():
+        from sharpkd.degrade import make_kernel
+        from sharpkd.evaluate import protocol_degrade
+
+        name = model_name()
+        kind = request.form.get("blur", "gaussian")
+        if kind not in DEMO_BLURS:
+            raise ApiError(400, f"blur must be one of {', '.join(DEMO_BLURS)}")
+        param, lo, hi = DEMO_BLURS[kind]
+        try:
+            strength = float(request.form.get("strength", 2.0 if kind == "gaussian" else 10.0))
+        except ValueError:
+            raise ApiError(400, "strength must be a number") from None
+        if not lo <= strength <= hi:
+            raise ApiError(400, f"{param} of {kind} blur must be between {lo:g} and {hi:g}")
+        seed = request.form.get("seed", "0")
+        if not seed.isdigit():
+            raise ApiError(400, "seed must be a non-negative integer")
+        kernel = make_kernel(kind, **{param: strength}, seed=int(seed))
+        with gate:
+            img, _ = upload()
+            sharp8 = np.round(img.rgb * 255).astype(np.uint8)
+            blurred8 = protocol_degrade(sharp8, kernel, int(seed))  # blur, 1/255 noise, 8-bit rounding
+            blurred = LoadedImage(blurred8.astype(np.float32) / 255.0, None, "RGB", "PNG")
+            out, seconds = sharpen(name, blurred)
+            out8 = np.round(out.rgb * 255).astype(np.uint8)
+            metrics = {k: {"psnr": round(psnr(v, sharp8), 2), "ssim": round(ssim(v, sharp8), 4)}
+                       for k, v in (("blurred", blurred8), ("sharpened", out8))}
+            result = {"model": name, "blur": kind, param: strength, "time_ms": round(seconds * 1000, 1),
+                      "metrics": metrics, "width": int(sharp8.shape[1]), "height": int(sharp8.shape[0]),
+                      "original": _b64(encode_image(LoadedImage(img.rgb), "PNG")),
+                      "blurred": _b64(encode_image(blurred, "PNG")), "sharpened": _b64(encode_image(out, "PNG"))}
+        return jsonify(result)
+
+    # ---- errors: always JSON, never a traceback ------------------------------------------------
+    @app.errorhandler(ApiError)
+    def api_error(e: ApiError):
+        resp = jsonify(error=e.message, status=e.status)
+        resp.status_code = e.status
+        if e.retry_after is not None:
+            resp.headers["Retry-After"] = str(e.retry_after)
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        message = e.description or e.name
+        if e.code == 413:
+            message = f"the upload is larger than this server's limit of {cfg.max_upload_mb:g} MB"
+        resp = jsonify(error=message, status=e.code)
+        resp.status_code = e.code or 500
+        return resp
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception):
+        app.logger.exception("unhandled error")
+        resp = jsonify(error="internal error while processing the image", status=500)
+        resp.status_code = 500
+        return resp
+
+    return app
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's per-thread malloc arenas. Each of the server's threads would otherwise get an
+    arena of its own and keep freed tensor memory there: with 4 concurrent clients the peak RSS
+    measured 964 MB by default and 520 MB with 2 arenas (benchmarks/web_load.py). No-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, n))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+def serve(cfg: WebConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the app with waitress (a production WSGI server)."""
+    import os
+
+    import torch
+    from waitress import serve as waitress_serve
+
+    limit_malloc_arenas()
+    # the CPU threads are shared by the requests computing at once
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
+    app = create_app(cfg)
+    print(f"sharpkd web app on http://{host}:{port}/ (models: {', '.join(cfg.models)}; "
+          f"{cfg.workers} worker(s), queue {cfg.queue}, uploads up to {cfg.max_upload_mb:g} MB)", flush=True)
+    # enough connection threads for the admitted requests plus a few for pages and health checks
+    waitress_serve(app, host=host, port=port, threads=cfg.workers + cfg.queue + 4, ident="sharpkd",
+                   max_request_body_size=int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024)
+
+
+__all__ = ["FORMATS", "ApiError", "Gate", "WebConfig", "create_app", "serve"]

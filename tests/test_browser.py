@@ -1,0 +1,160 @@
+"""The web app in a real browser: Debian's Chromium driven by Playwright against `sharpkd serve`.
+
+Playwright's own browser download does not work on these machines, so the test launches the
+system Chromium (``apt-get install chromium``). Outside CI the test is skipped when either is
+missing; in CI (``CI`` set) a missing browser is a failure, not a skip.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "blurry_cat.png"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _need(thing: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{thing} is missing in CI (.ci/run installs it)")
+    pytest.skip(f"{thing} is not installed")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`sharpkd serve` on a free loopback port, for the whole module."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sharpkd.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                raise RuntimeError(f"sharpkd serve exited: {proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("sharpkd serve did not come up in 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need("playwright")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        _need("chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        print(f"browser: {exe}, Chromium {b.version}")
+        yield b
+        b.close()
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where screenshots go: $SHARPKD_SCREENSHOTS if set (docs), else the test's tmp folder."""
+    d = Path(os.environ.get("SHARPKD_SCREENSHOTS", tmp_path))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def test_upload_sharpen_slide_and_download(server, browser, tmp_path):
+    w, h = Image.open(EXAMPLE).size
+    page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    page.goto(server + "/")
+    page.set_input_files("#file", str(EXAMPLE))
+    page.get_by_label("Student (fast)").check()
+    page.click("#go")
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    page.wait_for_function("document.getElementById('img-after').naturalWidth > 0")
+    # the result image has the upload's size
+    size = page.evaluate("[document.getElementById('img-after').naturalWidth, "
+                         "document.getElementById('img-after').naturalHeight]")
+    assert size == [w, h]
+    # the scores are shown with numbers
+    assert page.inner_text("#score-time").endswith("ms")
+    assert float(page.inner_text("#score-sharpness").lstrip("x")) > 1.0
+    agreement = float(page.inner_text("#score-agreement"))
+    assert 0 < agreement <= 1
+    assert "Done" in page.inner_text("#status")
+    # the slider moves the before/after split
+    page.fill("#slider", "20")
+    assert "20%" in page.evaluate("document.getElementById('img-after').style.clipPath")
+    # side-by-side view and the 100 % zoom
+    page.click("#view-side")
+    assert page.is_visible("#side-after") and not page.is_visible("#compare-box")
+    page.click("#side-after", position={"x": 30, "y": 30})
+    assert page.evaluate("document.getElementById('zoom-after').style.backgroundSize") == f"{w}px {h}px"
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "web_result.png"), full_page=True)
+    # download: same size and format as the upload
+    with page.expect_download() as info:
+        page.click("#download")
+    dl = info.value
+    assert dl.suggested_filename == "blurry_cat_sharp.png"
+    target = tmp_path / dl.suggested_filename
+    dl.save_as(target)
+    out = Image.open(target)
+    assert out.size == (w, h) and out.format == "PNG"
+    assert not np.array_equal(np.asarray(out.convert("RGB")), np.asarray(Image.open(EXAMPLE).convert("RGB")))
+    page.close()
+
+
+def test_compare_all_and_demo_mode(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(server + "/")
+    page.set_input_files("#file", str(EXAMPLE))
+    page.click("#compare")
+    page.wait_for_function("document.querySelectorAll('#all-grid figure').length === 4", timeout=120_000)
+    captions = page.locator("#all-grid figcaption").all_inner_texts()
+    assert captions[0] == "original" and [c.split(":")[0] for c in captions[1:]] == ["student", "teacher", "unsharp"]
+    page.click("#tab-demo")
+    sharp = tmp_path / "astronaut.png"  # the demo wants a sharp photo; the example cat is blurry
+    Image.fromarray(skimage.data.astronaut()[:256, 128:384]).save(sharp)
+    page.set_input_files("#demo-file", str(sharp))
+    page.select_option("#demo-blur", "gaussian")
+    page.fill("#demo-strength", "1.5")
+    page.click("#demo-go")
+    page.wait_for_selector("#demo-result:not([hidden])", timeout=60_000)
+    blurred = float(page.inner_text("#demo-psnr-blurred"))
+    sharpened = float(page.inner_text("#demo-psnr-sharpened"))
+    assert sharpened > blurred
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "web_demo.png"), full_page=True)
+    page.close()
+
+
+def test_phone_width_and_error_message(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server + "/")
+    # nothing wider than the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    bad = tmp_path / "not_a_photo.png"
+    bad.write_bytes(b"this is text, not a PNG")
+    page.set_input_files("#file", str(bad))
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Could not')")
+    assert "not an image" in page.inner_text("#status")
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "web_phone_error.png"), full_page=True)
+    page.close()
