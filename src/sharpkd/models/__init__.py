@@ -17,6 +17,10 @@ PRESETS = {
     # the student's plain-convolution design, scaled up: a teacher candidate that trains fast on CPUs
     "convunet": ("student", StudentConfig(unshuffle=2, width=64, low_width=128, low_blocks=6, high_blocks=2)),
     "student": ("student", StudentConfig()),
+    # cheaper students for the speed goals: everything at 1/4 and 1/8 of the input resolution
+    "student-x4": ("student", StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1)),
+    "student-x4d": ("student", StudentConfig(unshuffle=4, width=32, low_width=32, low_blocks=3)),
+    "student-n": ("student", StudentConfig(unshuffle=2, width=24, low_width=48)),
 }
 
 __all__ = ["ARCHS", "PRESETS", "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher", "ResNetTeacherConfig",
