@@ -83,7 +83,7 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"{name}: not an image file, or a format that cannot be read") from None
+        raise ImageReadError(f"{name}: cannot read image (not an image file, or an unsupported format)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
         raise ImageReadError(f"{name}: cannot read image ({e})") from e
