@@ -98,3 +98,32 @@ def test_init_with_another_architecture_is_refused(tmp_path):
     first = train(_cfg(tmp_path, out=str(tmp_path / "a")), progress=False)
     with pytest.raises(ValueError, match="do not fit"):
         train(_cfg(tmp_path, out=str(tmp_path / "b"), arch="nafunet-s", init=str(first)), progress=False)
+
+
+def test_distillation_on_extra_teacher_labelled_inputs_resumes_exactly(tmp_path):
+    """kd_extra adds patches whose only target is the teacher's output; the run stays resumable."""
+    teacher = train(_cfg(tmp_path, out=str(tmp_path / "teacher"), steps=3), progress=False)
+    kw = dict(stage="student", teacher=str(teacher), kd_extra=2)
+    full = train(_cfg(tmp_path, out=str(tmp_path / "full"), **kw), progress=False)
+    train(_cfg(tmp_path, out=str(tmp_path / "half"), max_minutes=1e-9, **kw), progress=False)
+    resumed = train(_cfg(tmp_path, out=str(tmp_path / "half"), **kw), resume=True, progress=False)
+    a, info = load_model(full)
+    b, _ = load_model(resumed)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), n
+    assert info["train_config"]["kd_extra"] == 2
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert all("kd_out" in r for r in log if r["event"] == "train")
+
+
+def test_extra_inputs_enter_only_the_distillation_terms():
+    from sharpkd.losses import LossWeights, combined_loss
+
+    sharp = torch.rand(2, 3, 8, 8)
+    pred = torch.rand(5, 3, 8, 8)  # 2 with ground truth + 3 extra
+    teacher_out = pred.clone()
+    teacher_out[2:] += 0.5  # the teacher disagrees on the extra inputs only
+    w = LossWeights(rec=1.0, recon="l1", kd_out=1.0, kd_feat=0.0)
+    _, parts = combined_loss(w, pred, sharp, teacher_out=teacher_out)
+    assert abs(parts["rec"] - (pred[:2] - sharp).abs().mean().item()) < 1e-6
+    assert abs(parts["kd_out"] - 0.5 * 3 / 5) < 1e-6

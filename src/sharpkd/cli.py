@@ -160,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                       val_every=args.val_every, ckpt_every=args.val_every, log_every=args.log_every, ema=args.ema,
                       w_rec=args.w_rec, recon=args.recon, w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out,
-                      w_kd_feat=args.w_kd_feat, init=args.init or "",
+                      w_kd_feat=args.w_kd_feat, init=args.init or "", kd_extra=args.kd_extra,
+                      kd_extra_data=args.kd_extra_data or [],
                       degrade=DegradeConfig(jpeg_prob=args.jpeg_prob, kinds=tuple(mix), kind_probs=tuple(mix.values()),
                                             motion_length_range=tuple(args.motion_length)))
     if args.stage == "student" and cfg.distill and not cfg.teacher:
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="architecture preset (teacher default: nafunet; student default: student)")
     p.add_argument("--teacher", help="teacher model file (student stage)")
     p.add_argument("--no-distill", action="store_true", help="student stage: ground truth only (ablation)")
+    p.add_argument("--kd-extra", type=int, default=0,
+                   help="student: extra patches per step labelled by the teacher only (no ground truth)")
+    p.add_argument("--kd-extra-data", nargs="+", help="photos for those extra patches (default: the training pool)")
     p.add_argument("--init", help="start from these weights (fine-tuning; fresh optimiser and schedule)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=8)

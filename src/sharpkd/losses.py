@@ -120,11 +120,16 @@ def combined_loss(w: LossWeights, pred: torch.Tensor, sharp: torch.Tensor, *,
                   teacher_out: torch.Tensor | None = None, student_feat: torch.Tensor | None = None,
                   teacher_feat: torch.Tensor | None = None, adapter: FeatureAdapter | None = None,
                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of the enabled terms; returns (total, {term: unweighted value}) for logging."""
-    parts: dict[str, torch.Tensor] = {"rec": RECONSTRUCTION[w.recon](pred, sharp)}
+    """Weighted sum of the enabled terms; returns (total, {term: unweighted value}) for logging.
+
+    ``pred`` may hold more images than ``sharp``: the first ``len(sharp)`` have ground truth, the
+    rest are extra inputs that only the teacher labels (they enter the distillation terms only).
+    """
+    n = sharp.shape[0]
+    parts: dict[str, torch.Tensor] = {"rec": RECONSTRUCTION[w.recon](pred[:n], sharp)}
     total = w.rec * parts["rec"]
     if w.perceptual > 0:
-        parts["perceptual"] = perceptual(pred, sharp)
+        parts["perceptual"] = perceptual(pred[:n], sharp)
         total = total + w.perceptual * parts["perceptual"]
     if w.kd_out > 0:
         if teacher_out is None:

@@ -44,6 +44,8 @@ class TrainConfig:
     teacher: str = ""  # model file of the teacher (student stage)
     init: str = ""  # start from these weights (fine-tuning); optimiser and schedule start fresh
     distill: bool = True  # student stage: False trains the same student on ground truth only
+    kd_extra: int = 0  # extra patches per step labelled by the teacher only (no ground truth used)
+    kd_extra_data: list[str] = field(default_factory=list)  # their photos (empty: the training pool)
     steps: int = 2000
     batch_size: int = 8
     patch_size: int = 96
@@ -168,6 +170,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     sampler = PatchSampler(train_photos, cfg.patch_size, seed=cfg.seed)
     val_blur, val_sharp = fixed_validation_set(val_photos, cfg.val_crops_per_photo, cfg.val_crop)
     val_blur, val_sharp = val_blur.to(device), val_sharp.to(device)
+    extra_sampler = None
+    if cfg.kd_extra > 0:
+        if cfg.stage != "student" or not cfg.distill:
+            raise ValueError("kd_extra needs a distilled student (the teacher labels the extra patches)")
+        extra_photos = load_photos(cfg.kd_extra_data) if cfg.kd_extra_data else train_photos
+        extra_sampler = PatchSampler(extra_photos, cfg.patch_size, seed=cfg.seed + 7919)
 
     # ---- models ---------------------------------------------------------------------------------
     arch, model = build_preset(cfg.arch)
@@ -205,6 +213,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         step, elapsed = int(state["step"]), float(state["elapsed"])
         history = json.loads(state.get("history", "[]"))
         sampler.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        if extra_sampler is not None and "extra_rng" in state:
+            extra_sampler.rng.bit_generator.state = json.loads(state["extra_rng"])
         torch.set_rng_state(state["torch_rng"])
     command = shlex.join(["sharpkd", *sys.argv[1:]]) if sys.argv else ""
     history.append({"command": command, "start_step": step, "end_step": step, "threads": torch.get_num_threads(),
@@ -230,6 +240,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             "adapter": adapter.state_dict() if adapter is not None else {}, "optimizer": opt.state_dict(),
             "step": step, "elapsed": elapsed, "config": json.dumps(dataclasses.asdict(cfg)),
             "numpy_rng": json.dumps(sampler.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+            **({"extra_rng": json.dumps(extra_sampler.rng.bit_generator.state)} if extra_sampler else {}),
             "history": json.dumps(history),
         }, state_path)
         info = {"stage": cfg.stage, "preset": cfg.arch, "steps": step, "wall_time_s": round(elapsed, 1),
@@ -250,6 +261,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 g["lr"] = lr_at(step, cfg)
             blurred, sharp = sampler.batch(cfg.batch_size, cfg.degrade)
             blurred, sharp = blurred.to(device), sharp.to(device)
+            if extra_sampler is not None:  # fresh inputs whose only label is the teacher's output
+                extra, _ = extra_sampler.batch(cfg.kd_extra, cfg.degrade)
+                blurred = torch.cat([blurred, extra.to(device)])
             t_out = t_feat = None
             if teacher is not None:
                 with torch.no_grad():  # the teacher's graph is never kept
