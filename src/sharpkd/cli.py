@@ -207,8 +207,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.suffix != ".onnx":
         raise UserError(f"output {out} should end in .onnx")
     model, info = load_model(args.model)
-    path = export_onnx(model, out, info)
-    print(f"exported {args.model} to {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX opset 18, dynamic batch/H/W)")
+    if not args.int8:
+        path = export_onnx(model, out, info)
+        print(f"exported {args.model} to {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX opset 18, dynamic batch/H/W)")
+        return 0
+    import tempfile
+
+    from sharpkd.export import calibration_inputs, export_int8
+
+    data = args.calib_data
+    if data is None and Path("../shared/datasets/train").is_dir():
+        data = ["../shared/datasets/train"]
+    for d in data or []:
+        if not Path(d).exists():
+            raise UserError(f"--calib-data: no such folder {d}")
+    if args.calib_patches < 1:
+        raise UserError("--calib-patches must be at least 1")
+    cal = calibration_inputs(data, args.calib_patches)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", info)
+        path = export_int8(fp32, out, cal)
+    source = ", ".join(data) if data else "scikit-image photos"
+    print(f"exported {args.model} to {path} ({path.stat().st_size / 1e6:.2f} MB, INT8 QDQ, calibrated on "
+          f"{len(cal)} blurred {cal.shape[-1]}px patches of {source})")
     return 0
 
 
@@ -353,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model to ONNX")
     p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
     p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--int8", action="store_true", help="static INT8 quantisation with ONNX Runtime's tools")
+    p.add_argument("--calib-data", nargs="+", help="photos for INT8 calibration (default: ../shared/datasets/train "
+                   "if present, else the scikit-image photos); the hold-out split is left out")
+    p.add_argument("--calib-patches", type=int, default=32, help="calibration patches (128x128, blurred)")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.set_defaults(func=cmd_export)
 
