@@ -6,12 +6,13 @@ from sharpkd.cli import main
 def test_bench_reports_every_cell(tmp_path, capsys):
     out = tmp_path / "b.json"
     png = tmp_path / "b.png"
-    assert main(["bench", "--methods", "unsharp-opencv,student-torch,student-onnx", "--resolutions", "64x48,96x80",
+    methods = "unsharp-opencv,student-torch,student-onnx,student-onnx-int8"
+    assert main(["bench", "--methods", methods, "--resolutions", "64x48,96x80",
                  "--runs", "3", "--warmup", "1", "--json", str(out), "--plot", str(png)]) == 0
     text = capsys.readouterr().out
     assert "precision fp32" in text and "| student-onnx | 96x80 |" in text
     res = json.loads(out.read_text())
-    assert len(res["rows"]) == 6
+    assert len(res["rows"]) == 8
     assert all(r["runs"] >= 3 and r["fps"] > 0 and abs(r["mp_per_s"] - r["width"] * r["height"] / 1e6 * r["fps"])
                < 1e-6 * r["mp_per_s"] + 1e-9 for r in res["rows"])
     assert res["environment"]["logical_cpus"] >= 1 and png.stat().st_size > 1000

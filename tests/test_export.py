@@ -56,3 +56,35 @@ def test_bad_onnx_files(tmp_path):
     bad.write_bytes(b"not a protobuf")
     with pytest.raises(CheckpointError, match="not a loadable"):
         OnnxRunner(bad)
+
+
+def test_int8_export_is_close_to_fp32_on_real_blurred_photos(tmp_path, capsys):
+    """The shipped student quantised to INT8 (calibrated on training-pool patches) stays close to
+    fp32 on blurred real photos it was not calibrated on (an astronaut crop), and keeps the metadata."""
+    import skimage.data
+
+    from sharpkd.degrade import blur, gaussian_kernel
+    from sharpkd.metrics import batch_psnr
+
+    out = tmp_path / "s8.onnx"
+    assert main(["export", "--model", "student", "--int8", "--calib-patches", "8", "-o", str(out)]) == 0
+    assert "INT8" in capsys.readouterr().out
+    r8 = OnnxRunner(out)
+    assert r8.info["precision"] == "int8" and r8.info["calibration_images"] == 8 and r8.multiple == 4
+    sharp = torch.from_numpy(skimage.data.astronaut()[100:228, 150:310].copy()).permute(2, 0, 1)[None] / 255.0
+    blurred = blur(sharp.float(), gaussian_kernel(1.5))
+    a = Sharpener.from_pretrained("student", tile=0).sharpen_tensor(blurred)
+    b = Sharpener(r8, tile=0).sharpen_tensor(blurred)
+    # INT8 output differs from fp32 by less than the student's own improvement over the input
+    assert float(batch_psnr(b, a)) > 40
+    assert float(batch_psnr(b, sharp)) > float(batch_psnr(blurred, sharp))
+    assert not torch.equal(a, b)  # it really is a different (quantised) network
+
+
+def test_shipped_int8_backend_and_bad_calibration(tmp_path, capsys):
+    sh = Sharpener.from_pretrained("student", tile=0, backend="onnx-int8")
+    assert sh.model.info["precision"] == "int8"
+    assert sh.sharpen_tensor(torch.rand(1, 3, 19, 23)).shape == (1, 3, 19, 23)
+    assert main(["export", "--model", "student", "--int8", "--calib-data", str(tmp_path / "nope"),
+                 "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "no such folder" in capsys.readouterr().err

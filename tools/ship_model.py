@@ -103,6 +103,11 @@ def main() -> None:
             shipped, shipped_info = load_model(dest)
             onnx_path = export_onnx(shipped, dest.with_suffix(".onnx"), shipped_info)
             print(f"wrote {onnx_path}")
+            if args.name == "student":  # and its INT8 version, calibrated on the training pool
+                from sharpkd.export import calibration_inputs, export_int8
+
+                cal = calibration_inputs(["../shared/datasets/train"], 32)
+                print(f"wrote {export_int8(onnx_path, dest.with_name('student-int8.onnx'), cal)}")
     model, info = load_model(dest)
     rows = None
     if args.eval:

@@ -22,11 +22,20 @@ import numpy as np
 import torch
 
 RESOLUTIONS = ((640, 480), (1280, 720), (1920, 1080))
-METHODS = ("unsharp-opencv", "student-torch", "student-onnx", "teacher-torch")
+METHODS = ("unsharp-opencv", "student-torch", "student-onnx", "student-onnx-int8", "teacher-torch")
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def cpu_flags() -> str:
+    """The CPU's SIMD features that matter for these kernels (Linux; empty elsewhere)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return ""
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)
 
 
 def environment(threads: int) -> dict:
@@ -38,7 +47,16 @@ def environment(threads: int) -> dict:
     return {"cpu": hardware().split(",")[0], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "onnxruntime_threads": threads or "default (all cores)", "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "precision": "fp32"}
+            "python": platform.python_version(), "precision": "fp32 (onnx-int8 rows: INT8 weights and activations)",
+            "cpu_flags": cpu_flags()}
+
+
+def split_method(name: str) -> tuple[str, str]:
+    """"student-onnx-int8" -> ("student", "onnx-int8"); "teacher-torch" -> ("teacher", "torch")."""
+    for backend in ("onnx-int8", "onnx", "torch", "opencv"):
+        if name.endswith("-" + backend):
+            return name[: -len(backend) - 1], backend
+    raise ValueError(f"method {name!r} should end in -torch, -onnx or -onnx-int8")
 
 
 def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], object]:
@@ -53,11 +71,11 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
         return unsharp
     from sharpkd.infer import Sharpener
 
-    model, backend = name.rsplit("-", 1)
-    if backend == "onnx":
+    model, backend = split_method(name)
+    if backend.startswith("onnx"):
         from sharpkd.infer import onnx_runner
 
-        sh = Sharpener(onnx_runner(model, threads), tile=0)
+        sh = Sharpener(onnx_runner(model, threads, int8=backend == "onnx-int8"), tile=0)
     else:
         sh = Sharpener.from_pretrained(model, device=device, tile=0)
     dev = torch.device(device)
@@ -98,7 +116,8 @@ def to_markdown(res: dict) -> str:
     env = res["environment"]
     lines = [f"Device: {res['device']}; CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs; "
              f"torch {env['torch']} ({env['torch_threads']} threads), onnxruntime {env['onnxruntime']} "
-             f"({env['onnxruntime_threads']} threads), OpenCV {env['opencv']}; precision {env['precision']}.",
+             f"({env['onnxruntime_threads']} threads), OpenCV {env['opencv']}; precision {env['precision']}; "
+             f"CPU flags: {env.get('cpu_flags') or 'n/a'}.",
              "Median of the timed runs after warm-up; one frame per call (batch 1), no tiling.", "",
              "| method | resolution | FPS | MP/s | median ms | runs | peak RSS so far (MB) |",
              "|---|---|---|---|---|---|---|"]

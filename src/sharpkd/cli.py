@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")
     p.set_defaults(func=cmd_sharpen)
 
     p = sub.add_parser("degrade", help="blur images with the project's degradation code")
@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (quick checks)")
     p.add_argument("--tile", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine for the models")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="inference engine for the models")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a model to ONNX")
@@ -402,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int, default=4, help="requests that may wait; more get 503 + Retry-After")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload (413 above)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest decoded image (413 above)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine for the networks")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="inference engine for the networks")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="parameters, MACs/pixel and provenance of a model")

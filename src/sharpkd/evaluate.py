@@ -129,7 +129,8 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
         else:  # onnx backend for a sharpkd model file: count parameters on the torch weights
             torch_model, info = load_model(m)
         meta = {"arch": info.get("preset", info.get("arch")), "steps": info.get("steps"),
-                "distilled": info.get("distilled"), "backend": backend}
+                "distilled": info.get("distilled"), "backend": "onnx" if m.endswith(".onnx") else backend,
+                "precision": info.get("precision", "int8" if backend == "onnx-int8" else "fp32")}
         if torch_model is not None:
             meta.update(params=count_params(torch_model), macs_per_pixel=macs_per_pixel(torch_model))
         methods.append((m, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta))
@@ -177,7 +178,8 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
 def to_markdown(result: dict) -> str:
     head = ("| method | " + " | ".join(DEGRADATIONS) + " | mean PSNR / SSIM | gain (dB) | params | MACs/px | MP/s |")
     lines = [f"Kodak-protocol results on {result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
-             f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend, fp32), {result['hardware']}.",
+             f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend; .onnx rows: ONNX Runtime), "
+             f"{result['hardware']}.",
              "", head,
              "|" + "---|" * (len(DEGRADATIONS) + 6)]
     for r in result["rows"]:

@@ -89,23 +89,31 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     return out / weight
 
 
-def onnx_runner(name_or_path: str | Path, threads: int = 0):
+def onnx_runner(name_or_path: str | Path, threads: int = 0, int8: bool = False):
     """An ONNX Runtime runner for a .onnx file, a shipped model, or any sharpkd model file
-    (``threads``: ONNX Runtime intra-op threads, 0 for its default)."""
+    (``threads``: ONNX Runtime intra-op threads, 0 for its default). ``int8`` uses the shipped
+    ``<name>-int8.onnx`` or quantises on the fly (calibrated on the scikit-image photos)."""
     import tempfile
 
     from sharpkd.checkpoint import SHIPPED
-    from sharpkd.export import OnnxRunner, export_onnx
+    from sharpkd.export import OnnxRunner, calibration_inputs, export_int8, export_onnx
 
     p = Path(name_or_path)
     if p.suffix == ".onnx":
         return OnnxRunner(p, threads)
-    if str(name_or_path) in SHIPPED and SHIPPED[str(name_or_path)].with_suffix(".onnx").is_file():
-        return OnnxRunner(SHIPPED[str(name_or_path)].with_suffix(".onnx"), threads)
+    if str(name_or_path) in SHIPPED:
+        shipped = SHIPPED[str(name_or_path)].with_name(f"{name_or_path}{'-int8' if int8 else ''}.onnx")
+        if shipped.is_file():
+            return OnnxRunner(shipped, threads)
     model, info = load_model(name_or_path)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", info)
+        if int8:
+            path = export_int8(path, Path(tmp) / "model-int8.onnx", calibration_inputs())
         return OnnxRunner(path, threads)  # the session holds the model in memory; the file may go
+
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 class UnsharpMask:
@@ -171,22 +179,26 @@ class Sharpener:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
-                        overlap: int = 96, backend: str = "torch") -> Sharpener:
-        """``student`` or ``teacher`` (the shipped weights), a model file, or a training run folder.
+                        overlap: int = 96, backend: str = "torch", threads: int = 0) -> Sharpener:
+        """``student`` or ``teacher`` (the shipped weights), ``unsharp`` (the classical filter), a
+        model file, or a training run folder.
 
         ``backend="onnx"`` runs ONNX Runtime on the CPU: a ``.onnx`` path is used as it is, a shipped
         name uses its shipped ``.onnx`` export when there is one, anything else is exported first.
+        ``backend="onnx-int8"`` does the same with the statically quantised INT8 model.
+        ``threads``: ONNX Runtime intra-op threads (0: its default).
         """
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"unknown backend {backend!r}; choose 'torch' or 'onnx'")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if str(name_or_path) in CLASSICAL:
             return cls(CLASSICAL[str(name_or_path)](), tile=tile, overlap=overlap, name=str(name_or_path))
         if str(device) == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
-        if backend == "onnx" or str(name_or_path).endswith(".onnx"):
+        if backend != "torch" or str(name_or_path).endswith(".onnx"):
             if str(device) != "cpu":
-                raise ValueError("the onnx backend runs on the CPU; use --backend torch for CUDA")
-            return cls(onnx_runner(name_or_path), tile=tile, overlap=overlap, name=str(name_or_path))
+                raise ValueError("the onnx backends run on the CPU; use --backend torch for CUDA")
+            return cls(onnx_runner(name_or_path, threads, int8=backend == "onnx-int8"), tile=tile, overlap=overlap,
+                       name=str(name_or_path))
         model, _ = load_model(name_or_path, device)
         return cls(model, device=device, tile=tile, overlap=overlap, name=str(name_or_path))
 
