@@ -275,6 +275,38 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_video(args: argparse.Namespace) -> int:
+    import torch
+
+    from sharpkd.infer import Sharpener
+    from sharpkd.video import VideoError, live, sharpen_video
+
+    live_mode = args.camera is not None or args.live
+    if not live_mode and not (args.input and args.output):
+        raise UserError("video needs INPUT -o OUTPUT, or --camera N / --live URL for a live preview")
+    if args.camera is not None and args.input:
+        raise UserError("give either INPUT or --camera, not both")
+    if args.threads < 0 or args.max_frames < 0:
+        raise UserError("--threads and --max-frames must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=0, backend=args.backend,
+                                              threads=args.threads)
+        if live_mode:
+            source = args.camera if args.camera is not None else args.input
+            stats = live(sharpener, source, mjpeg_port=args.mjpeg, max_frames=args.max_frames)
+        else:
+            stats = sharpen_video(sharpener, args.input, args.output, overwrite=args.overwrite,
+                                  max_frames=args.max_frames, progress=not args.quiet)
+    except (VideoError, ValueError) as e:
+        raise UserError(str(e)) from e
+    where = f" -> {args.output}" if not live_mode else ""
+    print(f"{stats.frames} frames of {stats.width}x{stats.height}{where} in {stats.seconds:.1f} s: "
+          f"{stats.fps:.1f} FPS achieved ({args.model}, {args.backend}, {torch.get_num_threads()} threads)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from sharpkd.web import WebConfig, serve
 
@@ -393,6 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("video", help="sharpen a video file, or a camera/stream with a live preview")
+    p.add_argument("input", nargs="?", help="video file, or a stream URL (rtsp://, http://) with --live")
+    p.add_argument("-o", "--output", help="output video (.mp4, .avi, .mkv, .mov); same size and frame rate")
+    p.add_argument("--camera", type=int, help="camera index for live sharpening (e.g. 0)")
+    p.add_argument("--live", action="store_true", help="treat INPUT as a live stream and preview it")
+    p.add_argument("--mjpeg", type=int, default=0, metavar="PORT",
+                   help="live: serve the preview as an MJPEG page on 127.0.0.1:PORT (for machines without a display)")
+    p.add_argument("--model", default="student", help="student, teacher, unsharp, or a model file")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: all)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_video)
 
     p = sub.add_parser("serve", help="the web app, under the waitress WSGI server")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
