@@ -250,3 +250,19 @@ def test_nothing_stays_on_disk_and_names_are_not_paths(client, tmp_path):
     assert r.status_code == 200
     assert set(os.listdir(tmp)) - before == set() and set(os.listdir(".")) == cwd_before
     assert "evil" not in r.headers["Content-Disposition"]
+
+
+def test_large_uploads_go_through_tiles(photo):
+    """With a small tile size the student runs tile by tile; the result equals the untiled one."""
+    import skimage.data
+
+    from sharpkd.infer import Sharpener
+
+    img = skimage.data.astronaut()[:150, :130]
+    tiled = create_app(WebConfig(models=("student",)),
+                       sharpeners={"student": Sharpener.from_pretrained("student", tile=64, overlap=48)})
+    whole = create_app(WebConfig(models=("student",)),
+                       sharpeners={"student": Sharpener.from_pretrained("student", tile=0)})
+    a = np.asarray(Image.open(io.BytesIO(post(tiled.test_client(), "/api/sharpen", png_bytes(img)).data)))
+    b = np.asarray(Image.open(io.BytesIO(post(whole.test_client(), "/api/sharpen", png_bytes(img)).data)))
+    assert a.shape == img.shape and np.abs(a.astype(int) - b).max() <= 1
