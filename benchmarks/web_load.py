@@ -14,8 +14,6 @@ import argparse
 import http.client
 import io
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -74,6 +72,8 @@ def main() -> int:
     ap.add_argument("--url", help="an already running server (then RSS is not measured)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    from sharpkd.train import hardware
+
     w, h = map(int, args.size.lower().split("x"))
     body, ctype = multipart({"model": args.model}, test_photo(w, h))
 
@@ -149,7 +149,7 @@ def main() -> int:
 
     lat = np.array(latencies) * 1000
     res = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
+        "machine": hardware().split(", torch")[0],
         "model": args.model, "image": f"{w}x{h} JPEG", "clients": args.clients, "requests_per_client": args.requests,
         "server": f"waitress, {args.workers} worker(s), queue {args.queue}",
         "ok": int(lat.size), "errors": len(errors), "busy_503_retried": busy,
