@@ -160,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                       val_every=args.val_every, ckpt_every=args.val_every, log_every=args.log_every, ema=args.ema,
                       w_rec=args.w_rec, recon=args.recon, w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out,
-                      w_kd_feat=args.w_kd_feat, init=args.init or "", kd_extra=args.kd_extra,
+                      w_kd_feat=args.w_kd_feat, init=args.init or "", kd_extra=args.kd_extra, amp=args.amp,
+                      channels_last=args.channels_last, compile=args.compile,
                       kd_extra_data=args.kd_extra_data or [],
                       degrade=DegradeConfig(jpeg_prob=args.jpeg_prob, kinds=tuple(mix), kind_probs=tuple(mix.values()),
                                             motion_length_range=tuple(args.motion_length)))
@@ -390,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch default)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="CUDA mixed precision")
+    p.add_argument("--channels-last", action="store_true", help="CUDA: NHWC memory layout")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained network")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="the benchmark protocol of BENCHMARK.md")

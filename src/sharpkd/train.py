@@ -13,6 +13,7 @@ trained on; every ``ckpt_every`` steps the run folder gets, atomically:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -70,6 +71,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads (0: PyTorch's default)
+    amp: str = "off"  # CUDA mixed precision: "off", "bf16" or "fp16"
+    channels_last: bool = False  # CUDA: NHWC memory layout
+    compile: bool = False  # torch.compile the trained network
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
     def loss_weights(self) -> LossWeights:
@@ -137,8 +141,64 @@ def gains_by_kind(out_psnr: torch.Tensor, blurred_psnr: torch.Tensor) -> dict[st
     return {k: round(float(gain[j :: len(VAL_KINDS)].mean()), 3) for j, k in enumerate(VAL_KINDS)}
 
 
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (torchrun) process group; the defaults mean a single process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the process group that torchrun describes in the environment (WORLD_SIZE, RANK,
+    LOCAL_RANK, MASTER_ADDR/PORT): gloo on CPU, NCCL on CUDA. Without torchrun: a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _all_mean(x: torch.Tensor, dd: Dist) -> torch.Tensor:
+    """Mean of a tensor over the ranks (the tensor itself for one process)."""
+    if dd.world == 1:
+        return x
+    import torch.distributed as dist
+
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dd.world
+
+
+def _ranks_agree(module: torch.nn.Module, dd: Dist) -> float:
+    """Largest difference of any weight between this rank and the others (0.0 when in sync)."""
+    if dd.world == 1:
+        return 0.0
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().float().flatten() for p in module.parameters()]).cpu()
+    gathered = [torch.empty_like(flat) for _ in range(dd.world)]
+    dist.all_gather(gathered, flat)
+    return float(max((g - gathered[0]).abs().max() for g in gathered))
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) a training run; returns the path of the model file."""
+    """Run (or resume) a training run; returns the path of the model file.
+
+    Under torchrun every rank runs this function. Each rank draws the same global batch from the
+    shared seeded stream and trains on its own slice of it; DistributedDataParallel averages the
+    gradients, so N ranks take the same steps as one process with the same global batch, and the
+    saved state does not depend on the world size (a run may be resumed with any number of ranks).
+    Rank 0 alone validates, logs and writes checkpoints.
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
@@ -150,7 +210,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         # the schedule length, time limit and logging may change on resume; the rest may not
         cfg = dataclasses.replace(saved, steps=cfg.steps, max_minutes=cfg.max_minutes, out=cfg.out,
                                   val_every=cfg.val_every, ckpt_every=cfg.ckpt_every, device=cfg.device,
-                                  threads=cfg.threads)
+                                  threads=cfg.threads, amp=cfg.amp, channels_last=cfg.channels_last,
+                                  compile=cfg.compile)
     else:
         if state_path.exists():
             raise FileExistsError(f"{out} already holds a training run: continue it with --resume, "
@@ -161,7 +222,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if cfg.stage not in ("teacher", "student"):
         raise ValueError(f"stage must be 'teacher' or 'student', got {cfg.stage!r}")
     cfg.arch = cfg.arch or ("nafunet" if cfg.stage == "teacher" else "student")
-    device = torch.device(cfg.device)
+    if cfg.amp not in ("off", "bf16", "fp16"):
+        raise ValueError(f"amp must be off, bf16 or fp16, got {cfg.amp!r}")
+    if (cfg.amp != "off" or cfg.channels_last) and cfg.device != "cuda":
+        raise ValueError("--amp and --channels-last are CUDA options")
+    dd = init_distributed(cfg.device)
+    if cfg.batch_size % dd.world or cfg.kd_extra % dd.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} (and --kd-extra) must divide evenly over {dd.world} ranks")
+    device = torch.device("cuda", dd.local_rank) if cfg.device == "cuda" and dd.world > 1 else torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
 
     # ---- data: a hash-based hold-out split of the pool; validation patches are fixed -------------
@@ -198,8 +268,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         teacher.requires_grad_(False)
         if weights.kd_feat > 0:
             adapter = FeatureAdapter(model.feature_channels, teacher.feature_channels).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters()) + (list(adapter.parameters()) if adapter else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    # what the loop calls: DDP wrappers (which average gradients over the ranks) and/or compiled code
+    net, adapter_net = model, adapter
+    if dd.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        net = DDP(model, device_ids=ids)
+        adapter_net = DDP(adapter, device_ids=ids) if adapter is not None else None
+    if cfg.compile:
+        net = torch.compile(net)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
 
     step, elapsed = 0, 0.0
     history: list[dict] = []  # one entry per invocation (first run and each --resume)
@@ -218,23 +302,28 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         torch.set_rng_state(state["torch_rng"])
     command = shlex.join(["sharpkd", *sys.argv[1:]]) if sys.argv else ""
     history.append({"command": command, "start_step": step, "end_step": step, "threads": torch.get_num_threads(),
-                    "device": str(device)})
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    log = open(out / "log.jsonl", "a")  # noqa: SIM115 (closed in finally)
+                    "device": str(device), "world_size": dd.world})
+    log = None
+    if dd.main:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        log = open(out / "log.jsonl", "a")  # noqa: SIM115 (closed in finally)
 
     def write_log(**rec) -> None:
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        if log is not None:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
 
     blurred_each = validate(torch.nn.Identity(), val_blur, val_sharp, per_image=True)
     blurred_psnr = float(blurred_each.mean())
     if state is None:
         write_log(event="start", arch=arch, params=count_params(model), macs_per_pixel=macs_per_pixel(model),
                   train_photos=len(train_photos), val_photos=len(val_photos), val_blurred_psnr=blurred_psnr,
-                  hardware=hardware())
+                  hardware=hardware(), world_size=dd.world, global_batch=cfg.batch_size)
 
     def checkpoint(val_psnr: float | None) -> None:
         history[-1]["end_step"] = step
+        if not dd.main:
+            return
         _atomic_torch_save({
             "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
             "adapter": adapter.state_dict() if adapter is not None else {}, "optimizer": opt.state_dict(),
@@ -253,28 +342,46 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
     # ---- the loop ---------------------------------------------------------------------------------
     t0 = time.time() - elapsed
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.stage}", unit="step")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and dd.main), desc=f"train {cfg.stage}",
+               unit="step")
     val_psnr = None
+    b, e = cfg.batch_size // dd.world, cfg.kd_extra // dd.world  # this rank's share of the global batch
+    mine = slice(dd.rank * b, (dd.rank + 1) * b)
+    steps_here, elapsed_start = 0, elapsed
     try:
         while step < cfg.steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            blurred, sharp = sampler.batch(cfg.batch_size, cfg.degrade)
-            blurred, sharp = blurred.to(device), sharp.to(device)
+            blurred, sharp = sampler.batch(cfg.batch_size, cfg.degrade)  # the global batch, same on every rank
+            blurred, sharp = blurred[mine].to(device), sharp[mine].to(device)
             if extra_sampler is not None:  # fresh inputs whose only label is the teacher's output
                 extra, _ = extra_sampler.batch(cfg.kd_extra, cfg.degrade)
-                blurred = torch.cat([blurred, extra.to(device)])
-            t_out = t_feat = None
-            if teacher is not None:
-                with torch.no_grad():  # the teacher's graph is never kept
-                    t_out, t_feat = teacher(blurred, return_features=True)
-            pred, s_feat = model(blurred, return_features=True)
-            loss, parts = combined_loss(weights, pred, sharp, teacher_out=t_out, student_feat=s_feat,
-                                        teacher_feat=t_feat, adapter=adapter)
+                blurred = torch.cat([blurred, extra[dd.rank * e : (dd.rank + 1) * e].to(device)])
+            if cfg.channels_last:
+                blurred = blurred.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+                t_out = t_feat = None
+                if teacher is not None:
+                    with torch.no_grad():  # the teacher's graph is never kept
+                        t_out, t_feat = teacher(blurred, return_features=True)
+                pred, s_feat = net(blurred, return_features=True)
+                loss, parts = combined_loss(weights, pred.float(), sharp,
+                                            teacher_out=None if t_out is None else t_out.float(),
+                                            student_feat=None if s_feat is None else s_feat.float(),
+                                            teacher_feat=None if t_feat is None else t_feat.float(),
+                                            adapter=adapter_net)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             if ema is not None:
                 # EMA with a warm-up of its own so early averages are not dominated by the random init
                 d = min(cfg.ema, (1 + step) / (10 + step))
@@ -282,14 +389,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                     for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                         pe.lerp_(pm, 1 - d)
             step += 1
+            steps_here += 1
             elapsed = time.time() - t0
             bar.update(1)
             if step % cfg.log_every == 0:
-                write_log(event="train", step=step, lr=opt.param_groups[0]["lr"], loss=float(loss.detach()), **parts,
-                          grad_norm=float(gnorm) if gnorm is not None else None, elapsed_s=round(elapsed, 2))
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", val=f"{val_psnr:.2f}" if val_psnr else "-")
+                loss_all = float(_all_mean(loss.detach(), dd))
+                rate = steps_here * (cfg.batch_size + cfg.kd_extra) / max(1e-9, elapsed - elapsed_start)
+                write_log(event="train", step=step, lr=opt.param_groups[0]["lr"], loss=loss_all, **parts,
+                          grad_norm=float(gnorm) if gnorm is not None else None, samples_per_s=round(rate, 2),
+                          elapsed_s=round(elapsed, 2))
+                bar.set_postfix(loss=f"{loss_all:.4f}", val=f"{val_psnr:.2f}" if val_psnr else "-")
             timeout = cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60
-            if step % cfg.val_every == 0 or step == cfg.steps or timeout:
+            if dd.world > 1:  # every rank must stop at the same step: rank 0's clock decides
+                import torch.distributed as dist
+
+                flag = torch.tensor([float(timeout)], device=device if device.type == "cuda" else "cpu")
+                dist.broadcast(flag, 0)
+                timeout = bool(flag.item())
+            if dd.main and (step % cfg.val_every == 0 or step == cfg.steps or timeout):
                 tv = time.time()
                 val_each = validate(ema if ema is not None else model, val_blur, val_sharp, per_image=True)
                 val_psnr = float(val_each.mean())
@@ -301,7 +418,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 checkpoint(val_psnr)
             if timeout:
                 break
+        if dd.world > 1:
+            write_log(event="ddp", world_size=dd.world, step=step, max_weight_diff_across_ranks=_ranks_agree(model, dd))
+            import torch.distributed as dist
+
+            dist.barrier()  # the model file is complete before any rank returns
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
     return out / "model.safetensors"
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node=N -m sharpkd.train teacher --data ... --out ...
+    from sharpkd.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
