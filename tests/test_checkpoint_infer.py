@@ -86,3 +86,20 @@ def test_top_level_import():
     assert sharpkd.Sharpener is Sharpener
     with pytest.raises(AttributeError):
         sharpkd.NoSuchThing  # noqa: B018
+
+
+def test_api_returns_the_kind_and_dtype_it_was_given(photo):
+    from PIL import Image
+
+
+    s = Sharpener.from_pretrained("student", tile=0)
+    u8 = s(photo)
+    assert u8.dtype == np.uint8 and u8.shape == photo.shape
+    u16 = s(photo.astype(np.uint16) * 257)  # the same picture on the 16-bit scale
+    assert u16.dtype == np.uint16 and np.abs(u16.astype(int) // 257 - u8.astype(int)).max() <= 1
+    f32 = s(photo.astype(np.float32) / 255)
+    assert f32.dtype == np.float32 and np.abs(f32 * 255 - u8).max() <= 1
+    pil = s(Image.fromarray(photo))
+    assert isinstance(pil, Image.Image) and np.array_equal(np.asarray(pil), u8)
+    with pytest.raises(ValueError, match="uint8, uint16 or float"):
+        s(photo.astype(np.int32))

@@ -226,8 +226,8 @@ class Sharpener:
         return LoadedImage(self.sharpen_array(img.rgb), img.alpha, img.mode, img.format, dict(img.info))
 
     def __call__(self, image):
-        """Sharpen a PIL image, an (H, W, 3) NumPy array (uint8 or float in [0, 1]) or a tensor;
-        returns the same kind."""
+        """Sharpen a PIL image, an (H, W, 3) NumPy array (uint8, uint16, or float in [0, 1]) or a
+        tensor; returns the same kind (and dtype)."""
         from PIL import Image
 
         if isinstance(image, torch.Tensor):
@@ -239,6 +239,10 @@ class Sharpener:
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) array, got shape {arr.shape}")
-        if arr.dtype == np.uint8:
-            return (self.sharpen_array(arr / 255.0) * 255 + 0.5).astype(np.uint8)
+        if arr.dtype in (np.uint8, np.uint16):
+            peak = float(np.iinfo(arr.dtype).max)
+            out = self.sharpen_array(arr.astype(np.float32) / peak)
+            return (out * peak + 0.5).astype(arr.dtype)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"arrays must be uint8, uint16 or float in [0, 1], got {arr.dtype}")
         return self.sharpen_array(arr).astype(arr.dtype)
