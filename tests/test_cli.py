@@ -120,3 +120,50 @@ def test_train_blur_mix_is_parsed_and_checked(tmp_path, capsys):
             parse_blur_mix(bad)
     rc = main(["train", "teacher", "--out", str(tmp_path / "r"), "--blur-mix", "zoom=1"])
     assert rc == 2 and "unknown blur kind" in capsys.readouterr().err
+
+
+def test_sharpen_batches_recursive_skip_overwrite_format(tmp_path, model_file, capsys):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    for rel in ("top.png", "sub/a.png", "sub/deeper/b.jpg"):
+        Image.fromarray(rng.integers(0, 256, (21, 17, 3), dtype=np.uint8)).save(src / rel)
+    (src / "sub" / "broken.png").write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "out"
+    # without --recursive only the top level is taken
+    assert main(["-q", "sharpen", str(src), "-o", str(out), "--model", model_file]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == ["top.png"]
+    # --recursive keeps relative paths, continues past the broken file, exits 1 with a summary
+    assert main(["-q", "sharpen", str(src), "-o", str(out), "-r", "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "2 image(s)" in err and "skipped 1 existing" in err and "1 failed" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
+        "sub/a.png", "sub/deeper/b.jpg", "top.png"]
+    # existing outputs are skipped (untouched) unless --overwrite
+    (out / "top.png").write_bytes(b"user edit")
+    main(["-q", "sharpen", str(src / "top.png"), str(src / "sub"), "-o", str(out), "--model", model_file])
+    assert (out / "top.png").read_bytes() == b"user edit"
+    main(["-q", "sharpen", str(src / "top.png"), "-o", str(out), "--overwrite", "--model", model_file])
+    assert Image.open(out / "top.png").size == (17, 21)
+    # --format and --quality
+    jpg = tmp_path / "jpg"
+    assert main(["-q", "sharpen", str(src / "top.png"), "-o", str(jpg), "--format", "jpeg", "--quality", "50",
+                 "--model", model_file]) == 0
+    assert Image.open(jpg / "top.jpg").format == "JPEG"
+    # never writes over an input: not its own, and not another input's when --format renames
+    assert main(["sharpen", str(src / "sub"), "-o", str(src / "sub"), "--format", "png", "--model", model_file]) == 2
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / "sub" / "a.jpg")
+    assert main(["sharpen", str(src / "sub" / "a.jpg"), str(src / "sub" / "a.png"), "-o", str(tmp_path / "x"),
+                 "--format", "png", "--model", model_file]) == 2
+    assert "same output" in capsys.readouterr().err
+
+
+def test_sharpen_animated_gif_needs_first_frame(tmp_path, model_file, capsys):
+    frames = [Image.fromarray(np.full((12, 10, 3), v, np.uint8)) for v in (40, 200)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert main(["sharpen", str(gif), "-o", str(tmp_path / "o.png"), "--model", model_file]) == 1
+    assert "animated" in capsys.readouterr().err
+    assert main(["-q", "sharpen", str(gif), "-o", str(tmp_path / "o.png"), "--first-frame", "--model", model_file]) == 0
+    assert Image.open(tmp_path / "o.png").size == (10, 12)

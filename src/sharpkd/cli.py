@@ -25,61 +25,77 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
     from sharpkd.imageio import ImageReadError, read_image, write_image
     from sharpkd.infer import Sharpener
 
-    jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS)
+    if not 1 <= args.quality <= 100:
+        raise UserError("--quality must be between 1 and 100")
+    ext = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}.get(
+        args.format or "", None)
+    jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS, recursive=args.recursive, extension=ext)
+    todo = [(s, d) for s, d in jobs if args.overwrite or not d.exists()]
+    skipped = len(jobs) - len(todo)
     try:
         sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=args.tile, backend=args.backend)
     except ValueError as e:
         raise UserError(str(e)) from e
-    failed = 0
-    for src, dst in tqdm(jobs, desc="sharpen", unit="img", disable=len(jobs) < 2 or args.quiet):
+    failed: list[str] = []
+    for src, dst in tqdm(todo, desc="sharpen", unit="img", disable=len(todo) < 2 or args.quiet):
         try:
-            img = read_image(src)
-        except ImageReadError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        out = sharpener.sharpen_image(img)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        write_image(dst, out)
-    done = len(jobs) - failed
-    if not args.quiet:
-        print(f"sharpened {done} image(s) with {args.model} -> {args.output}")
-    if failed:
-        print(f"{failed} image(s) failed", file=sys.stderr)
-        return EXIT_FAIL
-    return 0
+            img = read_image(src, first_frame=args.first_frame)
+            out = sharpener.sharpen_image(img)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_image(dst, out, quality=args.quality)
+        except (ImageReadError, OSError, ValueError) as e:  # report, keep going with the others
+            msg = str(e) if str(src) in str(e) else f"{src}: {e}"
+            print(f"error: {msg}", file=sys.stderr)
+            failed.append(str(src))
+        except MemoryError:
+            print(f"error: {src}: out of memory (try a smaller --tile)", file=sys.stderr)
+            failed.append(str(src))
+    done = len(todo) - len(failed)
+    if not args.quiet or failed:
+        parts = [f"sharpened {done} image(s) with {args.model} -> {args.output}"]
+        if skipped:
+            parts.append(f"skipped {skipped} existing (use --overwrite to redo them)")
+        if failed:
+            parts.append(f"{len(failed)} failed")
+        print("; ".join(parts), file=sys.stderr if failed else sys.stdout)
+    return EXIT_FAIL if failed else 0
 
 
-def plan_outputs(inputs: list[str], output: str, exts: set[str]) -> list[tuple[Path, Path]]:
+def plan_outputs(inputs: list[str], output: str, exts: set[str], recursive: bool = False,
+                 extension: str | None = None) -> list[tuple[Path, Path]]:
     """Pair every input image with its output path. One input file may go to a file; otherwise
-    OUTPUT is a folder and names are kept. Refuses to write over an input."""
-    files: list[Path] = []
+    OUTPUT is a folder: names are kept, and with ``recursive`` the paths below each input folder.
+    ``extension`` changes the output format. Refuses to write over any input."""
+    files: list[tuple[Path, Path]] = []  # (file, path relative to the output folder)
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+            it = p.rglob("*") if recursive else p.iterdir()
+            found = sorted(f for f in it if f.is_file() and f.suffix.lower() in exts)
             if not found:
-                raise UserError(f"no images in folder {p}")
-            files.extend(found)
+                raise UserError(f"no images in folder {p}" + ("" if recursive else " (use --recursive for subfolders)"))
+            files.extend((f, f.relative_to(p) if recursive else Path(f.name)) for f in found)
         elif p.is_file():
-            files.append(p)
+            files.append((p, Path(p.name)))
         else:
             raise UserError(f"no such file or folder: {p}")
     out = Path(output)
     single_file = len(files) == 1 and Path(inputs[0]).is_file() and out.suffix.lower() in exts
     if single_file:
-        jobs = [(files[0], out)]
+        jobs = [(files[0][0], out)]
     else:
         if out.exists() and not out.is_dir():
             raise UserError(f"output {out} is a file, but several inputs need an output folder")
-        names = [f.name for f in files]
-        dup = {n for n in names if names.count(n) > 1}
+        jobs = [(f, out / (rel.with_suffix(extension) if extension else rel)) for f, rel in files]
+        targets = [d for _, d in jobs]
+        dup = sorted({str(d.relative_to(out)) for d in targets if targets.count(d) > 1})
         if dup:
-            raise UserError(f"several inputs share the file name(s) {sorted(dup)}; sharpen them separately")
-        jobs = [(f, out / f.name) for f in files]
-    for src, dst in jobs:
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise UserError(f"refusing to overwrite the input {src}; choose another output")
+            raise UserError(f"several inputs would be written to the same output(s) {dup}; "
+                            "sharpen them separately (or use --recursive to keep folders apart)")
+    inputs_resolved = {f.resolve() for f, _ in files}
+    for _, dst in jobs:
+        if dst.resolve() in inputs_resolved:
+            raise UserError(f"refusing to overwrite the input {dst}; choose another output")
     return jobs
 
 
@@ -344,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")
+    p.add_argument("-r", "--recursive", action="store_true", help="include subfolders, keeping their relative paths")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
+    p.add_argument("--format", choices=["png", "jpeg", "jpg", "webp", "tiff", "bmp"],
+                   help="output format (default: the input's)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100")
+    p.add_argument("--first-frame", action="store_true", help="sharpen the first frame of animated images")
     p.set_defaults(func=cmd_sharpen)
 
     p = sub.add_parser("degrade", help="blur images with the project's degradation code")

@@ -50,12 +50,14 @@ class LoadedImage:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
-def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixels: int = MAX_PIXELS,
+               first_frame: bool = False) -> LoadedImage:
     """Decode a file (a path, or a binary file object such as an upload) into a :class:`LoadedImage`.
 
     Raises :class:`ImageReadError` for missing, unreadable, truncated or oversized files and
     :class:`UnsupportedImageError` for animations and pixel modes that are not photographs.
-    ``name`` is used in messages only (never as a path).
+    ``name`` is used in messages only (never as a path). ``first_frame`` reads the first frame of
+    an animation instead of refusing it.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -71,8 +73,9 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
                 if im.width * im.height > max_pixels:
                     raise ImageReadError(f"{name}: {im.width}x{im.height} is larger than {max_pixels:,} pixels")
                 # phone JPEGs are often MPO (a photo plus previews): the first frame is the photo
-                if im.format != "MPO" and getattr(im, "is_animated", False):
-                    raise UnsupportedImageError(f"{name}: animated images are not supported")
+                if im.format != "MPO" and getattr(im, "is_animated", False) and not first_frame:
+                    raise UnsupportedImageError(f"{name}: animated images are not supported "
+                                                "(--first-frame sharpens the first frame)")
                 if im.mode not in SUPPORTED_MODES:
                     raise UnsupportedImageError(f"{name}: pixel mode {im.mode} is not supported")
                 fmt = "JPEG" if im.format == "MPO" else im.format
