@@ -86,7 +86,12 @@ def plan_outputs(inputs: list[str], output: str, exts: set[str], recursive: bool
     else:
         if out.exists() and not out.is_dir():
             raise UserError(f"output {out} is a file, but several inputs need an output folder")
-        jobs = [(f, out / (rel.with_suffix(extension) if extension else rel)) for f, rel in files]
+        from sharpkd.imageio import FORMATS
+
+        def target(rel: Path) -> Path:  # formats that cannot be written (GIF, ...) come out as PNG
+            return rel.with_suffix(extension or (rel.suffix if rel.suffix.lower() in FORMATS else ".png"))
+
+        jobs = [(f, out / target(rel)) for f, rel in files]
         targets = [d for _, d in jobs]
         dup = sorted({str(d.relative_to(out)) for d in targets if targets.count(d) > 1})
         if dup:

@@ -90,7 +90,7 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
         raise ImageReadError(f"{name}: cannot read image ({e})") from e
-    if exif:
+    if exif and fmt != "TIFF":  # a TIFF's "EXIF" is its own tag directory (sizes, layout): not carried
         exif[0x0112] = 1  # orientation: pixels are upright now
         info["exif"] = exif.tobytes()
     mode = im.mode
@@ -162,6 +162,6 @@ def save_image(f: BinaryIO, img: LoadedImage, fmt: str, quality: int = 95) -> No
         kwargs["quality"] = quality
     if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and "icc_profile" in img.info:
         kwargs["icc_profile"] = img.info["icc_profile"]
-    if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and "exif" in img.info:
+    if fmt in ("JPEG", "PNG", "WEBP") and "exif" in img.info:
         kwargs["exif"] = img.info["exif"]
     pil.save(f, format=fmt, **kwargs)
