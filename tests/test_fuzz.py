@@ -46,7 +46,8 @@ def bomb() -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def with_orientation(im: Image.Image, orientation: int) -> bytes:
@@ -78,7 +79,7 @@ def corpus() -> list[tuple[str, str, bytes, tuple[int, int] | None]]:
     modes = {
         "L": base.convert("L"), "LA": base.convert("LA"), "RGBA": base.convert("RGBA"), "1": base.convert("1"),
         "P": base.convert("P"), "P-transparency": base.convert("P"), "I;16": Image.fromarray(
-            (np.asarray(base.convert("L"), np.uint16) * 257)), "I": base.convert("I"),
+            np.asarray(base.convert("L"), np.uint16) * 257), "I": base.convert("I"),
     }
     modes["P-transparency"].info["transparency"] = 0
     for name, im in modes.items():
