@@ -59,3 +59,28 @@ def test_unreadable_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "t.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with pytest.raises(ImageReadError, match="cannot read"):
         read_image(tmp_path / "t.png")
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_16_bit_colour_stays_16_bit(tmp_path, photo, ext):
+    """16-bit RGB(A) PNG/TIFF in -> 16-bit out, processed in float (not truncated to 8 bit first);
+    a 16-bit alpha channel comes back bit for bit."""
+    import cv2
+
+    from sharpkd.cli import main
+
+    rng = np.random.default_rng(5)
+    rgb16 = photo.astype(np.uint16) * 257 + rng.integers(0, 257, photo.shape).astype(np.uint16)  # uses all 16 bits
+    alpha16 = rng.integers(0, 65536, photo.shape[:2]).astype(np.uint16)
+    src = tmp_path / f"deep.{ext}"
+    cv2.imwrite(str(src), np.dstack([rgb16[..., ::-1], alpha16]))
+    img = read_image(src)
+    assert img.mode == "RGBA;16" and np.abs(img.rgb * 65535 - rgb16).max() < 0.5
+    out = tmp_path / "out"
+    assert main(["-q", "sharpen", str(src), "-o", str(out), "--model", "student"]) == 0
+    back = cv2.imread(str(out / src.name), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and back.shape == (*photo.shape[:2], 4)
+    assert np.array_equal(back[..., 3], alpha16)
+    colour = back[..., :3]
+    assert (colour % 257 != 0).mean() > 0.5  # real 16-bit values, not 8-bit ones scaled up
+    assert np.abs(colour[..., ::-1].astype(float) / 257 - photo).mean() < 20  # and still the same picture

@@ -79,8 +79,13 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
                 if im.mode not in SUPPORTED_MODES:
                     raise UnsupportedImageError(f"{name}: pixel mode {im.mode} is not supported")
                 fmt = "JPEG" if im.format == "MPO" else im.format
+                # 16-bit colour: Pillow would decode it to 8 bit, so OpenCV reads those pixels below
+                # (checked before getexif(), which may decode the image and forget its tiles)
+                deep = (im.mode in ("RGB", "RGBA") and fmt in ("PNG", "TIFF")
+                        and any(";16" in str(t.args) for t in im.tile))
                 info = {k: im.info[k] for k in ("icc_profile",) if im.info.get(k)}
                 exif = im.getexif()
+                orientation = int(exif.get(0x0112, 1) or 1) if exif else 1
                 im = ImageOps.exif_transpose(im)
                 im.load()
     except ImageReadError:
@@ -95,7 +100,12 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
         info["exif"] = exif.tobytes()
     mode = im.mode
     alpha = None
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+    if deep:
+        arr = _orient(_decode16(source, name), orientation)
+        alpha = arr[..., 3].copy() if arr.shape[2] == 4 else None
+        rgb = arr[..., :3].astype(np.float32) / 65535.0
+        mode = "RGBA;16" if alpha is not None else "RGB;16"
+    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         alpha = np.asarray(rgba)[..., 3].copy()
         rgb = np.asarray(rgba.convert("RGB"), dtype=np.float32) / 255.0
@@ -108,6 +118,46 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
             warnings.warn(f"{name}: CMYK image converted to RGB", stacklevel=2)
         rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return LoadedImage(np.ascontiguousarray(rgb.clip(0, 1)), alpha, mode, fmt, info)
+
+
+def _decode16(source: Path | BinaryIO, name: str) -> np.ndarray:
+    """16-bit RGB(A) pixels as (H, W, 3|4) uint16 in RGB order, decoded by OpenCV."""
+    import cv2
+
+    if isinstance(source, Path):
+        data = source.read_bytes()
+    else:
+        source.seek(0)
+        data = source.read()
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ImageReadError(f"{name}: cannot read its 16-bit colour pixels")
+    return np.ascontiguousarray(arr[..., [2, 1, 0, 3][: arr.shape[2]]])
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array, as ImageOps.exif_transpose does."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
+
+
+def _png_with_metadata(data: bytes, info: dict) -> bytes:
+    """Insert iCCP (ICC profile) and eXIf chunks after a PNG's IHDR chunk."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+    extra = b""
+    if info.get("icc_profile"):
+        extra += chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(info["icc_profile"]))
+    if info.get("exif"):
+        exif = info["exif"]
+        extra += chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    return data[:33] + extra + data[33:]  # 8-byte signature + 25-byte IHDR chunk
 
 
 def to_pil(img: LoadedImage) -> Image.Image:
@@ -124,7 +174,8 @@ def to_pil(img: LoadedImage) -> Image.Image:
         return y
     out = Image.fromarray(rgb8)
     if img.alpha is not None:
-        out.putalpha(Image.fromarray(img.alpha))
+        a = img.alpha if img.alpha.dtype == np.uint8 else (img.alpha // 257).astype(np.uint8)
+        out.putalpha(Image.fromarray(a))
     return out
 
 
@@ -154,6 +205,18 @@ def save_image(f: BinaryIO, img: LoadedImage, fmt: str, quality: int = 95) -> No
     """Encode ``img`` into an open binary file, restoring mode, alpha, EXIF and ICC profile."""
     if fmt not in FORMATS.values():
         raise ValueError(f"unsupported output format {fmt!r} (use one of {sorted(set(FORMATS.values()))})")
+    if img.mode in ("RGB;16", "RGBA;16") and fmt in ("PNG", "TIFF"):  # 16-bit colour stays 16-bit (OpenCV encodes it)
+        import cv2
+
+        arr = (np.clip(img.rgb, 0, 1) * 65535 + 0.5).astype(np.uint16)[..., ::-1]
+        if img.alpha is not None:
+            a = img.alpha.astype(np.uint16) * (257 if img.alpha.dtype == np.uint8 else 1)
+            arr = np.dstack([arr, a])
+        ok, buf = cv2.imencode(".png" if fmt == "PNG" else ".tif", np.ascontiguousarray(arr))
+        if not ok:
+            raise ValueError(f"could not encode a 16-bit {fmt}")
+        f.write(_png_with_metadata(buf.tobytes(), img.info) if fmt == "PNG" else buf.tobytes())
+        return
     pil = to_pil(img)
     if fmt in ("JPEG", "BMP") and pil.mode in ("RGBA", "LA"):
         pil = pil.convert("RGB" if pil.mode == "RGBA" else "L")
