@@ -116,8 +116,11 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
     else:
         if mode == "CMYK":
             warnings.warn(f"{name}: CMYK image converted to RGB", stacklevel=2)
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return LoadedImage(np.ascontiguousarray(rgb.clip(0, 1)), alpha, mode, fmt, info)
+        rgb = np.asarray(im.convert("RGB")).astype(np.float32)
+        rgb /= 255.0  # in place: no second full-size float copy for large photos
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    np.clip(rgb, 0, 1, out=rgb)
+    return LoadedImage(rgb, alpha, mode, fmt, info)
 
 
 def _decode16(source: Path | BinaryIO, name: str) -> np.ndarray:
@@ -160,9 +163,17 @@ def _png_with_metadata(data: bytes, info: dict) -> bytes:
     return data[:33] + extra + data[33:]  # 8-byte signature + 25-byte IHDR chunk
 
 
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> rounded uint8 with a single float temporary (large photos)."""
+    tmp = np.clip(rgb, 0, 1)
+    tmp *= 255
+    tmp += 0.5
+    return tmp.astype(np.uint8)
+
+
 def to_pil(img: LoadedImage) -> Image.Image:
     """Back to a PIL image in (nearly) the original mode."""
-    rgb8 = (np.clip(img.rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    rgb8 = _to_uint8(img.rgb)
     mode = img.mode
     if mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I"):
         y = Image.fromarray(rgb8).convert("L")
