@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from sharpkd.checkpoint import load_model
 from sharpkd.imageio import LoadedImage
@@ -225,11 +227,24 @@ class Sharpener:
         """Sharpen the colour of a loaded image; alpha, mode and metadata are carried over."""
         return LoadedImage(self.sharpen_array(img.rgb), img.alpha, img.mode, img.format, dict(img.info))
 
+    @overload
+    def __call__(self, image: Image.Image) -> Image.Image: ...
+    @overload
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+    @overload
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
     def __call__(self, image):
         """Sharpen a PIL image, an (H, W, 3) NumPy array (uint8, uint16, or float in [0, 1]) or a
-        tensor; returns the same kind (and dtype)."""
-        from PIL import Image
+        (3, H, W) / (B, 3, H, W) float tensor; returns the same kind (and dtype).
 
+        >>> s = Sharpener.from_pretrained("student")
+        >>> sharp = s(Image.open("photo.jpg"))        # PIL in, PIL out (RGB)
+        >>> arr16 = s(np.zeros((64, 64, 3), np.uint16))  # uint16 in, uint16 out
+
+        For files, prefer ``sharpkd.imageio.read_image`` + :meth:`sharpen_image` + ``write_image``,
+        which keep alpha, grayscale, 16-bit depth, EXIF and ICC profiles.
+        """
         if isinstance(image, torch.Tensor):
             return self.sharpen_tensor(image if image.ndim == 4 else image[None]).reshape(image.shape)
         if isinstance(image, Image.Image):
