@@ -125,10 +125,16 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| {r['method']} | {r['width']}x{r['height']} | {r['fps']:.1f} | {r['mp_per_s']:.2f} | "
                      f"{r['median_s'] * 1000:.1f} | {r['runs']} | {r['peak_rss_mb']:.0f} |")
     by = {(r["method"], r["width"]): r for r in res["rows"]}
-    ratios = [by[("student-torch", w)]["fps"] / by[("teacher-torch", w)]["fps"] for w, _ in RESOLUTIONS
-              if ("student-torch", w) in by and ("teacher-torch", w) in by]
-    if ratios:
-        lines += ["", f"Student (torch) / teacher (torch) throughput: {', '.join(f'{x:.1f}x' for x in ratios)}."]
+    widths = sorted({r["width"] for r in res["rows"]})
+    ratio_lines = []
+    for m in dict.fromkeys(r["method"] for r in res["rows"]):
+        ratios = [(w, by[(m, w)]["fps"] / by[("teacher-torch", w)]["fps"]) for w in widths
+                  if m.startswith("student") and (m, w) in by and ("teacher-torch", w) in by]
+        if ratios:
+            ratio_lines.append(f"{m} / teacher-torch throughput: "
+                               + ", ".join(f"{x:.1f}x (width {w})" for w, x in ratios) + ".")
+    if ratio_lines:
+        lines += ["", *ratio_lines]
     return "\n".join(lines)
 
 
