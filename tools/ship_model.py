@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sharpkd.checkpoint import WEIGHTS_DIR, count_params, load_model, macs_per_pixel, save_model
+from sharpkd.checkpoint import SHIPPED, WEIGHTS_DIR, count_params, load_model, macs_per_pixel, save_model
 from sharpkd.evaluate import DEGRADATIONS
 
 
@@ -75,7 +75,7 @@ def fp16_check(full, half, info: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="training run folder or model file")
-    ap.add_argument("--name", required=True, choices=["student", "teacher", "student-nokd"])
+    ap.add_argument("--name", required=True, choices=sorted(SHIPPED))
     ap.add_argument("--half", action="store_true", help="store fp16 weights")
     ap.add_argument("--eval", type=Path, help="results.json of sharpkd eval, for the benchmark table")
     ap.add_argument("--card-only", action="store_true", help="only (re)write the model card")
@@ -103,11 +103,11 @@ def main() -> None:
             shipped, shipped_info = load_model(dest)
             onnx_path = export_onnx(shipped, dest.with_suffix(".onnx"), shipped_info)
             print(f"wrote {onnx_path}")
-            if args.name == "student":  # and its INT8 version, calibrated on the training pool
+            if args.name.startswith("student"):  # and its INT8 version, calibrated on the training pool
                 from sharpkd.export import calibration_inputs, export_int8
 
                 cal = calibration_inputs(["../shared/datasets/train"], 32)
-                print(f"wrote {export_int8(onnx_path, dest.with_name('student-int8.onnx'), cal)}")
+                print(f"wrote {export_int8(onnx_path, dest.with_name(args.name + '-int8.onnx'), cal)}")
     model, info = load_model(dest)
     rows = None
     if args.eval:
