@@ -32,7 +32,8 @@ def _peak_rss_mb() -> float:
 def cpu_flags() -> str:
     """The CPU's SIMD features that matter for these kernels (Linux; empty elsewhere)."""
     try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
     except (OSError, StopIteration):
         return ""
     return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)

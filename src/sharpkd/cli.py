@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed table: FPS and MP/s per method and resolution")
-    p.add_argument("--methods", default="unsharp-opencv,student-torch,student-onnx,teacher-torch")
+    p.add_argument("--methods", default="unsharp-opencv,student-torch,student-onnx,student-onnx-int8,teacher-torch",
+                   help="comma-separated MODEL-BACKEND (backend: torch, onnx, onnx-int8) or unsharp-opencv")
     p.add_argument("--resolutions", default="640x480,1280x720,1920x1080")
     p.add_argument("--runs", type=int, default=20, help="at most this many timed runs per cell")
     p.add_argument("--max-seconds", type=float, default=15.0, help="stop timing a cell after this long (>= 3 runs)")
