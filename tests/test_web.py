@@ -260,7 +260,7 @@ def test_large_uploads_go_through_tiles(photo):
 
     img = skimage.data.astronaut()[:150, :130]
     tiled = create_app(WebConfig(models=("student",)),
-                       sharpeners={"student": Sharpener.from_pretrained("student", tile=64, overlap=48)})
+                       sharpeners={"student": Sharpener.from_pretrained("student", tile=128, overlap=96)})
     whole = create_app(WebConfig(models=("student",)),
                        sharpeners={"student": Sharpener.from_pretrained("student", tile=0)})
     a = np.asarray(Image.open(io.BytesIO(post(tiled.test_client(), "/api/sharpen", png_bytes(img)).data)))
