@@ -86,8 +86,9 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
                 info = {k: im.info[k] for k in ("icc_profile",) if im.info.get(k)}
                 exif = im.getexif()
                 orientation = int(exif.get(0x0112, 1) or 1) if exif else 1
-                im = ImageOps.exif_transpose(im)
-                im.load()
+                if not deep:  # 16-bit colour pixels are decoded (and turned upright) by OpenCV below
+                    im = ImageOps.exif_transpose(im)
+                    im.load()
     except ImageReadError:
         raise
     except UnidentifiedImageError:

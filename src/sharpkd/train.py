@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sharpkd.checkpoint import build_preset, count_params, load_model, macs_per_pixel, save_model
@@ -160,8 +161,6 @@ def init_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -171,8 +170,6 @@ def _all_mean(x: torch.Tensor, dd: Dist) -> torch.Tensor:
     """Mean of a tensor over the ranks (the tensor itself for one process)."""
     if dd.world == 1:
         return x
-    import torch.distributed as dist
-
     x = x.detach().clone()
     dist.all_reduce(x)
     return x / dd.world
@@ -182,8 +179,6 @@ def _ranks_agree(module: torch.nn.Module, dd: Dist) -> float:
     """Largest difference of any weight between this rank and the others (0.0 when in sync)."""
     if dd.world == 1:
         return 0.0
-    import torch.distributed as dist
-
     flat = torch.cat([p.detach().float().flatten() for p in module.parameters()]).cpu()
     gathered = [torch.empty_like(flat) for _ in range(dd.world)]
     dist.all_gather(gathered, flat)
@@ -401,8 +396,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 bar.set_postfix(loss=f"{loss_all:.4f}", val=f"{val_psnr:.2f}" if val_psnr else "-")
             timeout = cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60
             if dd.world > 1:  # every rank must stop at the same step: rank 0's clock decides
-                import torch.distributed as dist
-
                 flag = torch.tensor([float(timeout)], device=device if device.type == "cuda" else "cpu")
                 dist.broadcast(flag, 0)
                 timeout = bool(flag.item())
@@ -420,8 +413,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 break
         if dd.world > 1:
             write_log(event="ddp", world_size=dd.world, step=step, max_weight_diff_across_ranks=_ranks_agree(model, dd))
-            import torch.distributed as dist
-
             dist.barrier()  # the model file is complete before any rank returns
     finally:
         bar.close()

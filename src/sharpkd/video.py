@@ -162,6 +162,7 @@ def sharpen_video(sharpener, src: str | Path, dst: str | Path, *, overwrite: boo
         raise VideoError(f"refusing to overwrite the input {src}; choose another output")
     if dst.exists() and not overwrite:
         raise VideoError(f"{dst} exists; pass --overwrite to replace it")
+    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")  # the container follows the extension
     cap = open_capture(str(src))
     try:
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -176,7 +177,6 @@ def sharpen_video(sharpener, src: str | Path, dst: str | Path, *, overwrite: boo
             warnings.warn(f"{src}: {w}x{h} has an odd dimension; video encoders need even sizes, so the output "
                           f"is {w - w % 2}x{h - h % 2}", stacklevel=2)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
         if not writer.isOpened():
             raise VideoError(f"cannot write {dst} with codec {fourcc}")
@@ -202,7 +202,7 @@ def sharpen_video(sharpener, src: str | Path, dst: str | Path, *, overwrite: boo
             raise VideoError(f"{src}: no frames could be decoded")
         os.replace(tmp, dst)
     except BaseException:
-        Path(dst.with_name(f".{dst.stem}.partial{dst.suffix}")).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     finally:
         cap.release()

@@ -23,7 +23,6 @@ from flask import Flask, Response, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from sharpkd.imageio import (
-    FORMATS,
     MAX_PIXELS,
     ImageReadError,
     LoadedImage,
@@ -151,7 +150,7 @@ def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) 
     max_pixels = int(cfg.max_megapixels * 1e6)
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def upload(field_name: str = "image") -> tuple[LoadedImage, bytes]:
+    def upload(field_name: str = "image") -> LoadedImage:
         f = request.files.get(field_name)
         if f is None:
             raise ApiError(400, f"no file in the form field '{field_name}'")
@@ -167,7 +166,7 @@ def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) 
         if img.rgb.shape[0] * img.rgb.shape[1] > max_pixels:
             h, w = img.rgb.shape[:2]
             raise ApiError(413, f"the image is {w}x{h}; this server takes at most {cfg.max_megapixels:g} megapixels")
-        return img, data
+        return img
 
     def model_name(default: str | None = None) -> str:
         name = request.form.get("model") or default or next(iter(models))
@@ -219,7 +218,7 @@ def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) 
             raise ApiError(400, "format must be 'same' or 'png'")
         want_json = request.form.get("response", "image") == "json"
         with gate:  # admitted before decoding, so waiting requests hold only their compressed upload
-            img, _ = upload()
+            img = upload()
             out_fmt = "PNG" if fmt == "png" or img.format not in MIME else img.format  # e.g. a GIF comes back as PNG
             out, seconds = sharpen(name, img)
             scores = {}
@@ -265,7 +264,7 @@ def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) 
             raise ApiError(400, "seed must be a non-negative integer")
         kernel = make_kernel(kind, **{param: strength}, seed=int(seed))
         with gate:
-            img, _ = upload()
+            img = upload()
             sharp8 = np.round(img.rgb * 255).astype(np.uint8)
             blurred8 = protocol_degrade(sharp8, kernel, int(seed))  # blur, 1/255 noise, 8-bit rounding
             blurred = LoadedImage(blurred8.astype(np.float32) / 255.0, None, "RGB", "PNG")
@@ -339,4 +338,4 @@ def serve(cfg: WebConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
                    max_request_body_size=int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024)
 
 
-__all__ = ["FORMATS", "ApiError", "Gate", "WebConfig", "create_app", "serve"]
+__all__ = ["ApiError", "Gate", "WebConfig", "create_app", "serve"]
