@@ -155,6 +155,21 @@ class Dist:
         return self.rank == 0
 
 
+def widen_inputs(old: dict, new: dict) -> dict:
+    """Fit ``old`` weights to a network that takes extra input channels (a Wiener bank added in
+    fine-tuning): a weight whose input dimension grew keeps its old slice and gets zeros for the new
+    channels, so the widened network starts out computing exactly what the old one did."""
+    out = dict(old)
+    for k, v in old.items():
+        t = new.get(k)
+        if t is not None and v.dim() == 4 and t.dim() == 4 and v.shape[0] == t.shape[0] \
+                and v.shape[2:] == t.shape[2:] and t.shape[1] > v.shape[1]:
+            w = torch.zeros_like(t)
+            w[:, :v.shape[1]] = v
+            out[k] = w
+    return out
+
+
 def init_distributed(device: str) -> Dist:
     """Join the process group that torchrun describes in the environment (WORLD_SIZE, RANK,
     LOCAL_RANK, MASTER_ADDR/PORT): gloo on CPU, NCCL on CUDA. Without torchrun: a single process."""
@@ -249,7 +264,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         try:
             if type(init_model) is not type(model):
                 raise RuntimeError
-            model.load_state_dict(init_model.state_dict())
+            model.load_state_dict(widen_inputs(init_model.state_dict(), model.state_dict()))
         except RuntimeError as e:
             raise ValueError(f"--init {cfg.init}: weights do not fit --arch {cfg.arch}") from e
     model = model.to(device).train()

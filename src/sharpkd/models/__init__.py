@@ -3,6 +3,8 @@
 from sharpkd.models.student import Student, StudentConfig
 from sharpkd.models.teacher import NAFTeacher, NAFTeacherConfig, ResNetTeacher, ResNetTeacherConfig
 
+WIENER_SIGMAS = (0.7, 1.0, 1.4, 2.0, 2.8, 3.6)
+
 ARCHS = {
     "resnet": (ResNetTeacherConfig, ResNetTeacher),
     "nafunet": (NAFTeacherConfig, NAFTeacher),
@@ -17,6 +19,9 @@ PRESETS = {
     # the student's plain-convolution design, scaled up: a teacher candidate that trains fast on CPUs
     "convunet": ("student", StudentConfig(unshuffle=2, width=64, low_width=128, low_blocks=6, high_blocks=2)),
     "student": ("student", StudentConfig()),
+    # with a bank of Wiener deconvolutions (Gaussian widths below) next to the input
+    "nafunet-w": ("nafunet", NAFTeacherConfig(wiener=WIENER_SIGMAS)),
+    "student-w": ("student", StudentConfig(wiener=WIENER_SIGMAS)),
     # cheaper students for the speed goals: everything at 1/4 and 1/8 of the input resolution
     "student-x4": ("student", StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1)),
     "student-x4d": ("student", StudentConfig(unshuffle=4, width=32, low_width=32, low_blocks=3)),

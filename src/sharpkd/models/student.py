@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sharpkd.models.wiener import WienerBank, with_bank
+
 
 @dataclass(frozen=True)
 class StudentConfig:
@@ -26,6 +28,9 @@ class StudentConfig:
     low_width: int = 48  # channels at the bottleneck, 1/(2*unshuffle) resolution
     low_blocks: int = 2
     high_blocks: int = 1  # residual blocks before and after the bottleneck
+    # Gaussian widths of a Wiener-deconvolution bank whose outputs join the input (empty: none)
+    wiener: tuple[float, ...] = ()
+    wiener_lam: float = 3e-3
 
     @property
     def multiple(self) -> int:
@@ -47,8 +52,10 @@ class Student(nn.Module):
         super().__init__()
         self.config = config
         s, w, lw = config.unshuffle, config.width, config.low_width
+        self.bank = WienerBank(config.wiener, config.wiener_lam) if config.wiener else None
+        self.in_channels = 3 * (1 + len(config.wiener))
         self.unshuffle = nn.PixelUnshuffle(s)
-        self.head = nn.Conv2d(3 * s * s, w, 3, padding=1)
+        self.head = nn.Conv2d(self.in_channels * s * s, w, 3, padding=1)
         self.enc = nn.Sequential(*[ConvBlock(w) for _ in range(config.high_blocks)])
         self.down = nn.Conv2d(w, lw, 2, stride=2)
         self.low = nn.Sequential(*[ConvBlock(lw) for _ in range(config.low_blocks)])
@@ -62,7 +69,12 @@ class Student(nn.Module):
         self.feature_stride = 2 * s
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        h = self.enc(F.relu(self.head(self.unshuffle(x))))
+        return self.core(with_bank(self.bank, x), return_features)
+
+    def core(self, z: torch.Tensor, return_features: bool = False):
+        """The network proper, on the blurred image followed by its Wiener bank channels."""
+        x = z[:, :3]
+        h = self.enc(F.relu(self.head(self.unshuffle(z))))
         feat = self.low(F.relu(self.down(h)))
         h = self.dec(F.relu(self.up(feat)) + h)
         out = x + self.shuffle(self.tail(h))

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sharpkd.models.wiener import WienerBank, with_bank
+
 
 @dataclass(frozen=True)
 class ResNetTeacherConfig:
@@ -66,6 +68,9 @@ class NAFTeacherConfig:
     enc_blocks: tuple[int, ...] = (1, 1, 2)
     middle_blocks: int = 4
     dec_blocks: tuple[int, ...] = (1, 1, 1)
+    # Gaussian widths of a Wiener-deconvolution bank whose outputs join the input (empty: none)
+    wiener: tuple[float, ...] = ()
+    wiener_lam: float = 3e-3
 
     @property
     def multiple(self) -> int:
@@ -122,7 +127,9 @@ class NAFTeacher(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.intro = nn.Conv2d(3, w, 3, padding=1)
+        self.bank = WienerBank(config.wiener, config.wiener_lam) if config.wiener else None
+        self.in_channels = 3 * (1 + len(config.wiener))
+        self.intro = nn.Conv2d(self.in_channels, w, 3, padding=1)
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
         c = w
@@ -144,7 +151,12 @@ class NAFTeacher(nn.Module):
         nn.init.zeros_(self.ending.bias)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        h = self.intro(x)
+        return self.core(with_bank(self.bank, x), return_features)
+
+    def core(self, z: torch.Tensor, return_features: bool = False):
+        """The network proper, on the blurred image followed by its Wiener bank channels."""
+        x = z[:, :3]
+        h = self.intro(z)
         skips = []
         for enc, down in zip(self.encoders, self.downs, strict=True):
             h = enc(h)
