@@ -8,7 +8,7 @@ from sharpkd.export import OnnxRunner, export_onnx
 from sharpkd.infer import Sharpener
 
 
-@pytest.mark.parametrize("name", ["student", "nafunet-s"])
+@pytest.mark.parametrize("name", ["student", "nafunet-s", "student-w"])
 def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name, perturbed):
     model = perturbed(name)
     runner = OnnxRunner(export_onnx(model, tmp_path / "m.onnx", {"steps": 3}))
@@ -21,7 +21,7 @@ def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name, perturbed):
     # tiled through the same Sharpener as well
     x = torch.rand(1, 3, 150, 131)
     tiled = Sharpener(runner, tile=96, overlap=64).sharpen_tensor(x)
-    assert (tiled - a.sharpen_tensor(x)).abs().max() <= 1e-4
+    assert (tiled - Sharpener(model, tile=96, overlap=64).sharpen_tensor(x)).abs().max() <= 1e-4
 
 
 def test_shipped_onnx_files_match_shipped_weights():

@@ -54,3 +54,62 @@ def test_macs_count_matches_a_hand_computed_conv():
     # head 3->c, 16 convs c->c, tail c->3, all 3x3: MACs per pixel
     expected = 9 * (3 * c + 16 * c * c + c * 3)
     assert macs_per_pixel(model) == pytest.approx(expected)
+
+
+def test_wiener_bank_keeps_flat_images_and_orders_channels_by_sigma():
+    from sharpkd.models.wiener import WienerBank
+
+    bank = WienerBank((0.7, 2.0))
+    x = torch.ones(1, 3, 20, 33) * torch.tensor([0.2, 0.5, 0.9]).view(1, 3, 1, 1)
+    y = bank(x)
+    assert y.shape == (1, 6, 20, 33)
+    # unit gain at zero frequency: a flat image comes back unchanged in every channel
+    assert torch.allclose(y, x.repeat(1, 2, 1, 1), atol=1e-4)
+    with pytest.raises(ValueError):
+        WienerBank(())
+
+
+def test_wiener_bank_undoes_the_blur_it_was_built_for():
+    """On a blurred real photo, the bank channel whose sigma matches the blur recovers the most
+    detail: it beats the blurred input by a wide margin, and it beats a channel built for a much
+    wider blur (which over-sharpens and rings)."""
+    from sharpkd.degrade import blur, gaussian_kernel
+    from sharpkd.metrics import batch_psnr
+    import skimage.data
+
+    from sharpkd.models.wiener import WienerBank
+
+    sharp = torch.from_numpy(skimage.data.astronaut()[60:156, 180:308].copy()).permute(2, 0, 1)[None].float() / 255.0
+    g = torch.Generator().manual_seed(0)
+    blurred = (blur(sharp, gaussian_kernel(1.4)) + torch.randn(sharp.shape, generator=g) / 255).clamp(0, 1)
+    y = WienerBank((1.4, 3.6))(blurred).clamp(0, 1)
+    c = (slice(None), slice(None), slice(16, -16), slice(16, -16))  # leave out the borders
+    base = float(batch_psnr(blurred[c], sharp[c]))
+    matched = float(batch_psnr(y[:, :3][c], sharp[c]))
+    wide = float(batch_psnr(y[:, 3:][c], sharp[c]))
+    assert matched > base + 1.5
+    assert matched > wide + 1.0
+
+
+@pytest.mark.parametrize("arch, first, skip", [("nafunet", "intro", 3), ("student", "head", 12)])
+def test_widened_inputs_start_from_the_old_network(arch, first, skip):
+    """Fine-tuning a network with an added Wiener bank from weights without one: the new input
+    channels start at zero weight, so the widened network first computes what the old one did."""
+    from sharpkd.checkpoint import build_model
+    from sharpkd.train import widen_inputs
+
+    small = {"width": 8, "middle_blocks": 1} if arch == "nafunet" else {"width": 8, "low_width": 8}
+    torch.manual_seed(0)
+    src = build_model(arch, small).eval()
+    dst = build_model(arch, {**small, "wiener": [1.0, 2.0]}).eval()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        dst.load_state_dict(widen_inputs(src.state_dict(), dst.state_dict()))
+        x = torch.rand(1, 3, 24, 40)
+        assert torch.allclose(dst(x), src(x), atol=1e-5)
+        w = getattr(dst, first).weight
+        assert w.shape[1] == 3 * skip and w[:, skip:].abs().max() == 0  # the bank's channels follow the image's
+        # and the bank reaches the output once those weights move
+        w[:, skip:].normal_(0, 0.05)
+        assert not torch.allclose(dst(x), src(x), atol=1e-3)

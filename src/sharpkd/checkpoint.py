@@ -125,8 +125,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
-    """Multiply-accumulates per input pixel, counted by PyTorch's FLOP counter on a size x size input."""
+    """Multiply-accumulates per input pixel, counted by PyTorch's FLOP counter on a size x size input,
+    plus an estimate for the FFTs of a Wiener bank (which the counter does not see; see
+    :meth:`sharpkd.models.wiener.WienerBank.macs_per_pixel`)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from sharpkd.models.wiener import WienerBank
 
     m = getattr(model.config, "multiple", 1)
     size = -(-size // m) * m
@@ -134,4 +138,5 @@ def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
     x = torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(x)
-    return fc.get_total_flops() / 2 / (size * size)
+    fft = sum(m.macs_per_pixel() for m in model.modules() if isinstance(m, WienerBank))
+    return fc.get_total_flops() / 2 / (size * size) + fft
