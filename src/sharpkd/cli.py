@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights (0: off)")
-    p.add_argument("--recon", default="charbonnier", choices=["charbonnier", "l1"], help="reconstruction loss")
+    p.add_argument("--recon", default="charbonnier", choices=["charbonnier", "l1", "psnr"],
+                   help="reconstruction loss (psnr: minus the per-image PSNR / 100)")
     p.add_argument("--w-rec", type=float, default=1.0, help="weight of the reconstruction loss (ground truth)")
     p.add_argument("--w-perceptual", type=float, default=0.0, help="weight of the VGG16 perceptual loss")
     p.add_argument("--w-kd-out", type=float, default=1.0, help="weight of output distillation")

@@ -3,7 +3,8 @@
 All image arguments are float tensors (B, 3, H, W), RGB in [0, 1]. Each loss returns a scalar
 mean over the batch.
 
-* Reconstruction: L1, or Charbonnier sqrt(d^2 + eps^2) (a smooth L1; Charbonnier et al. 1994).
+* Reconstruction: L1, Charbonnier sqrt(d^2 + eps^2) (a smooth L1; Charbonnier et al. 1994), or
+  minus the per-image PSNR (so that every image counts by its relative, not absolute, error).
 * Perceptual: L1 distance between VGG16 features at relu1_2, relu2_2 and relu3_3 (Johnson et al.,
   ECCV 2016), each layer's distance averaged over its elements, then the three averaged.
 * Distillation: L1 between student and teacher outputs, and between the student's features,
@@ -35,7 +36,16 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> 
     return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
-RECONSTRUCTION = {"l1": l1, "charbonnier": charbonnier}
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Minus the mean per-image PSNR (dB, data range 1) divided by 100, so a 1 dB gain lowers it by
+    0.01. Unlike L1, each image's error counts relative to its own size: a lightly blurred patch,
+    already close to its target, weighs as much as a heavily blurred one, as in a benchmark that
+    averages PSNR over images."""
+    mse = ((pred - target) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(mse + 1e-10)).mean() / 100
+
+
+RECONSTRUCTION = {"l1": l1, "charbonnier": charbonnier, "psnr": psnr_loss}
 
 
 class VGG16Features(nn.Module):
