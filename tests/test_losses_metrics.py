@@ -14,6 +14,7 @@ from sharpkd.losses import (
     feature_distillation,
     l1,
     perceptual,
+    psnr_loss,
 )
 from sharpkd.metrics import batch_psnr, psnr, sharpness, ssim
 
@@ -24,6 +25,19 @@ def test_l1_and_charbonnier_known_values():
     assert l1(a, b).item() == pytest.approx(0.5)
     assert charbonnier(a, b, eps=1e-3).item() == pytest.approx(math.sqrt(0.25 + 1e-6))
     assert charbonnier(a, a, eps=1e-3).item() == pytest.approx(1e-3)
+
+
+def test_psnr_loss_is_minus_mean_psnr_and_weighs_images_by_relative_error():
+    target = torch.zeros(2, 3, 8, 8)
+    pred = torch.stack([torch.full((3, 8, 8), 0.1), torch.full((3, 8, 8), 0.01)])
+    # PSNR 20 dB and 40 dB: the loss is minus their mean over 100
+    assert psnr_loss(pred, target).item() == pytest.approx(-0.30, abs=1e-5)
+    # halving an image's error gains the same 6 dB whether that error was large or small: both
+    # images get gradients of the same total size, unlike with L1 or MSE
+    p = pred.clone().requires_grad_(True)
+    psnr_loss(p, target).backward()
+    g = p.grad.flatten(1)
+    assert (g[0] * pred[0].flatten()).sum() == pytest.approx((g[1] * pred[1].flatten()).sum().item(), rel=1e-4)
 
 
 def test_psnr_known_value():

@@ -29,6 +29,8 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
               else f"- training command (latest invocation; see the history below): `{info.get('command', '')}`"),
              *[f"  - steps {h['start_step']}-{h['end_step']} ({h['threads']} threads, {h['device']}): `{h['command']}`"
                for h in info.get("history", [])[1:]],
+             *([f"- initialised from `{tc['init']}` (fine-tuning; its own card's history comes before these steps)"]
+               if tc.get("init") else []),
              f"- steps: {info.get('steps')}; batch {tc.get('batch_size')} x {tc.get('patch_size')}^2 patches; "
              f"lr {tc.get('lr')} (warm-up + cosine), EMA {tc.get('ema')}",
              f"- loss weights: reconstruction ({tc.get('recon')}) {tc.get('w_rec')}, "

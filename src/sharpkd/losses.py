@@ -7,7 +7,8 @@ mean over the batch.
   minus the per-image PSNR (so that every image counts by its relative, not absolute, error).
 * Perceptual: L1 distance between VGG16 features at relu1_2, relu2_2 and relu3_3 (Johnson et al.,
   ECCV 2016), each layer's distance averaged over its elements, then the three averaged.
-* Distillation: L1 between student and teacher outputs, and between the student's features,
+* Distillation: L1 (or, with the PSNR reconstruction loss, minus the PSNR) between student and
+  teacher outputs, and between the student's features,
   mapped by a 1x1 adapter to the teacher's channel count and resized to its resolution, and the
   teacher's features (Romero et al., "FitNets", ICLR 2015). Teacher tensors are never differentiated.
 """
@@ -144,7 +145,8 @@ def combined_loss(w: LossWeights, pred: torch.Tensor, sharp: torch.Tensor, *,
     if w.kd_out > 0:
         if teacher_out is None:
             raise ValueError("kd_out > 0 needs the teacher's output")
-        parts["kd_out"] = l1(pred, teacher_out.detach())
+        # the per-image PSNR form, when chosen, applies to matching the teacher as well
+        parts["kd_out"] = (psnr_loss if w.recon == "psnr" else l1)(pred, teacher_out.detach())
         total = total + w.kd_out * parts["kd_out"]
     if w.kd_feat > 0:
         if teacher_feat is None or student_feat is None or adapter is None:
