@@ -95,3 +95,17 @@ def test_skimage_fallback_photos_are_colour():
     photos = skimage_photos()
     assert len(photos) >= 4
     assert all(p.pixels.ndim == 3 and p.pixels.shape[2] == 3 and p.pixels.dtype == np.uint8 for p in photos)
+
+
+def test_limit_size_reduces_only_large_photos_and_keeps_aspect():
+    from sharpkd.data import Photo, limit_size
+
+    rng = np.random.default_rng(0)
+    big = Photo("big", rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    small = Photo("small", rng.integers(0, 256, (50, 80, 3), dtype=np.uint8))
+    out = limit_size(big, 120)
+    assert out.pixels.shape == (80, 120, 3) and out.pixels.dtype == np.uint8 and out.name == "big"
+    assert limit_size(small, 120) is small
+    # a flat photo stays flat (no ringing or colour shift from the resampling)
+    flat = Photo("flat", np.full((400, 100, 3), (10, 128, 240), dtype=np.uint8))
+    assert np.array_equal(np.unique(limit_size(flat, 100).pixels.reshape(-1, 3), axis=0), [[10, 128, 240]])

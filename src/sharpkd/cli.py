@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       w_rec=args.w_rec, recon=args.recon, w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out,
                       w_kd_feat=args.w_kd_feat, init=args.init or "", kd_extra=args.kd_extra, amp=args.amp,
                       channels_last=args.channels_last, compile=args.compile,
-                      kd_extra_data=args.kd_extra_data or [],
+                      kd_extra_data=args.kd_extra_data or [], max_side=args.max_side,
                       degrade=DegradeConfig(jpeg_prob=args.jpeg_prob, kinds=tuple(mix), kind_probs=tuple(mix.values()),
                                             motion_length_range=tuple(args.motion_length)))
     if args.stage == "student" and cfg.distill and not cfg.teacher:
@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-extra", type=int, default=0,
                    help="student: extra patches per step labelled by the teacher only (no ground truth)")
     p.add_argument("--kd-extra-data", nargs="+", help="photos for those extra patches (default: the training pool)")
+    p.add_argument("--max-side", type=int, default=0, metavar="PX",
+                   help="reduce training photos larger than this (Lanczos) so that their pixels carry crisp detail "
+                        "and they do not dominate the patch draw (0: full size)")
     p.add_argument("--init", help="start from these weights (fine-tuning; fresh optimiser and schedule)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=8)

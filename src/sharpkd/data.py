@@ -85,6 +85,20 @@ def load_photos(paths: str | Path | Sequence[str | Path], min_size: int = 32) ->
     return photos
 
 
+def limit_size(photo: Photo, max_side: int) -> Photo:
+    """``photo`` reduced (Lanczos, aspect kept) so that its longer side is at most ``max_side``.
+
+    Large photographs are often soft at the pixel level (lens, demosaicing, JPEG), and patches are
+    drawn in proportion to area, so full-size wallpapers would dominate the draw and teach a
+    network that fine detail is rare; reduced, they resemble typical photos pixel for pixel."""
+    h, w = photo.pixels.shape[:2]
+    if max(h, w) <= max_side:
+        return photo
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return Photo(photo.name, np.asarray(Image.fromarray(photo.pixels).resize(size, Image.LANCZOS)))
+
+
 def skimage_photos() -> list[Photo]:
     """The colour sample photographs bundled with scikit-image: the fallback training pool."""
     return [Photo(f"skimage:{n}", np.ascontiguousarray(_skimage_photo(n)[..., :3])) for n in SKIMAGE_PHOTOS]

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sharpkd.checkpoint import build_preset, count_params, load_model, macs_per_pixel, save_model
-from sharpkd.data import PatchSampler, fixed_validation_set, load_photos, skimage_photos, split_holdout
+from sharpkd.data import PatchSampler, fixed_validation_set, limit_size, load_photos, skimage_photos, split_holdout
 from sharpkd.degrade import DegradeConfig
 from sharpkd.losses import FeatureAdapter, LossWeights, combined_loss
 from sharpkd.metrics import batch_psnr
@@ -48,6 +48,7 @@ class TrainConfig:
     distill: bool = True  # student stage: False trains the same student on ground truth only
     kd_extra: int = 0  # extra patches per step labelled by the teacher only (no ground truth used)
     kd_extra_data: list[str] = field(default_factory=list)  # their photos (empty: the training pool)
+    max_side: int = 0  # reduce training photos whose longer side exceeds this (0: keep full size)
     steps: int = 2000
     batch_size: int = 8
     patch_size: int = 96
@@ -247,6 +248,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     # ---- data: a hash-based hold-out split of the pool; validation patches are fixed -------------
     photos = load_photos(cfg.data) if cfg.data else skimage_photos()
     train_photos, val_photos = split_holdout(photos, cfg.val_fraction)
+    if cfg.max_side:  # the hold-out photos stay as they are, so validation figures stay comparable
+        train_photos = [limit_size(p, cfg.max_side) for p in train_photos]
     sampler = PatchSampler(train_photos, cfg.patch_size, seed=cfg.seed)
     val_blur, val_sharp = fixed_validation_set(val_photos, cfg.val_crops_per_photo, cfg.val_crop)
     val_blur, val_sharp = val_blur.to(device), val_sharp.to(device)
