@@ -127,3 +127,17 @@ def test_extra_inputs_enter_only_the_distillation_terms():
     _, parts = combined_loss(w, pred, sharp, teacher_out=teacher_out)
     assert abs(parts["rec"] - (pred[:2] - sharp).abs().mean().item()) < 1e-6
     assert abs(parts["kd_out"] - 0.5 * 3 / 5) < 1e-6
+
+
+def test_fine_tuning_into_a_wiener_bank_network_starts_where_the_old_one_was(tmp_path):
+    """--init from a network without a Wiener bank into one with it (here with reduced training
+    photos, --max-side): at learning rate 0 the new network computes exactly what the old one did."""
+    first = train(_cfg(tmp_path, out=str(tmp_path / "a")), progress=False)
+    second = train(_cfg(tmp_path, out=str(tmp_path / "b"), arch="student-w", init=str(first), steps=1, lr=0.0,
+                        max_side=64), progress=False)
+    old, _ = load_model(first)
+    new, info = load_model(second)
+    assert info["config"]["wiener"] and info["train_config"]["max_side"] == 64
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.allclose(new(x), old(x), atol=1e-5)

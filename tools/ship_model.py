@@ -114,7 +114,9 @@ def main() -> None:
     rows = None
     if args.eval:
         data = json.loads(args.eval.read_text())
-        rows = [r for r in data["rows"] if not r.get("params") or r["method"] in (args.name, str(dest))]
+        # the reference rows (no parameters, not an exported file) and this model's own row
+        rows = [r for r in data["rows"] if (not r.get("params") and not r["method"].endswith(".onnx"))
+                or r["method"] in (args.name, str(dest))]
     (WEIGHTS_DIR / f"{args.name}.md").write_text(card(args.name, model, info, rows))
     print(f"wrote {WEIGHTS_DIR / (args.name + '.md')}")
 
