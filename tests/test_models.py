@@ -73,10 +73,10 @@ def test_wiener_bank_undoes_the_blur_it_was_built_for():
     """On a blurred real photo, the bank channel whose sigma matches the blur recovers the most
     detail: it beats the blurred input by a wide margin, and it beats a channel built for a much
     wider blur (which over-sharpens and rings)."""
-    from sharpkd.degrade import blur, gaussian_kernel
-    from sharpkd.metrics import batch_psnr
     import skimage.data
 
+    from sharpkd.degrade import blur, gaussian_kernel
+    from sharpkd.metrics import batch_psnr
     from sharpkd.models.wiener import WienerBank
 
     sharp = torch.from_numpy(skimage.data.astronaut()[60:156, 180:308].copy()).permute(2, 0, 1)[None].float() / 255.0
