@@ -138,5 +138,5 @@ def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
     x = torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(x)
-    fft = sum(m.macs_per_pixel() for m in model.modules() if isinstance(m, WienerBank))
+    fft = sum(b.macs_per_pixel() for b in model.modules() if isinstance(b, WienerBank))
     return fc.get_total_flops() / 2 / (size * size) + fft

@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from sharpkd.metrics import batch_psnr
+
 VGG_WEIGHTS = Path(__file__).parent / "weights" / "vgg16_hed.safetensors"
 CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 
@@ -42,8 +44,7 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     0.01. Unlike L1, each image's error counts relative to its own size: a lightly blurred patch,
     already close to its target, weighs as much as a heavily blurred one, as in a benchmark that
     averages PSNR over images."""
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
-    return (10 * torch.log10(mse + 1e-10)).mean() / 100
+    return -batch_psnr(pred, target).mean() / 100
 
 
 RECONSTRUCTION = {"l1": l1, "charbonnier": charbonnier, "psnr": psnr_loss}

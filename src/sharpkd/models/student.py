@@ -53,9 +53,9 @@ class Student(nn.Module):
         self.config = config
         s, w, lw = config.unshuffle, config.width, config.low_width
         self.bank = WienerBank(config.wiener, config.wiener_lam) if config.wiener else None
-        self.in_channels = 3 * (1 + len(config.wiener))
+        in_channels = 3 * (1 + len(config.wiener))  # the image, then each bank output
         self.unshuffle = nn.PixelUnshuffle(s)
-        self.head = nn.Conv2d(self.in_channels * s * s, w, 3, padding=1)
+        self.head = nn.Conv2d(in_channels * s * s, w, 3, padding=1)
         self.enc = nn.Sequential(*[ConvBlock(w) for _ in range(config.high_blocks)])
         self.down = nn.Conv2d(w, lw, 2, stride=2)
         self.low = nn.Sequential(*[ConvBlock(lw) for _ in range(config.low_blocks)])
@@ -69,11 +69,7 @@ class Student(nn.Module):
         self.feature_stride = 2 * s
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        return self.core(with_bank(self.bank, x), return_features)
-
-    def core(self, z: torch.Tensor, return_features: bool = False):
-        """The network proper, on the blurred image followed by its Wiener bank channels."""
-        x = z[:, :3]
+        z = with_bank(self.bank, x)
         h = self.enc(F.relu(self.head(self.unshuffle(z))))
         feat = self.low(F.relu(self.down(h)))
         h = self.dec(F.relu(self.up(feat)) + h)

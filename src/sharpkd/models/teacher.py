@@ -128,8 +128,8 @@ class NAFTeacher(nn.Module):
         self.config = config
         w = config.width
         self.bank = WienerBank(config.wiener, config.wiener_lam) if config.wiener else None
-        self.in_channels = 3 * (1 + len(config.wiener))
-        self.intro = nn.Conv2d(self.in_channels, w, 3, padding=1)
+        in_channels = 3 * (1 + len(config.wiener))  # the image, then each bank output
+        self.intro = nn.Conv2d(in_channels, w, 3, padding=1)
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
         c = w
@@ -151,11 +151,7 @@ class NAFTeacher(nn.Module):
         nn.init.zeros_(self.ending.bias)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        return self.core(with_bank(self.bank, x), return_features)
-
-    def core(self, z: torch.Tensor, return_features: bool = False):
-        """The network proper, on the blurred image followed by its Wiener bank channels."""
-        x = z[:, :3]
+        z = with_bank(self.bank, x)
         h = self.intro(z)
         skips = []
         for enc, down in zip(self.encoders, self.downs, strict=True):
