@@ -103,3 +103,61 @@ def test_api_returns_the_kind_and_dtype_it_was_given(photo):
     assert isinstance(pil, Image.Image) and np.array_equal(np.asarray(pil), u8)
     with pytest.raises(ValueError, match="uint8, uint16 or float"):
         s(photo.astype(np.int32))
+
+
+def test_dihedral_inverse_undoes_each_transform():
+    from sharpkd.infer import dihedral
+
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7)
+    outs = [dihedral(x, k) for k in range(8)]
+    for k, y in enumerate(outs):
+        assert torch.equal(dihedral(y, k, inverse=True), x)
+    # the eight transforms are distinct
+    assert len({tuple(y.flatten().tolist()) + tuple(y.shape) for y in outs}) == 8
+
+
+class _Shift(torch.nn.Module):
+    """Not flip-equivariant: moves the image one pixel right (zero fill); or the identity."""
+
+    def __init__(self, shift: bool = True):
+        super().__init__()
+        self.shift = shift
+        self.config = type("Config", (), {"multiple": 1})()
+
+    def forward(self, x):
+        return torch.nn.functional.pad(x, (1, 0))[..., :-1] if self.shift else x
+
+
+def test_self_ensemble_averages_the_transformed_runs():
+    x = torch.rand(1, 3, 9, 13)
+    ident = Sharpener(_Shift(shift=False), tile=0, ensemble=8)
+    assert torch.allclose(ident.sharpen_tensor(x), x, atol=1e-6)  # every transform is undone
+    plain = Sharpener(_Shift(), tile=0).sharpen_tensor(x)
+    ens = Sharpener(_Shift(), tile=0, ensemble=8).sharpen_tensor(x)
+    # x8 = half the runs shift along width (right, left), half along height (down, up)
+    right = torch.nn.functional.pad(x, (1, 0))[..., :-1]
+    left = torch.nn.functional.pad(x, (0, 1))[..., 1:]
+    down = torch.nn.functional.pad(x, (0, 0, 1, 0))[..., :-1, :]
+    up = torch.nn.functional.pad(x, (0, 0, 0, 1))[..., 1:, :]
+    assert torch.allclose(plain, right)
+    assert torch.allclose(ens, (right + left + down + up) / 4, atol=1e-6)
+    ens2 = Sharpener(_Shift(), tile=0, ensemble=2).sharpen_tensor(x)
+    assert torch.allclose(ens2, (right + left) / 2, atol=1e-6)
+
+
+def test_self_ensemble_with_tiles_and_bad_sizes(perturbed):
+    model = perturbed("student")
+    x = torch.rand(1, 3, 131, 157)
+    a = Sharpener(model, tile=0, ensemble=4).sharpen_tensor(x)
+    b = Sharpener(model, tile=96, overlap=64, ensemble=4).sharpen_tensor(x)
+    assert a.shape == x.shape and (a - b).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="ensemble"):
+        Sharpener(model, ensemble=3)
+
+
+def test_model_spec_parses_ensemble():
+    from sharpkd.evaluate import parse_model_spec
+
+    assert parse_model_spec("teacher@x8") == ("teacher", 8)
+    assert parse_model_spec("runs/a@b/model.safetensors") == ("runs/a@b/model.safetensors", 1)
+    assert parse_model_spec("student") == ("student", 1)

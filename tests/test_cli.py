@@ -167,3 +167,13 @@ def test_sharpen_animated_gif_needs_first_frame(tmp_path, model_file, capsys):
     assert "animated" in capsys.readouterr().err
     assert main(["-q", "sharpen", str(gif), "-o", str(tmp_path / "o.png"), "--first-frame", "--model", model_file]) == 0
     assert Image.open(tmp_path / "o.png").size == (10, 12)
+
+
+def test_sharpen_self_ensemble_flag(tmp_path, images, model_file, capsys):
+    out = tmp_path / "ens.png"
+    assert main(["-q", "sharpen", str(images / "a.png"), "-o", str(out), "--model", model_file, "--ensemble", "8"]) == 0
+    # the identity student stays the identity under the x8 self-ensemble
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(images / "a.png")))
+    with pytest.raises(SystemExit) as e:
+        main(["-q", "sharpen", str(images / "a.png"), "-o", str(tmp_path / "x.png"), "--ensemble", "3"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err

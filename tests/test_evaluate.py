@@ -61,3 +61,23 @@ def test_benchmark_writes_tables_for_a_model(shared_datasets, tmp_path):
     # an untrained student is the identity: zero gain
     assert student["gain_db"] == pytest.approx(0.0, abs=1e-9)
     assert "| blurred input |" in (tmp_path / "o" / "results.md").read_text()
+
+
+def test_feature_distance_orders_blur(photo):
+    from sharpkd.evaluate import feature_distance
+
+    assert feature_distance(photo, photo) == pytest.approx(0.0, abs=1e-6)
+    light = protocol_degrade(photo, gaussian_kernel(1.0), 0)
+    heavy = protocol_degrade(photo, gaussian_kernel(3.0), 0)
+    assert 0 < feature_distance(photo, light) < feature_distance(photo, heavy)
+
+
+def test_benchmark_vgg_distance_column(shared_datasets, tmp_path):
+    res = run_benchmark(shared_datasets / "eval" / "kodak24", [], tmp_path, shared_datasets / "kernels" / "levin09.npz",
+                        limit=1, progress=False, vgg_distance=True)
+    rows = {r["method"]: r for r in res["rows"]}
+    blurred, oracle = rows["blurred input"], rows["Wiener, true kernel (oracle)"]
+    # the oracle restores detail, so its features are closer to the ground truth's
+    assert 0 < oracle["vgg_distance"] < blurred["vgg_distance"]
+    assert set(blurred["per_degradation"]["motion"]) == {"psnr", "ssim", "vgg_distance"}
+    assert "VGG dist" in res["markdown"].splitlines()[3]

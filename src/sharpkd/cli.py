@@ -33,7 +33,8 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
     todo = [(s, d) for s, d in jobs if args.overwrite or not d.exists()]
     skipped = len(jobs) - len(todo)
     try:
-        sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=args.tile, backend=args.backend)
+        sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=args.tile, backend=args.backend,
+                                              ensemble=args.ensemble)
     except ValueError as e:
         raise UserError(str(e)) from e
     failed: list[str] = []
@@ -214,7 +215,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     models = [m for m in (args.models or "").split(",") if m]
     try:
         res = run_benchmark(args.data, models, out_dir=args.out, kernels=args.kernels, limit=args.limit,
-                            device=args.device, tile=args.tile, progress=not args.quiet, backend=args.backend)
+                            device=args.device, tile=args.tile, progress=not args.quiet, backend=args.backend,
+                            vgg_distance=args.vgg_distance)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
     print(res["markdown"])
@@ -366,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")
+    p.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="average over N flipped/transposed copies (N times slower, slightly better)")
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders, keeping their relative paths")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
     p.add_argument("--format", choices=["png", "jpeg", "jpg", "webp", "tiff", "bmp"],
@@ -431,13 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="the benchmark protocol of BENCHMARK.md")
     p.add_argument("--data", default="../shared/datasets/eval/kodak24")
     p.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
-    p.add_argument("--models", default="", help="comma-separated: student, teacher, model files")
+    p.add_argument("--models", default="",
+                   help="comma-separated: student, teacher, model files; NAME@x8 adds the x8 self-ensemble")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (quick checks)")
     p.add_argument("--tile", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
                    help="inference engine for the models")
+    p.add_argument("--vgg-distance", action="store_true",
+                   help="also report the VGG16 feature distance to the ground truth (lower is closer)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a model to ONNX")

@@ -97,10 +97,21 @@ CLASSICAL: dict[str, Callable] = {
 }
 
 
+def parse_model_spec(spec: str) -> tuple[str, int]:
+    """``teacher@x8`` -> ("teacher", 8): a model with its self-ensemble size (default 1)."""
+    name, sep, suffix = spec.rpartition("@x")
+    if sep and suffix.isdigit():
+        return name, int(suffix)
+    return spec, 1
+
+
 def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kernels: str | Path,
                   limit: int = 0, device: str = "cpu", tile: int = 0, progress: bool = True,
-                  classical: bool = True, backend: str = "torch") -> dict:
-    """Score the classical rows and every model; write results.json and results.md to ``out_dir``."""
+                  classical: bool = True, backend: str = "torch", vgg_distance: bool = False) -> dict:
+    """Score the classical rows and every model; write results.json and results.md to ``out_dir``.
+
+    ``vgg_distance`` also reports, per row, the VGG16 feature distance to the ground truth (the
+    perceptual training loss's measure: mean L1 over relu1_2/relu2_2/relu3_3; lower is closer)."""
     import torch
 
     from sharpkd.checkpoint import count_params, load_model, macs_per_pixel, read_info
@@ -120,8 +131,9 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
         methods += [(n, f, {}) for n, f in CLASSICAL.items()]
     else:
         methods.append(("blurred input", CLASSICAL["blurred input"], {}))
-    for m in models:
-        sh = Sharpener.from_pretrained(m, device=device, tile=tile, backend=backend)
+    for spec in models:
+        m, ensemble = parse_model_spec(spec)
+        sh = Sharpener.from_pretrained(m, device=device, tile=tile, backend=backend, ensemble=ensemble)
         if isinstance(sh.model, torch.nn.Module):
             torch_model, info = sh.model, read_info(m)  # header only; the weights are loaded once
         elif m.endswith(".onnx"):
@@ -130,16 +142,16 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
             torch_model, info = load_model(m)
         meta = {"arch": info.get("preset", info.get("arch")), "steps": info.get("steps"),
                 "distilled": info.get("distilled"), "backend": "onnx" if m.endswith(".onnx") else backend,
-                "precision": info.get("precision", "int8" if backend == "onnx-int8" else "fp32")}
+                "precision": info.get("precision", "int8" if backend == "onnx-int8" else "fp32"), "ensemble": ensemble}
         if torch_model is not None:
-            meta.update(params=count_params(torch_model), macs_per_pixel=macs_per_pixel(torch_model))
-        methods.append((m, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta))
+            meta.update(params=count_params(torch_model), macs_per_pixel=ensemble * macs_per_pixel(torch_model))
+        methods.append((spec, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta))
 
     rows = []
     total = len(methods) * len(cases)
     bar = tqdm(total=total, desc="eval", unit="img", disable=not progress)
     for name, fn, meta in methods:
-        per = {d: {"psnr": [], "ssim": []} for d in DEGRADATIONS}
+        per = {d: {"psnr": [], "ssim": [], "vgg": []} for d in DEGRADATIONS}
         seconds = 0.0
         for i, j, blurred, k in cases:
             t = time.perf_counter()
@@ -150,6 +162,8 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
                 raise ValueError(f"{name} returned shape {out.shape} for an image of shape {sharp.shape}")
             per[DEGRADATIONS[j]]["psnr"].append(psnr(sharp, out))
             per[DEGRADATIONS[j]]["ssim"].append(ssim(sharp, out))
+            if vgg_distance:
+                per[DEGRADATIONS[j]]["vgg"].append(feature_distance(sharp, out))
             bar.update(1)
         row = {"method": name, **meta,
                "per_degradation": {d: {"psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"]))}
@@ -160,6 +174,10 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
                / max(seconds / len(cases), 1e-9)}
         row["mean_psnr"] = float(np.mean([row["per_degradation"][d]["psnr"] for d in DEGRADATIONS]))
         row["mean_ssim"] = float(np.mean([row["per_degradation"][d]["ssim"] for d in DEGRADATIONS]))
+        if vgg_distance:
+            for d in DEGRADATIONS:
+                row["per_degradation"][d]["vgg_distance"] = float(np.mean(per[d]["vgg"]))
+            row["vgg_distance"] = float(np.mean([row["per_degradation"][d]["vgg_distance"] for d in DEGRADATIONS]))
         rows.append(row)
     bar.close()
     base = rows[0]["mean_psnr"]
@@ -175,18 +193,34 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
     return result
 
 
+def feature_distance(sharp: np.ndarray, out: np.ndarray) -> float:
+    """VGG16 feature distance between two uint8 HxWx3 images (``losses.perceptual``; lower is closer)."""
+    import torch
+
+    from sharpkd.losses import perceptual
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None] / 255.0  # astype copies
+
+    with torch.no_grad():
+        return float(perceptual(t(out), t(sharp)))
+
+
 def to_markdown(result: dict) -> str:
-    head = ("| method | " + " | ".join(DEGRADATIONS) + " | mean PSNR / SSIM | gain (dB) | params | MACs/px | MP/s |")
+    vgg = all("vgg_distance" in r for r in result["rows"])
+    head = ("| method | " + " | ".join(DEGRADATIONS) + " | mean PSNR / SSIM | gain (dB) | "
+            + ("VGG dist | " if vgg else "") + "params | MACs/px | MP/s |")
     lines = [f"Kodak-protocol results on {result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
              f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend; .onnx rows: ONNX Runtime), "
              f"{result['hardware']}.",
              "", head,
-             "|" + "---|" * (len(DEGRADATIONS) + 6)]
+             "|" + "---|" * (len(DEGRADATIONS) + 6 + vgg)]
     for r in result["rows"]:
         cells = [f"{r['per_degradation'][d]['psnr']:.2f} / {r['per_degradation'][d]['ssim']:.4f}" for d in DEGRADATIONS]
         params = f"{r['params']:,}" if "params" in r else "-"
         macs = f"{r['macs_per_pixel']:,.0f}" if "macs_per_pixel" in r else "-"
         lines.append(f"| {r['method']} | " + " | ".join(cells)
-                     + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f} | {params} | {macs}"
+                     + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f}"
+                     + (f" | {r['vgg_distance']:.2f}" if vgg else "") + f" | {params} | {macs}"
                      + f" | {'-' if r is result['rows'][0] else format(r['megapixels_per_s'], '.2f')} |")
     return "\n".join(lines)

@@ -150,6 +150,21 @@ def symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 CLASSICAL = {"unsharp": UnsharpMask}
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th (0..7) of the eight flips/transposes of the last two axes, or its inverse.
+    Bit 0 flips width, bit 1 flips height, bit 2 transposes (applied last, undone first)."""
+    if inverse and k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    if not inverse and k & 4:
+        x = x.transpose(-1, -2)
+    return x
 
 
 class Sharpener:
@@ -163,11 +178,17 @@ class Sharpener:
         overlap: pixels shared by neighbouring tiles. Each output pixel keeps at least overlap/4
             pixels of real context; once that exceeds the network's effective receptive field,
             tiled equals untiled to within float error.
+        ensemble: geometric self-ensemble (Lim et al., EDSR, 2017): run the network on 1, 2, 4 or
+            8 flipped/transposed copies of the input, undo each transform and average. Costs that
+            many times the compute; typically a few hundredths of a dB better.
     """
 
     def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor], *,
                  device: str | torch.device = "cpu", tile: int = 512,
-                 overlap: int = 96, name: str = "model"):
+                 overlap: int = 96, name: str = "model", ensemble: int = 1):
+        if ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
+        self.ensemble = ensemble
         self.device = torch.device(device)
         if isinstance(model, nn.Module):
             self.model = model.to(self.device).eval()
@@ -181,28 +202,30 @@ class Sharpener:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
-                        overlap: int = 96, backend: str = "torch", threads: int = 0) -> Sharpener:
+                        overlap: int = 96, backend: str = "torch", threads: int = 0,
+                        ensemble: int = 1) -> Sharpener:
         """``student`` or ``teacher`` (the shipped weights), ``unsharp`` (the classical filter), a
         model file, or a training run folder.
 
         ``backend="onnx"`` runs ONNX Runtime on the CPU: a ``.onnx`` path is used as it is, a shipped
         name uses its shipped ``.onnx`` export when there is one, anything else is exported first.
         ``backend="onnx-int8"`` does the same with the statically quantised INT8 model.
-        ``threads``: ONNX Runtime intra-op threads (0: its default).
+        ``threads``: ONNX Runtime intra-op threads (0: its default). ``ensemble``: see the class.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if str(name_or_path) in CLASSICAL:
-            return cls(CLASSICAL[str(name_or_path)](), tile=tile, overlap=overlap, name=str(name_or_path))
+            return cls(CLASSICAL[str(name_or_path)](), tile=tile, overlap=overlap, name=str(name_or_path),
+                       ensemble=ensemble)
         if str(device) == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         if backend != "torch" or str(name_or_path).endswith(".onnx"):
             if str(device) != "cpu":
                 raise ValueError("the onnx backends run on the CPU; use --backend torch for CUDA")
             return cls(onnx_runner(name_or_path, threads, int8=backend == "onnx-int8"), tile=tile, overlap=overlap,
-                       name=str(name_or_path))
+                       name=str(name_or_path), ensemble=ensemble)
         model, _ = load_model(name_or_path, device)
-        return cls(model, device=device, tile=tile, overlap=overlap, name=str(name_or_path))
+        return cls(model, device=device, tile=tile, overlap=overlap, name=str(name_or_path), ensemble=ensemble)
 
     def sharpen_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> same shape, on the CPU."""
@@ -213,10 +236,19 @@ class Sharpener:
         def fn(t: torch.Tensor) -> torch.Tensor:
             return run_padded(self.model, t, self.multiple)
 
-        h, w = x.shape[-2:]
-        if self.tile and (h > self.tile or w > self.tile):
-            return run_tiled(fn, x.cpu(), self.tile, self.overlap, self.device, self.multiple)
-        return fn(x.to(self.device)).cpu()
+        def run(t: torch.Tensor) -> torch.Tensor:
+            h, w = t.shape[-2:]
+            if self.tile and (h > self.tile or w > self.tile):
+                return run_tiled(fn, t.cpu(), self.tile, self.overlap, self.device, self.multiple)
+            return fn(t.to(self.device)).cpu()
+
+        if self.ensemble == 1:
+            return run(x)
+        # transform the whole image (not each tile), so tiles stay on the network's pixel grid
+        acc = torch.zeros(x.shape)
+        for k in range(self.ensemble):
+            acc += dihedral(run(dihedral(x, k)), k, inverse=True)
+        return acc.div_(self.ensemble)
 
     def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1]."""
