@@ -111,6 +111,8 @@ def main() -> None:
                 cal = calibration_inputs(["../shared/datasets/train"], 32)
                 print(f"wrote {export_int8(onnx_path, dest.with_name(args.name + '-int8.onnx'), cal)}")
     model, info = load_model(dest)
+    if args.card_only and args.note:  # notes given now replace the ones stored at shipping
+        info["notes"] = args.note
     rows = None
     if args.eval:
         data = json.loads(args.eval.read_text())
