@@ -161,3 +161,30 @@ def test_model_spec_parses_ensemble():
     assert parse_model_spec("teacher@x8") == ("teacher", 8)
     assert parse_model_spec("runs/a@b/model.safetensors") == ("runs/a@b/model.safetensors", 1)
     assert parse_model_spec("student") == ("student", 1)
+
+
+def test_average_models_tool(tmp_path, perturbed):
+    """tools/average_models.py: the plain mean of each weight, provenance kept, mismatches refused."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "average_models.py"
+    spec = importlib.util.spec_from_file_location("average_models", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    a, b = perturbed("student"), perturbed("student")
+    pa = save_model(tmp_path / "a.safetensors", a, {"steps": 5, "stage": "student"})
+    pb = save_model(tmp_path / "b.safetensors", b, {"steps": 9})
+    out = mod.average([str(pa), str(pb)], tmp_path / "avg")
+    avg, info = load_model(out)
+    for k, v in avg.state_dict().items():
+        assert torch.allclose(v, (a.state_dict()[k] + b.state_dict()[k]) / 2, atol=1e-7)
+    assert info["steps"] == 5 and len(info["averaged_from"]) == 2 and info["notes"]
+    with pytest.raises(FileExistsError):
+        mod.average([str(pa), str(pb)], tmp_path / "avg")
+    pc = save_model(tmp_path / "c.safetensors", perturbed("student-n"))
+    with pytest.raises(CheckpointError, match="different network"):
+        mod.average([str(pa), str(pc)], tmp_path / "avg2")
+    with pytest.raises(ValueError, match="at least two"):
+        mod.average([str(pa)], tmp_path / "avg3")

@@ -81,3 +81,22 @@ def test_benchmark_vgg_distance_column(shared_datasets, tmp_path):
     assert 0 < oracle["vgg_distance"] < blurred["vgg_distance"]
     assert set(blurred["per_degradation"]["motion"]) == {"psnr", "ssim", "vgg_distance"}
     assert "VGG dist" in res["markdown"].splitlines()[3]
+
+
+def test_motion_alignment_finds_the_shift():
+    """The motion diagnostic's aligned PSNR undoes a whole-pixel shift and reports it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "motion_alignment.py"
+    spec = importlib.util.spec_from_file_location("motion_alignment", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    moved = np.roll(gt, (2, -3), axis=(0, 1))  # out[y] = gt[y - 2]: aligned by looking 2 rows further
+    plain, best, shift = mod.aligned_psnr(gt, moved, 4)
+    assert shift == (2, -3)
+    assert best > 90 and plain < 15
+    same = mod.aligned_psnr(gt, gt, 4)
+    assert same[2] == (0, 0) and same[0] == same[1]

@@ -31,6 +31,8 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
                for h in info.get("history", [])[1:]],
              *([f"- initialised from `{tc['init']}` (fine-tuning; its own card's history comes before these steps)"]
                if tc.get("init") else []),
+             *([f"- weights averaged over {len(info['averaged_from'])} runs: `{info.get('average_command', '')}` "
+                "(the training details below are those of the first)"] if info.get("averaged_from") else []),
              f"- steps: {info.get('steps')}; batch {tc.get('batch_size')} x {tc.get('patch_size')}^2 patches; "
              f"lr {tc.get('lr')} (warm-up + cosine), EMA {tc.get('ema')}",
              f"- loss weights: reconstruction ({tc.get('recon')}) {tc.get('w_rec')}, "
