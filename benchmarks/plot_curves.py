@@ -2,6 +2,11 @@
 and print a table of the figures the plot shows.
 
     python benchmarks/plot_curves.py runs/curves/* --out docs/teacher_curves.png --md docs/teacher_curves.md
+    python benchmarks/plot_curves.py --chain teacher=runs/teacher,runs/teacher-w,... --out docs/chains.png
+
+``--chain LABEL=RUN,RUN,...`` draws runs that continue one another (each initialised from the one
+before) as one curve, with steps and minutes added up; a run that was stopped early counts up to
+its last validation.
 """
 
 import argparse
@@ -17,9 +22,27 @@ def read_run(run: Path) -> dict:
     return {"name": run.name, "start": start, "vals": vals, "config": cfg}
 
 
+def chain(label: str, paths: list[Path]) -> dict:
+    """Runs that continue one another as one run: validation steps and times offset by the totals
+    of the runs before (up to each run's last validation)."""
+    parts = [read_run(p) for p in paths]
+    vals, step0, t0 = [], 0, 0.0
+    for part in parts:
+        for v in part["vals"]:
+            vals.append({**v, "step": v["step"] + step0, "elapsed_s": v["elapsed_s"] + t0})
+        if part["vals"]:
+            step0, t0 = vals[-1]["step"], vals[-1]["elapsed_s"]
+    threads = sorted({p["config"]["threads"] for p in parts})
+    last = parts[-1]
+    return {"name": label, "start": last["start"], "vals": vals,
+            "config": {**last["config"], "threads": "/".join(str(t) for t in threads)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="*", type=Path)
+    ap.add_argument("--chain", action="append", default=[], metavar="LABEL=RUN,RUN,...",
+                    help="runs that continue one another, drawn as one curve (repeatable)")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     ap.add_argument("--md", type=Path, help="markdown table to write")
     ap.add_argument("--title", default="Validation gain per CPU-minute")
@@ -31,6 +54,13 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     runs = [read_run(r) for r in args.runs if (r / "log.jsonl").exists()]
+    for spec in args.chain:
+        label, _, names = spec.partition("=")
+        if not names:
+            ap.error(f"--chain wants LABEL=RUN,RUN,..., got {spec!r}")
+        runs.append(chain(label, [Path(n) for n in names.split(",")]))
+    if not runs:
+        ap.error("no runs with a log.jsonl given")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     rows = ["| run | arch | params | MACs/px | threads | steps | minutes | val gain (dB) | best (dB) |",
             "|---|---|---|---|---|---|---|---|---|"]
