@@ -38,12 +38,14 @@ def quality_speed(evals: list[str], out: str) -> None:
             seen.add(name)
             kind = "o" if row.get("params") else "s"
             ax.scatter(mps, gain, marker=kind, s=50)
-            below = name.endswith(".onnx")  # sits next to the fp32 student: label it underneath
-            label = f"{Path(name).stem} (ONNX)" if below else name
+            # the INT8 and no-distillation students sit next to the fp32 student: label them underneath
+            below = name.endswith(".onnx") or name.endswith("nokd")
+            label = f"{Path(name).stem} (ONNX)" if name.endswith(".onnx") else name
             ax.annotate(f"{label}\n{gain:+.2f} dB", (mps, gain), textcoords="offset points",
                         xytext=(6, -22 if below else 4), fontsize=8)
         hardware = res.get("hardware", "")
     ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylim(top=ax.get_ylim()[1] + 0.3)  # room for the top label under the title
     ax.set_xscale("log")
     ax.set_xlabel("throughput, megapixels/s (log; 768x512 Kodak images, PyTorch fp32)")
     ax.set_ylabel("Kodak24 gain over the blurred input (dB)")

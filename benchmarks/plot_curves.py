@@ -69,7 +69,7 @@ def main() -> None:
             continue
         t = [v["elapsed_s"] / 60 if args.x == "minutes" else v["step"] for v in r["vals"]]
         g = [v["val_gain"] for v in r["vals"]]
-        label = r["name"] if r["name"] == r["config"]["arch"] else f"{r['name']} ({r['config']['arch']})"
+        label = r["name"] if r["config"]["arch"] in r["name"] else f"{r['name']} ({r['config']['arch']})"
         ax.plot(t, g, marker="o", ms=3, label=label)
         last = r["vals"][-1]
         rows.append(f"| {r['name']} | {r['config']['arch']} | {r['start']['params']:,} | "
