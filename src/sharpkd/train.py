@@ -436,6 +436,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         bar.close()
         if log is not None:
             log.close()
+        if dd.world > 1 and dist.is_initialized():
+            # leaving gloo's worker threads to interpreter shutdown can abort the process
+            # ("terminate called without an active exception") after a successful run
+            dist.destroy_process_group()
     return out / "model.safetensors"
 
 
