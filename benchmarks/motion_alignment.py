@@ -20,10 +20,7 @@ import json
 import numpy as np
 import torch
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+from sharpkd.metrics import psnr
 
 
 def aligned_psnr(gt: np.ndarray, out: np.ndarray, m: int) -> tuple[float, float, tuple[int, int]]:

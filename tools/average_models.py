@@ -24,6 +24,11 @@ from sharpkd.checkpoint import CheckpointError, load_model, resolve, save_model
 def average(paths: list[str], out: str | Path) -> Path:
     if len(paths) < 2:
         raise ValueError("give at least two models to average")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out / "model.safetensors"
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose another output")
     models, infos = zip(*(load_model(p) for p in paths), strict=True)
     for p, info in zip(paths[1:], infos[1:], strict=True):
         if info["arch"] != infos[0]["arch"] or info["config"] != infos[0]["config"]:
@@ -39,11 +44,6 @@ def average(paths: list[str], out: str | Path) -> Path:
     info["notes"] = [*info.get("notes", []),
                      "Weights are the plain average of " + ", ".join(f"`{p}`" for p in paths)
                      + " (stochastic weight averaging of one fine-tuning chain; `tools/average_models.py`)."]
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        out = out / "model.safetensors"
-    if out.exists():
-        raise FileExistsError(f"{out} exists; choose another output")
     return save_model(out, model, info)
 
 
