@@ -96,6 +96,11 @@ def test_train_teacher_then_student_end_to_end(tmp_path, images, capsys):
     log = [json.loads(line) for line in (s_dir / "log.jsonl").read_text().splitlines()]
     parts = {k for r in log if r["event"] == "train" for k in r}
     assert {"rec", "perceptual", "kd_out", "kd_feat"} <= parts
+    # a distilled run resumes from its saved config: --teacher need not be given again
+    assert main(["-q", "train", "student", "--resume", "--out", str(s_dir), "--steps", "6", "--val-every", "2"]) == 0
+    log = [json.loads(line) for line in (s_dir / "log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log if r["event"] == "train") == 6
+    assert any("kd_out" in r for r in log if r["event"] == "train" and r["step"] > 4)
     assert main(["info", "--model", str(s_dir)]) == 0
     assert "distilled:" in capsys.readouterr().out
 

@@ -100,3 +100,19 @@ def test_motion_alignment_finds_the_shift():
     assert best > 90 and plain < 15
     same = mod.aligned_psnr(gt, gt, 4)
     assert same[2] == (0, 0) and same[0] == same[1]
+
+    # the blind ceiling moves the sharp image exactly as the benchmark's convolution does
+    from sharpkd.evaluate import protocol_degrade
+
+    smooth = (np.stack(np.meshgrid(np.linspace(0, 6, 48), np.linspace(0, 5, 40)), -1).sum(-1))
+    img = np.repeat((127 + 100 * np.sin(smooth))[..., None], 3, -1).astype(np.uint8)
+    delta = np.zeros((9, 9))
+    delta[2, 7] = 1.0  # mass 2 rows up and 3 columns right of the centre
+    assert mod.kernel_centroid(delta) == (-2.0, 3.0)
+    convolved = protocol_degrade(img, delta, 0)  # includes 1/255 noise
+    moved = mod.centroid_shifted(img, delta)
+    inner = (slice(4, -4), slice(4, -4))
+    assert np.abs(moved[inner].astype(int) - convolved[inner].astype(int)).max() <= 5
+    opposite = mod.centroid_shifted(img, delta[::-1, ::-1])  # the same shift with the sign flipped
+    err = np.abs(opposite[inner].astype(int) - convolved[inner].astype(int)).mean()
+    assert err > 5 * np.abs(moved[inner].astype(int) - convolved[inner].astype(int)).mean()

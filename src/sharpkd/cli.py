@@ -188,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       kd_extra_data=args.kd_extra_data or [], max_side=args.max_side,
                       degrade=DegradeConfig(jpeg_prob=args.jpeg_prob, kinds=tuple(mix), kind_probs=tuple(mix.values()),
                                             motion_length_range=tuple(args.motion_length)))
-    if args.stage == "student" and cfg.distill and not cfg.teacher:
+    # on --resume the saved run's config (teacher included) is used, so nothing more is needed here
+    if args.stage == "student" and cfg.distill and not cfg.teacher and not args.resume:
         raise UserError("train student needs --teacher MODEL (or --no-distill for the ablation)")
     for d in cfg.data:
         if not Path(d).exists():
