@@ -1,7 +1,7 @@
 """Pilot: can a small network estimate a camera-shake kernel well enough for a Wiener step to pay off?
 
-    python benchmarks/kernel_pilot.py --minutes 30 --out runs/kernel-pilot
-    python benchmarks/kernel_pilot.py --minutes 30 --out runs/kernel-pilot --resume   # go on
+    python benchmarks/kernel_pilot.py --steps 1000 --out runs/kernel-pilot
+    python benchmarks/kernel_pilot.py --steps 3000 --out runs/kernel-pilot --resume   # go on
 
 The shipped teacher deblurs Gaussian blur well and camera shake hardly at all (hold-out motion
 gain about +0.1 to +0.6 dB). One design the issue suggests is a learned blur estimate feeding a
@@ -122,7 +122,8 @@ def motion_validation(seed: int = 12345):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/kernel-pilot")
-    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--minutes", type=float, default=30, help="stop after this much wall time")
+    ap.add_argument("--steps", type=int, default=0, help="or after this many steps (0: no step limit)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--patch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -139,6 +140,9 @@ def main() -> None:
     from sharpkd.degrade import add_noise, blur, motion_kernel
 
     out = Path(args.out)
+    if (out / "state.pt").exists() != args.resume:
+        raise SystemExit(f"{out}: " + ("holds a pilot run already: add --resume or choose another --out"
+                                       if not args.resume else "no state.pt to resume from"))
     out.mkdir(parents=True, exist_ok=True)
     train_photos, _ = split_holdout(load_photos("../shared/datasets/train"), 0.1)
     sampler = PatchSampler([limit_size(p, 768) for p in train_photos], args.patch_size, seed=args.seed)
@@ -169,7 +173,7 @@ def main() -> None:
                 "gain_true": p_t - p_b, "kernel_l1": (est - vk).abs().sum(dim=(1, 2)).mean().item()}
 
     start = time.time()
-    while (time.time() - start) / 60 + 0 < args.minutes:
+    while (time.time() - start) / 60 < args.minutes and (args.steps <= 0 or step < args.steps):
         sharp = sampler.sharp_batch(args.batch_size)
         ks = np.stack([motion_kernel(rng, float(rng.uniform(3, 30)), size=KSIZE) for _ in range(args.batch_size)])
         k = torch.from_numpy(ks.astype(np.float32))

@@ -116,3 +116,34 @@ def test_motion_alignment_finds_the_shift():
     opposite = mod.centroid_shifted(img, delta[::-1, ::-1])  # the same shift with the sign flipped
     err = np.abs(opposite[inner].astype(int) - convolved[inner].astype(int)).mean()
     assert err > 5 * np.abs(moved[inner].astype(int) - convolved[inner].astype(int)).mean()
+
+
+def test_kernel_pilot_wiener_inverts_a_known_blur_and_the_net_outputs_kernels():
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from sharpkd.degrade import blur, motion_kernel
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_pilot.py"
+    spec = importlib.util.spec_from_file_location("kernel_pilot", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    sharp = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 96, 96), 3, 1, 1)  # mildly smooth texture
+    k = torch.from_numpy(np.stack([motion_kernel(np.random.default_rng(s), 12.0, size=mod.KSIZE)
+                                   for s in range(2)]).astype(np.float32))
+    blurred = blur(sharp, k)
+    inner = (..., slice(20, -20), slice(20, -20))
+    restored = mod.wiener(blurred, k, lam=1e-4)
+    wrong = mod.wiener(blurred, k.flip(-1).flip(-2).transpose(-1, -2), lam=1e-4)
+    p = [mod.psnr_batch(x[inner], sharp[inner]).mean().item() for x in (blurred, restored, wrong)]
+    assert p[1] > p[0] + 5  # the true kernel undoes the blur
+    assert p[2] < p[1] - 5  # a different kernel does not
+    net = mod.KernelNet()
+    est = net(mod.grey(blurred))
+    assert est.shape == (2, mod.KSIZE, mod.KSIZE)
+    assert torch.all(est >= 0) and torch.allclose(est.sum(dim=(1, 2)), torch.ones(2), atol=1e-5)
+    c = mod.KSIZE // 2
+    assert est[0, c, c] == est[0].max()  # the untrained estimate is a centred blob
