@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -29,6 +28,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
+
+from sharpkd.metrics import batch_psnr
+from sharpkd.models.wiener import laplacian_response, rfft_frequencies
 
 KSIZE = 31
 
@@ -76,47 +79,26 @@ def wiener(x: torch.Tensor, kernel: torch.Tensor, lam: float = 5e-3) -> torch.Te
     kp[:, :k, :k] = kernel
     kp = torch.roll(kp, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))  # kernel centre to the origin
     kf = torch.fft.rfft2(kp)[:, None]
-    fy = torch.fft.fftfreq(h, dtype=x.dtype, device=x.device)
-    fx = torch.fft.rfftfreq(w, dtype=x.dtype, device=x.device)
-    lap = (4 - 2 * torch.cos(2 * math.pi * fy)[:, None] - 2 * torch.cos(2 * math.pi * fx)[None, :]) ** 2
-    y = torch.fft.irfft2(torch.fft.rfft2(xp) * kf.conj() / (kf.abs() ** 2 + lam * lap), s=(h, w))
+    lap = laplacian_response(*rfft_frequencies(h, w, x.dtype, x.device))
+    y = torch.fft.irfft2(torch.fft.rfft2(xp) * kf.conj() / (kf.abs() ** 2 + lam * lap * lap), s=(h, w))
     return y[..., p:h - p, p:w - p]
 
 
-def grey(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+def psnr_8bit(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR of ``x`` as saved to disk (clamped, 8-bit), as the training runs validate."""
+    return batch_psnr(torch.round(x.clamp(0, 1) * 255) / 255, sharp)
 
 
-def psnr_batch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR of 8-bit-rounded images in [0, 1]."""
-    a8, b8 = torch.round(a.clamp(0, 1) * 255), torch.round(b.clamp(0, 1) * 255)
-    mse = ((a8 - b8) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return 10 * torch.log10(255.0 ** 2 / mse)
-
-
-def motion_validation(seed: int = 12345):
+def motion_validation(photos) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The motion crops of the training runs' fixed hold-out set, with their true kernels."""
-    from sharpkd.data import PatchSampler, load_photos, split_holdout
-    from sharpkd.degrade import gaussian_kernel, make_kernel, pad_kernel
-    from sharpkd.evaluate import protocol_degrade
+    from sharpkd.data import fixed_validation_set
+    from sharpkd.degrade import pad_kernel
+    from sharpkd.train import VAL_KINDS
 
-    _, photos = split_holdout(load_photos("../shared/datasets/train"), 0.1)
-    # replay fixed_validation_set's random stream exactly, keeping the motion crops and kernels
-    rng = np.random.default_rng(seed)
-    sampler = PatchSampler(photos, 192, seed=seed, tries=4)
-    _ = [gaussian_kernel(s) for s in (1.0, 2.0, 3.0)]
-    blurred, sharp, kernels = [], [], []
-    for n in range(2 * len(photos)):
-        patch = np.ascontiguousarray(sampler.random_crop(photos[n % len(photos)].pixels))
-        k = make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)), size=27)
-        blurred.append(protocol_degrade(patch, k, seed + 1000 * 3 + n))
-        sharp.append(patch)
-        kernels.append(pad_kernel(k, KSIZE))
-
-    def t(arrs):
-        return torch.from_numpy(np.stack(arrs).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-
-    return t(blurred), t(sharp), torch.from_numpy(np.stack(kernels).astype(np.float32))
+    blurred, sharp, kernels = fixed_validation_set(photos, with_kernels=True)
+    pick = slice(VAL_KINDS.index("motion"), None, len(VAL_KINDS))
+    motion = np.stack([pad_kernel(k, KSIZE) for k in kernels[pick]]).astype(np.float32)
+    return blurred[pick], sharp[pick], torch.from_numpy(motion)
 
 
 def main() -> None:
@@ -127,7 +109,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--patch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--w-kernel", type=float, default=1.0, help="weight of the L1 distance to the true kernel")
+    ap.add_argument("--w-kernel", type=float, default=0.05, help="weight of the L1 distance to the true kernel")
     ap.add_argument("--val-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -144,10 +126,10 @@ def main() -> None:
         raise SystemExit(f"{out}: " + ("holds a pilot run already: add --resume or choose another --out"
                                        if not args.resume else "no state.pt to resume from"))
     out.mkdir(parents=True, exist_ok=True)
-    train_photos, _ = split_holdout(load_photos("../shared/datasets/train"), 0.1)
+    train_photos, val_photos = split_holdout(load_photos("../shared/datasets/train"), 0.1)
     sampler = PatchSampler([limit_size(p, 768) for p in train_photos], args.patch_size, seed=args.seed)
     rng = np.random.default_rng(args.seed + 1)
-    vb, vs, vk = motion_validation()
+    vb, vs, vk = motion_validation(val_photos)
     net = KernelNet()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     step, minutes_before = 0, 0.0
@@ -164,11 +146,11 @@ def main() -> None:
     def validate() -> dict:
         net.eval()
         with torch.no_grad():
-            est = torch.cat([net(grey(b)) for b in vb.split(16)])
+            est = torch.cat([net(rgb_to_grayscale(b)) for b in vb.split(16)])
             w_true = torch.cat([wiener(b, k) for b, k in zip(vb.split(16), vk.split(16), strict=True)])
             w_est = torch.cat([wiener(b, k) for b, k in zip(vb.split(16), est.split(16), strict=True)])
         net.train()
-        p_b, p_t, p_e = (psnr_batch(x, vs).mean().item() for x in (vb, w_true, w_est))
+        p_b, p_t, p_e = (psnr_8bit(x, vs).mean().item() for x in (vb, w_true, w_est))
         return {"blurred": p_b, "wiener_true": p_t, "wiener_est": p_e, "gain_est": p_e - p_b,
                 "gain_true": p_t - p_b, "kernel_l1": (est - vk).abs().sum(dim=(1, 2)).mean().item()}
 
@@ -180,12 +162,12 @@ def main() -> None:
         b = blur(sharp, k)
         std = torch.from_numpy(rng.uniform(0, 0.01, args.batch_size)).float()
         b = torch.round(add_noise(b, std).clamp(0, 1) * 255) / 255
-        est = net(grey(b))
+        est = net(rgb_to_grayscale(b))
         rec = wiener(b, est)
         m = 16
         loss_rec = (rec - sharp)[..., m:-m, m:-m].abs().mean()
         loss_k = (est - k).abs().sum(dim=(1, 2)).mean()
-        loss = loss_rec + args.w_kernel * 0.05 * loss_k
+        loss = loss_rec + args.w_kernel * loss_k
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -199,6 +181,7 @@ def main() -> None:
             log.flush()
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step,
                         "minutes": rec_["minutes"]}, out / "state.pt")
+    log.close()
 
 
 if __name__ == "__main__":

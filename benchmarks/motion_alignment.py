@@ -86,16 +86,15 @@ def main() -> None:
     for name in args.models:
         sh = Sharpener.from_pretrained(name)
         methods[name] = lambda b, k, sh=sh: np.asarray(sh(b))
-    rows = {m: {"plain": [], "aligned": [], "shift": []} for m in methods}
     ceiling = "ground truth moved by the kernel's centroid (blind ceiling)"
-    methods[ceiling] = None
-    rows[ceiling] = {"plain": [], "aligned": [], "shift": []}
+    rows = {m: {"plain": [], "aligned": [], "shift": []} for m in [*methods, ceiling]}
     for i, (_, gt) in enumerate(images):
         k = protocol_kernel(3, i, levin)
         blurred = protocol_degrade(gt, k, 1000 * 3 + i)
-        for m, fn in methods.items():
-            fn = fn or (lambda b, k, gt=gt: centroid_shifted(gt, k))
-            plain, best, shift = aligned_psnr(gt, fn(blurred, k), args.search)
+        outputs = {m: fn(blurred, k) for m, fn in methods.items()}
+        outputs[ceiling] = centroid_shifted(gt, k)
+        for m, out in outputs.items():
+            plain, best, shift = aligned_psnr(gt, out, args.search)
             rows[m]["plain"].append(plain)
             rows[m]["aligned"].append(best)
             rows[m]["shift"].append(shift)

@@ -19,6 +19,21 @@ def _seed_and_threads():
 
 
 @pytest.fixture
+def load_script():
+    """Import a repository script that is not part of the package, e.g. ``load_script("tools/average_models.py")``."""
+    import importlib.util
+
+    def load(relpath: str):
+        path = ROOT / relpath
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
+@pytest.fixture
 def photo() -> np.ndarray:
     """A 53 x 37 crop of a real photograph (scikit-image's astronaut), uint8 RGB."""
     import skimage.data

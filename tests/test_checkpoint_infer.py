@@ -163,15 +163,9 @@ def test_model_spec_parses_ensemble():
     assert parse_model_spec("student") == ("student", 1)
 
 
-def test_average_models_tool(tmp_path, perturbed):
+def test_average_models_tool(tmp_path, perturbed, load_script):
     """tools/average_models.py: the plain mean of each weight, provenance kept, mismatches refused."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "average_models.py"
-    spec = importlib.util.spec_from_file_location("average_models", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/average_models.py")
     torch.manual_seed(0)
     a, b = perturbed("student"), perturbed("student")
     pa = save_model(tmp_path / "a.safetensors", a, {"steps": 5, "stage": "student"})

@@ -83,15 +83,9 @@ def test_benchmark_vgg_distance_column(shared_datasets, tmp_path):
     assert "VGG dist" in res["markdown"].splitlines()[3]
 
 
-def test_motion_alignment_finds_the_shift():
+def test_motion_alignment_finds_the_shift(load_script):
     """The motion diagnostic's aligned PSNR undoes a whole-pixel shift and reports it."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "motion_alignment.py"
-    spec = importlib.util.spec_from_file_location("motion_alignment", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/motion_alignment.py")
     rng = np.random.default_rng(0)
     gt = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
     moved = np.roll(gt, (2, -3), axis=(0, 1))  # out[y] = gt[y - 2]: aligned by looking 2 rows further
@@ -118,18 +112,12 @@ def test_motion_alignment_finds_the_shift():
     assert err > 5 * np.abs(moved[inner].astype(int) - convolved[inner].astype(int)).mean()
 
 
-def test_kernel_pilot_wiener_inverts_a_known_blur_and_the_net_outputs_kernels():
-    import importlib.util
-    from pathlib import Path
-
+def test_kernel_pilot_wiener_inverts_a_known_blur_and_the_net_outputs_kernels(load_script):
     import torch
 
     from sharpkd.degrade import blur, motion_kernel
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_pilot.py"
-    spec = importlib.util.spec_from_file_location("kernel_pilot", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/kernel_pilot.py")
     torch.manual_seed(0)
     sharp = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 96, 96), 3, 1, 1)  # mildly smooth texture
     k = torch.from_numpy(np.stack([motion_kernel(np.random.default_rng(s), 12.0, size=mod.KSIZE)
@@ -138,11 +126,11 @@ def test_kernel_pilot_wiener_inverts_a_known_blur_and_the_net_outputs_kernels():
     inner = (..., slice(20, -20), slice(20, -20))
     restored = mod.wiener(blurred, k, lam=1e-4)
     wrong = mod.wiener(blurred, k.flip(-1).flip(-2).transpose(-1, -2), lam=1e-4)
-    p = [mod.psnr_batch(x[inner], sharp[inner]).mean().item() for x in (blurred, restored, wrong)]
+    p = [mod.psnr_8bit(x[inner], sharp[inner]).mean().item() for x in (blurred, restored, wrong)]
     assert p[1] > p[0] + 5  # the true kernel undoes the blur
     assert p[2] < p[1] - 5  # a different kernel does not
     net = mod.KernelNet()
-    est = net(mod.grey(blurred))
+    est = net(mod.rgb_to_grayscale(blurred))
     assert est.shape == (2, mod.KSIZE, mod.KSIZE)
     assert torch.all(est >= 0) and torch.allclose(est.sum(dim=(1, 2)), torch.ones(2), atol=1e-5)
     c = mod.KSIZE // 2

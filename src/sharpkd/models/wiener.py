@@ -23,6 +23,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def rfft_frequencies(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed frequencies (cycles/pixel) of an ``rfft2`` of an h x w image: (h,) rows and (w // 2 + 1,)
+    columns. Built from ``arange`` so that it exports to ONNX."""
+    fy = torch.arange(h, dtype=dtype, device=device) / h
+    fy = torch.where(fy > 0.5, fy - 1, fy)
+    fx = torch.arange(w // 2 + 1, dtype=dtype, device=device) / w
+    return fy, fx
+
+
+def laplacian_response(fy: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+    """Frequency response L of the discrete 5-point Laplacian on the (fy, fx) grid (real, >= 0);
+    the Wiener filters below are regularised by ``lam * |L|^2``."""
+    return 4 - 2 * torch.cos(2 * math.pi * fy)[:, None] - 2 * torch.cos(2 * math.pi * fx)[None, :]
+
+
 class WienerBank(nn.Module):
     """(B, C, H, W) -> (B, C * len(sigmas), H, W): Wiener deconvolutions of ``x`` for Gaussian blurs
     of the given standard deviations (pixels), bank-major (all channels of sigma 0, then sigma 1...)."""
@@ -40,11 +55,9 @@ class WienerBank(nn.Module):
 
     def filters(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The (K, h, w // 2 + 1) real frequency responses for an h x w (padded) image."""
-        fy = torch.arange(h, dtype=dtype, device=device) / h
-        fy = torch.where(fy > 0.5, fy - 1, fy)
-        fx = torch.arange(w // 2 + 1, dtype=dtype, device=device) / w
+        fy, fx = rfft_frequencies(h, w, dtype, device)
         g = torch.exp(-self.s2.to(dtype) * (fy[:, None] ** 2 + fx[None, :] ** 2))
-        lap = 4 - 2 * torch.cos(2 * math.pi * fy)[:, None] - 2 * torch.cos(2 * math.pi * fx)[None, :]
+        lap = laplacian_response(fy, fx)
         return g / (g * g + self.lam * lap * lap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
