@@ -23,6 +23,27 @@ def test_protocol_degrade_follows_the_steps(photo):
     assert np.abs(protocol_degrade(flat, k, 0).astype(int) - 100).max() <= 4
 
 
+def test_version2_recentres_levin_kernels(shared_datasets):
+    from scipy.ndimage import center_of_mass
+
+    from sharpkd.degrade import load_levin_kernels, recenter_levin
+
+    v1 = load_levin_kernels(shared_datasets / "kernels" / "levin09.npz", version=1)
+    v2 = load_levin_kernels(shared_datasets / "kernels" / "levin09.npz")
+    moved = 0.0
+    for a, b in zip(v1, v2, strict=True):
+        assert b.shape == (a.shape[0] + 8, a.shape[1] + 8) and b.sum() == pytest.approx(1.0)
+        off = np.array(center_of_mass(b)) - (np.array(b.shape) - 1) / 2
+        assert np.abs(off).max() <= 0.5 + 1e-9
+        moved = max(moved, float(np.abs(np.array(center_of_mass(a)) - (np.array(a.shape) - 1) / 2).max()))
+    assert moved > 2  # version 1 kernels really were off centre
+    # a delta two pixels right of centre is rolled back onto the centre
+    d = np.zeros((5, 5))
+    d[2, 4] = 1
+    r = recenter_levin(d)
+    assert r.shape == (13, 13) and r[6, 6] == 1
+
+
 def test_protocol_kernels():
     levin = [np.full((3, 3), 1 / 9) * (n + 1) / (n + 1) for n in range(8)]
     assert protocol_kernel(0, 5, levin).shape == (7, 7)
@@ -41,11 +62,14 @@ def test_blurred_row_reproduces_benchmark_md(shared_datasets, tmp_path):
     res = run_benchmark(shared_datasets / "eval" / "kodak24", [], tmp_path, shared_datasets / "kernels" / "levin09.npz",
                         progress=False, classical=False)
     row = res["rows"][0]
-    reference = {"gauss1": 28.99, "gauss2": 25.48, "gauss3": 24.13, "motion": 22.65}
-    for d, ref in reference.items():
-        assert row["per_degradation"][d]["psnr"] == pytest.approx(ref, abs=0.01)
-    assert row["mean_psnr"] == pytest.approx(25.31, abs=0.01)
-    assert row["per_degradation"]["gauss1"]["ssim"] == pytest.approx(0.8429, abs=1e-4)
+    # BENCHMARK.md version 2, reference figures
+    reference = {"gauss1": (28.99, 0.8429), "gauss2": (25.48, 0.6866), "gauss3": (24.13, 0.6181),
+                 "motion": (23.24, 0.5919)}
+    for d, (ref_psnr, ref_ssim) in reference.items():
+        assert row["per_degradation"][d]["psnr"] == pytest.approx(ref_psnr, abs=0.01)
+        assert row["per_degradation"][d]["ssim"] == pytest.approx(ref_ssim, abs=1e-4)
+    assert row["mean_psnr"] == pytest.approx(25.46, abs=0.01)
+    assert res["protocol_version"] == 2
 
 
 def test_benchmark_writes_tables_for_a_model(shared_datasets, tmp_path):

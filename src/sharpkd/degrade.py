@@ -1,7 +1,9 @@
 """Synthetic degradations: blur kernels, sensor noise and JPEG compression.
 
-One module makes every blurred image in the project: training batches, the ``sharpkd degrade``
-command, the tests and (later) the web demo. Everything is seeded.
+One module makes every blurred image in the project: training batches (``degrade_batch``), the
+benchmark protocol of ``shared/BENCHMARK.md`` (``protocol_degrade``, ``protocol_kernel``,
+``load_levin_kernels``), the hold-out validation set, the web demo and ``sharpkd degrade``.
+Everything is seeded.
 
 Conventions
 -----------
@@ -136,6 +138,56 @@ def pad_kernel(k: np.ndarray, size: int) -> np.ndarray:
     c = (ks - size) // 2
     k = k[c : c + size, c : c + size]
     return k / k.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark protocol (shared/BENCHMARK.md, version 2)
+# --------------------------------------------------------------------------------------------
+PROTOCOL_VERSION = 2
+PROTOCOL_DEGRADATIONS = ("gauss1", "gauss2", "gauss3", "motion")
+
+
+def recenter_levin(k: np.ndarray, pad: int = 4) -> np.ndarray:
+    """Version 2's re-centring of a recorded kernel: zero-pad by ``pad`` pixels, then roll by whole
+    pixels so the centre of mass lands within half a pixel of the array centre (BENCHMARK.md step 2)."""
+    from scipy.ndimage import center_of_mass
+
+    k = np.pad(np.asarray(k, np.float64), pad)
+    h, w = k.shape
+    cy, cx = center_of_mass(k)
+    return np.roll(k, (-int(round(cy - (h - 1) / 2)), -int(round(cx - (w - 1) / 2))), axis=(0, 1))
+
+
+def load_levin_kernels(path, version: int = PROTOCOL_VERSION) -> list[np.ndarray]:
+    """The eight Levin et al. (2009) kernels k1..k8, normalised to sum 1 (re-centred for version 2)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Levin kernel file not found: {path}")
+    with np.load(path) as z:
+        ks = [np.asarray(z[f"k{n}"], np.float64) for n in range(1, 9)]
+    ks = [k / k.sum() for k in ks]
+    return [recenter_levin(k) for k in ks] if version >= 2 else ks
+
+
+def protocol_kernel(j: int, i: int, levin: list[np.ndarray]) -> np.ndarray:
+    """Kernel of degradation ``j`` (gauss1, gauss2, gauss3, motion) for image ``i``."""
+    if j < 3:
+        return gaussian_kernel(float(j + 1))
+    return levin[i % 8]
+
+
+def protocol_degrade(sharp: np.ndarray, kernel: np.ndarray, seed: int) -> np.ndarray:
+    """uint8 H x W x 3 -> blurred, noisy uint8, exactly as BENCHMARK.md steps 1-4: float64
+    convolution with reflected borders, N(0, 1/255) noise from ``default_rng(seed)``, 8-bit rounding."""
+    from scipy.ndimage import convolve
+
+    x = sharp.astype(np.float64) / 255.0
+    y = np.stack([convolve(x[..., c], kernel, mode="reflect") for c in range(x.shape[2])], axis=-1)
+    rng = np.random.default_rng(seed)
+    y = y + rng.normal(0, 1 / 255, y.shape)
+    return np.clip(np.round(y * 255), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 For every image i (sorted file names) and degradation j in (gauss1, gauss2, gauss3, motion):
 blur each channel in float64 with ``scipy.ndimage.convolve(mode="reflect")`` (Gaussian sigma = N on a
-(2*ceil(3 sigma)+1)^2 grid, or Levin kernel k{i mod 8 + 1}), add N(0, 1/255) noise from
+(2*ceil(3 sigma)+1)^2 grid, or Levin kernel k{i mod 8 + 1}, re-centred by its centre of mass since
+protocol version 2), add N(0, 1/255) noise from
 ``numpy.random.default_rng(1000 j + i)``, round to uint8. Methods see only that uint8 image (the
 oracle Wiener row alone is also given the true kernel). Scores: PSNR (uint8, range 255, whole image)
 and SSIM (Wang et al. 2004 settings) against the sharp original; means per degradation and over
@@ -17,13 +18,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import convolve
 from tqdm.auto import tqdm
 
-from sharpkd.degrade import gaussian_kernel
+from sharpkd.degrade import (
+    PROTOCOL_DEGRADATIONS,
+    PROTOCOL_VERSION,
+    load_levin_kernels,
+    protocol_degrade,
+    protocol_kernel,
+)
 from sharpkd.metrics import psnr, ssim
 
-DEGRADATIONS = ("gauss1", "gauss2", "gauss3", "motion")
+DEGRADATIONS = PROTOCOL_DEGRADATIONS
+__all__ = ["DEGRADATIONS", "PROTOCOL_VERSION", "load_levin_kernels", "protocol_degrade", "protocol_kernel",
+           "run_benchmark", "to_markdown", "unsharp", "wiener_oracle"]
 WIENER_BALANCE = 0.001  # chosen on training-pool photos (benchmarks/wiener_balance.py), not on Kodak
 
 
@@ -39,29 +47,6 @@ def load_eval_images(folder: str | Path, limit: int = 0) -> list[tuple[str, np.n
     if limit:
         files = files[:limit]
     return [(f.name, np.asarray(Image.open(f).convert("RGB"))) for f in files]
-
-
-def load_levin_kernels(path: str | Path) -> list[np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Levin kernel file not found: {path}")
-    with np.load(path) as z:
-        return [np.asarray(z[f"k{n}"], np.float64) / np.asarray(z[f"k{n}"], np.float64).sum() for n in range(1, 9)]
-
-
-def protocol_kernel(j: int, i: int, levin: list[np.ndarray]) -> np.ndarray:
-    if j < 3:
-        return gaussian_kernel(float(j + 1))
-    return levin[i % 8]
-
-
-def protocol_degrade(sharp: np.ndarray, kernel: np.ndarray, seed: int) -> np.ndarray:
-    """uint8 H x W x 3 -> blurred, noisy uint8, exactly as BENCHMARK.md steps 1-4."""
-    x = sharp.astype(np.float64) / 255.0
-    y = np.stack([convolve(x[..., c], kernel, mode="reflect") for c in range(3)], axis=-1)
-    rng = np.random.default_rng(seed)
-    y = y + rng.normal(0, 1 / 255, y.shape)
-    return np.clip(np.round(y * 255), 0, 255).astype(np.uint8)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -183,7 +168,7 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
     base = rows[0]["mean_psnr"]
     for r in rows:
         r["gain_db"] = r["mean_psnr"] - base
-    result = {"protocol": "shared/BENCHMARK.md", "data": str(data), "images": len(images),
+    result = {"protocol": "shared/BENCHMARK.md", "protocol_version": PROTOCOL_VERSION, "data": str(data), "images": len(images),
               "hardware": hardware(), "device": device, "backend": backend, "rows": rows}
     result["markdown"] = to_markdown(result)
     out = Path(out_dir)
@@ -210,7 +195,8 @@ def to_markdown(result: dict) -> str:
     vgg = all("vgg_distance" in r for r in result["rows"])
     head = ("| method | " + " | ".join(DEGRADATIONS) + " | mean PSNR / SSIM | gain (dB) | "
             + ("VGG dist | " if vgg else "") + "params | MACs/px | MP/s |")
-    lines = [f"Kodak-protocol results on {result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
+    lines = [f"Kodak-protocol (BENCHMARK.md version {result.get('protocol_version', 1)}) results on "
+             f"{result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
              f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend; .onnx rows: ONNX Runtime), "
              f"{result['hardware']}.",
              "", head,
