@@ -222,8 +222,7 @@ def fixed_validation_set(photos: Sequence[Photo], crops_per_photo: int = 2, crop
     never trained on: each crop is degraded by Gaussian sigma = 1, 2, 3 and by one procedural motion
     kernel (the Levin kernels stay evaluation-only), with 1/255 noise and 8-bit rounding.
     ``with_kernels`` also returns the kernel of each item (a list of 2-D arrays of varying size)."""
-    from sharpkd.degrade import gaussian_kernel, make_kernel
-    from sharpkd.degrade import protocol_degrade
+    from sharpkd.degrade import gaussian_kernel, make_kernel, protocol_degrade
 
     rng = np.random.default_rng(seed)
     sampler = PatchSampler(photos, crop, seed=seed, tries=4)

@@ -168,8 +168,8 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
     base = rows[0]["mean_psnr"]
     for r in rows:
         r["gain_db"] = r["mean_psnr"] - base
-    result = {"protocol": "shared/BENCHMARK.md", "protocol_version": PROTOCOL_VERSION, "data": str(data), "images": len(images),
-              "hardware": hardware(), "device": device, "backend": backend, "rows": rows}
+    result = {"protocol": "shared/BENCHMARK.md", "protocol_version": PROTOCOL_VERSION, "data": str(data),
+              "images": len(images), "hardware": hardware(), "device": device, "backend": backend, "rows": rows}
     result["markdown"] = to_markdown(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

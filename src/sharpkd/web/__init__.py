@@ -245,8 +245,7 @@ def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) 
 
     @app.post("/api/demo")
     def api_demo():
-        from sharpkd.degrade import make_kernel
-        from sharpkd.degrade import protocol_degrade
+        from sharpkd.degrade import make_kernel, protocol_degrade
 
         name = model_name()
         kind = request.form.get("blur", "gaussian")
