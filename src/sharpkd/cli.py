@@ -37,11 +37,16 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
                                               ensemble=args.ensemble)
     except ValueError as e:
         raise UserError(str(e)) from e
+    if args.save_kernel and not sharpener.blind:
+        raise UserError(f"--save-kernel needs a model that estimates the blur (--model teacher), not {args.model}")
     failed: list[str] = []
     for src, dst in tqdm(todo, desc="sharpen", unit="img", disable=len(todo) < 2 or args.quiet):
         try:
             img = read_image(src, first_frame=args.first_frame)
-            out = sharpener.sharpen_image(img)
+            if args.save_kernel:
+                out = sharpen_saving_kernel(sharpener, img, Path(args.save_kernel), dst.name)
+            else:
+                out = sharpener.sharpen_image(img)
             del img  # a 24 MP input is 288 MB as float32: free it before encoding the output
             dst.parent.mkdir(parents=True, exist_ok=True)
             write_image(dst, out, quality=args.quality)
@@ -61,6 +66,26 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
             parts.append(f"{len(failed)} failed")
         print("; ".join(parts), file=sys.stderr if failed else sys.stdout)
     return EXIT_FAIL if failed else 0
+
+
+def sharpen_saving_kernel(sharpener, img, folder: Path, name: str):
+    """Sharpen with a blind model and save its blur estimate as ``NAME.kernel.png`` (scaled to its
+    peak, 8x enlarged) and ``NAME.kernel.npy`` (the kernel itself, float64, sums to 1)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sharpkd.imageio import LoadedImage
+
+    x = torch.from_numpy(np.ascontiguousarray(img.rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+    est = sharpener.estimate_blur(x)
+    out = sharpener.sharpen_tensor(x, est)[0].permute(1, 2, 0).numpy()
+    k = est[0].kernel
+    folder.mkdir(parents=True, exist_ok=True)
+    vis = (k / max(float(k.max()), 1e-12) * 255).round().astype(np.uint8)
+    Image.fromarray(vis).resize((vis.shape[1] * 8, vis.shape[0] * 8), Image.NEAREST).save(folder / f"{name}.kernel.png")
+    np.save(folder / f"{name}.kernel.npy", k)
+    return LoadedImage(out, img.alpha, img.mode, img.format, dict(img.info))
 
 
 def plan_outputs(inputs: list[str], output: str, exts: set[str], recursive: bool = False,
@@ -293,9 +318,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model:          {args.model}")
     print(f"architecture:   {info['arch']} {json.dumps(info['config'])}")
     print(f"parameters:     {count_params(model):,}")
-    print(f"MACs per pixel: {macs_per_pixel(model):,.0f}")
+    if info["arch"] == "blind":
+        print("MACs per pixel: not counted (iterative: blur estimation + 8 solver iterations with FFDNet; "
+              "about 0.2 M per iteration for the denoiser alone)")
+    else:
+        print(f"MACs per pixel: {macs_per_pixel(model):,.0f}")
     for key in ("stage", "preset", "steps", "wall_time_s", "hardware", "data", "command", "distilled", "teacher",
-                "val_psnr", "val_blurred_psnr"):
+                "val_psnr", "val_blurred_psnr", "components"):
         if key in info:
             print(f"{key + ':':15s} {info[key]}")
     return 0
@@ -365,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sharpen", help="sharpen image files or folders")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
+    p.add_argument("--model", default="student",
+                   help="student, teacher (blind: estimates the blur, slow), teacher-v1, or a model file / run folder")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")
@@ -377,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: the input's)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100")
     p.add_argument("--first-frame", action="store_true", help="sharpen the first frame of animated images")
+    p.add_argument("--save-kernel", metavar="FOLDER",
+                   help="blind teacher: also save each photo's estimated blur kernel as NAME.kernel.png (and .npy)")
     p.set_defaults(func=cmd_sharpen)
 
     p = sub.add_parser("degrade", help="blur images with the project's degradation code")

@@ -150,6 +150,15 @@ def symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 CLASSICAL = {"unsharp": UnsharpMask}
+
+
+def _is_blind(name_or_path: str | Path) -> bool:
+    from sharpkd.checkpoint import CheckpointError, read_info
+
+    try:
+        return read_info(name_or_path).get("arch") == "blind"
+    except CheckpointError:
+        return False
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 
@@ -220,6 +229,9 @@ class Sharpener:
         if str(device) == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         if backend != "torch" or str(name_or_path).endswith(".onnx"):
+            if not str(name_or_path).endswith(".onnx") and _is_blind(name_or_path):
+                raise ValueError(f"{name_or_path} is the blind teacher (kernel estimation + iterative solver), "
+                                 "which runs on the torch backend only; use --backend torch")
             if str(device) != "cpu":
                 raise ValueError("the onnx backends run on the CPU; use --backend torch for CUDA")
             return cls(onnx_runner(name_or_path, threads, int8=backend == "onnx-int8"), tile=tile, overlap=overlap,
@@ -227,16 +239,35 @@ class Sharpener:
         model, _ = load_model(name_or_path, device)
         return cls(model, device=device, tile=tile, overlap=overlap, name=str(name_or_path), ensemble=ensemble)
 
-    def sharpen_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float in [0, 1] -> same shape, on the CPU."""
+    @property
+    def blind(self) -> bool:
+        """True for a model that estimates the blur of the whole photo first (the blind teacher)."""
+        return hasattr(self.model, "estimate") and hasattr(self.model, "restore")
+
+    def estimate_blur(self, x: torch.Tensor) -> list:
+        """The blur the model finds in each image of a (B, 3, H, W) batch (blind models only): a list of
+        :class:`sharpkd.deblur.teacher.BlurEstimate` (kernel and noise level)."""
+        if not self.blind:
+            raise ValueError(f"{self.name} does not estimate the blur (only the blind teacher does)")
+        return self.model.estimate(x.float().to(self.device))
+
+    def sharpen_tensor(self, x: torch.Tensor, estimates: list | None = None) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] -> same shape, on the CPU. ``estimates``: for a blind model,
+        blur estimates from :meth:`estimate_blur` (made here from the whole image when omitted, so
+        tiles share one kernel)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         x = x.float()
 
-        def fn(t: torch.Tensor) -> torch.Tensor:
-            return run_padded(self.model, t, self.multiple)
-
         def run(t: torch.Tensor) -> torch.Tensor:
+            if self.blind:
+                est = estimates if estimates is not None and t is x else self.estimate_blur(t)
+
+                def fn(tile: torch.Tensor) -> torch.Tensor:
+                    return self.model.restore(tile, est).clamp(0, 1)
+            else:
+                def fn(tile: torch.Tensor) -> torch.Tensor:
+                    return run_padded(self.model, tile, self.multiple)
             h, w = t.shape[-2:]
             if self.tile and (h > self.tile or w > self.tile):
                 return run_tiled(fn, t.cpu(), self.tile, self.overlap, self.device, self.multiple)

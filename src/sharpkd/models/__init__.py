@@ -1,5 +1,6 @@
 """Networks. ``ARCHS`` maps a checkpoint's ``arch`` field to its config and module classes."""
 
+from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
 from sharpkd.models.student import Student, StudentConfig
 from sharpkd.models.teacher import NAFTeacher, NAFTeacherConfig, ResNetTeacher, ResNetTeacherConfig
 
@@ -9,6 +10,7 @@ ARCHS = {
     "resnet": (ResNetTeacherConfig, ResNetTeacher),
     "nafunet": (NAFTeacherConfig, NAFTeacher),
     "student": (StudentConfig, Student),
+    "blind": (BlindTeacherConfig, BlindTeacher),  # teacher v2: kernel estimate + HQS with FFDNet
 }
 
 # Named presets a user can pass to ``--arch``.
@@ -28,5 +30,6 @@ PRESETS = {
     "student-n": ("student", StudentConfig(unshuffle=2, width=24, low_width=48)),
 }
 
-__all__ = ["ARCHS", "PRESETS", "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher", "ResNetTeacherConfig",
+__all__ = ["ARCHS", "BlindTeacher", "BlindTeacherConfig", "PRESETS", "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher",
+           "ResNetTeacherConfig",
            "Student", "StudentConfig"]

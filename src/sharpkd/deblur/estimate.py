@@ -1,0 +1,251 @@
+"""Blind blur-kernel estimation from a single photo: coarse to fine, under an L0 gradient prior.
+
+The method follows the L0 family of blind deblurring (Xu, Zheng and Jia, "Unnatural L0 sparse
+representation for natural image deblurring", CVPR 2013; Pan, Hu, Su and Yang, "Deblurring text
+images via L0-regularized intensity and gradient prior", CVPR 2014 / TPAMI 2017; the clean
+description of Anger, Facciolo and Delbracio, "Estimating an image's blur kernel using natural
+image statistics, and deblurring it", IPOL 2019). On a pyramid of the grey image, from a few
+pixels of blur at the coarsest level to the full kernel size, two steps alternate:
+
+1. **Latent image**: ``min_x ||k * x - y||^2 + lam ||grad x||_0``. The L0 prior keeps only strong
+   edges and flattens everything else: exactly the structures that carry information about the
+   blur. Solved by half-quadratic splitting: the auxiliary gradient field is a hard threshold of
+   ``grad x``, the image update is closed form in the Fourier domain; the splitting weight doubles
+   from ``2 lam`` to 1e5.
+2. **Kernel**: ``min_k ||grad x * k - grad y||^2 + gamma ||k||^2`` over kernels of the working
+   support, using only the latent image's most salient edges (Cho and Lee 2009: the strongest
+   gradients, enough of them in every orientation; the threshold is lowered a little every step),
+   by conjugate gradients with FFT products; then negatives are removed, weights below
+   1/20 of the peak zeroed, and the kernel renormalised.
+
+``lam`` shrinks a little at every iteration so finer edges join in as the kernel improves. After
+the finest level, small disconnected blobs are removed and the kernel is centred on its centre of
+mass (a blind method cannot know a global shift; see BENCHMARK.md version 2).
+
+Boundaries: the grey image is mirrored outwards and faded to its mean (see
+:func:`sharpkd.deblur.solve.pad_for_fft`) so the FFT's periodic model does not see a jump at the
+frame; the kernel step only uses gradients inside the photo.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sharpkd.deblur.solve import pad_for_fft, psf2otf
+
+
+@dataclass(frozen=True)
+class EstimateConfig:
+    """Settings of :func:`estimate_kernel` (defaults chosen on training photos, never on Kodak24)."""
+
+    kernel_size: int = 31  # odd; the largest blur the estimate can represent
+    lam: float = 4e-3  # L0 weight at the start of each level, image in [0, 1]
+    lam_min: float = 1e-4
+    lam_decay: float = 1.1  # lam /= lam_decay after every iteration
+    iters: int = 5  # alternations per pyramid level
+    gamma: float = 2.0  # kernel ridge weight (relative to the sum of squared gradients... per pixel below)
+    max_side: int = 768  # larger photos: estimate on a central crop of this size
+    min_kernel: int = 5  # kernel size at the coarsest level
+    edge_pixels: float = 2.0  # salient-edge selection: keep about this many x K pixels per orientation
+    edge_decay: float = 1.1  # the edge threshold falls by this factor every iteration
+
+
+def to_grey(y: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8/float array or (3, H, W) / (1, 3, H, W) tensor in [0, 1] -> (H, W) float64 luma."""
+    if isinstance(y, np.ndarray):
+        a = y.astype(np.float64)
+        if y.dtype == np.uint8:
+            a = a / 255.0
+        t = torch.from_numpy(a).permute(2, 0, 1) if a.ndim == 3 else torch.from_numpy(a)[None]
+    else:
+        t = y.detach().double().cpu()
+        if t.ndim == 4:
+            t = t[0]
+    if t.shape[0] == 3:
+        t = 0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2]
+    else:
+        t = t[0]
+    return t
+
+
+def central_crop(g: torch.Tensor, side: int) -> torch.Tensor:
+    h, w = g.shape
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return g[y0 : y0 + min(h, side), x0 : x0 + min(w, side)]
+
+
+def resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.interpolate(img[None, None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+
+
+def gradient_otfs(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # convolution with [1, -1, 0] centred = x[j + 1] - x[j], the forward difference of grad()
+    dx = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    return psf2otf(dx, h, w)[0], psf2otf(dx.T.contiguous(), h, w)[0]
+
+
+def grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Circular forward differences, the operators of :func:`gradient_otfs`."""
+    return torch.roll(x, -1, 1) - x, torch.roll(x, -1, 0) - x
+
+
+def l0_latent(y: torch.Tensor, otf: torch.Tensor, lam: float, dxo: torch.Tensor, dyo: torch.Tensor,
+              beta_max: float = 1e5) -> torch.Tensor:
+    """``argmin_x ||k * x - y||^2 + lam ||grad x||_0`` by half-quadratic splitting (Xu et al. 2011)."""
+    h, w = y.shape
+    fy = torch.conj(otf) * torch.fft.rfft2(y)
+    k2 = otf.abs() ** 2
+    d2 = dxo.abs() ** 2 + dyo.abs() ** 2
+    x = y
+    beta = 2 * lam
+    while beta < beta_max:
+        gx, gy = grad(x)
+        keep = (gx**2 + gy**2) >= lam / beta
+        gx, gy = gx * keep, gy * keep
+        num = fy + beta * (torch.conj(dxo) * torch.fft.rfft2(gx) + torch.conj(dyo) * torch.fft.rfft2(gy))
+        x = torch.fft.irfft2(num / (k2 + beta * d2), s=(h, w))
+        beta *= 2
+    return x
+
+
+def salient_edges(x: torch.Tensor, inside: torch.Tensor, count: int,
+                   threshold: float | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Cho and Lee's (SIGGRAPH Asia 2009) edge selection: keep only the strongest gradients of the
+    latent image, at least ``count`` pixels in each of four orientation bins (so every direction of
+    the blur is constrained). Returns the thresholded gradients and the squared-magnitude threshold."""
+    gx, gy = grad(x)
+    mag = gx**2 + gy**2
+    if threshold is None:
+        angle = torch.atan2(gy, gx) % math.pi
+        bins = (angle / (math.pi / 4)).long().clamp(0, 3)
+        per_bin = []
+        for b in range(4):
+            v = mag[(bins == b) & (inside > 0)]
+            if v.numel():
+                per_bin.append(float(torch.topk(v, min(count, v.numel())).values[-1]))
+        threshold = min(per_bin) if per_bin else 0.0
+    keep = mag >= threshold
+    while not bool(keep.any()) and threshold > 0:
+        threshold *= 0.81
+        keep = mag >= threshold
+    return gx * keep, gy * keep, threshold
+
+
+def kernel_step(gxs: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, k0: torch.Tensor, gamma: float,
+                inside: torch.Tensor, steps: int = 20) -> torch.Tensor:
+    """``argmin_k sum_d ||M (d_x * k - d y)||^2 + gamma ||k||^2`` over a (K, K) support, by conjugate
+    gradients, given the latent image's (selected) gradients ``gxs``; M masks the photo (the padded
+    band is left out). Returns the raw (signed) kernel."""
+    h, w = y.shape
+    ks = k0.shape[0]
+    gys = grad(y)
+    fxs = [torch.fft.rfft2(g) for g in gxs]
+
+    def to_kernel(full: torch.Tensor) -> torch.Tensor:  # adjoint of placing a kernel at the origin
+        full = torch.roll(full, shifts=(ks // 2, ks // 2), dims=(0, 1))
+        return full[:ks, :ks]
+
+    def apply(k: torch.Tensor) -> torch.Tensor:
+        ko = psf2otf(k, h, w)[0]
+        out = torch.zeros_like(k)
+        for fx in fxs:
+            r = torch.fft.irfft2(fx * ko, s=(h, w)) * inside
+            out = out + to_kernel(torch.fft.irfft2(torch.conj(fx) * torch.fft.rfft2(r), s=(h, w)))
+        return out + gamma * k
+
+    b = torch.zeros_like(k0)
+    for fx, gy in zip(fxs, gys, strict=True):
+        b = b + to_kernel(torch.fft.irfft2(torch.conj(fx) * torch.fft.rfft2(gy * inside), s=(h, w)))
+    k = k0.clone()
+    r = b - apply(k)
+    d = r.clone()
+    rs = (r * r).sum()
+    for _ in range(steps):
+        if rs < 1e-18:
+            break
+        ad = apply(d)
+        a = rs / (d * ad).sum().clamp_min(1e-30)
+        k = k + a * d
+        r = r - a * ad
+        rs_new = (r * r).sum()
+        d = r + rs_new / rs * d
+        rs = rs_new
+    return k
+
+
+def clean_kernel(k: torch.Tensor, rel_threshold: float = 0.05) -> torch.Tensor:
+    k = k.clamp_min(0)
+    if float(k.max()) <= 0:
+        out = torch.zeros_like(k)
+        out[k.shape[0] // 2, k.shape[1] // 2] = 1
+        return out
+    k = torch.where(k < k.max() * rel_threshold, torch.zeros_like(k), k)
+    return k / k.sum()
+
+
+def remove_small_blobs(k: np.ndarray, min_mass: float = 0.1) -> np.ndarray:
+    """Drop 8-connected components of the kernel holding less than ``min_mass`` of its weight."""
+    from skimage.measure import label
+
+    lab = label(k > 0, connectivity=2)
+    out = k.copy()
+    for n in range(1, lab.max() + 1):
+        if k[lab == n].sum() < min_mass:
+            out[lab == n] = 0
+    if out.sum() <= 0:
+        return k
+    return out / out.sum()
+
+
+def resize_kernel(k: torch.Tensor, size: int) -> torch.Tensor:
+    out = F.interpolate(k[None, None], size=(size, size), mode="bilinear", align_corners=True)[0, 0]
+    return clean_kernel(out, 0.0)
+
+
+def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | None = None,
+                    *, kernel_size: int | None = None) -> np.ndarray:
+    """Estimate the blur kernel of a photo. ``image``: (H, W, 3) uint8/float or (3, H, W) /
+    (1, 3, H, W) tensor in [0, 1]. Returns a (K, K) float64 kernel, sum 1, centred on its centre of
+    mass, K = ``kernel_size`` (default ``config.kernel_size``)."""
+    from sharpkd.degrade import center_kernel
+
+    cfg = config or EstimateConfig()
+    ks_final = kernel_size or cfg.kernel_size
+    if ks_final % 2 == 0 or ks_final < 3:
+        raise ValueError(f"kernel_size must be odd and >= 3, got {ks_final}")
+    grey = central_crop(to_grey(image), cfg.max_side)
+    h0, w0 = grey.shape
+    if min(h0, w0) < 2 * ks_final:
+        raise ValueError(f"image {h0}x{w0} too small to estimate a {ks_final}x{ks_final} kernel")
+    levels = max(1, int(math.ceil(math.log(ks_final / cfg.min_kernel) / math.log(math.sqrt(2)))) + 1)
+    k = None
+    for level in range(levels):
+        scale = math.sqrt(0.5) ** (levels - 1 - level)
+        ks = ks_final if level == levels - 1 else max(3, int(round(ks_final * scale)) | 1)
+        y = grey if scale == 1 else resize(grey, max(8, round(h0 * scale)), max(8, round(w0 * scale)))
+        if k is None:
+            k = torch.zeros(ks, ks, dtype=torch.float64)
+            c = ks // 2
+            k[c, c - 1 : c + 1] = 0.5  # a tiny blur: the L0 step needs something to deblur
+        else:
+            k = resize_kernel(k, ks)
+        pad = ks
+        yp = pad_for_fft(y[None, None], pad)[0, 0]
+        hp, wp = yp.shape
+        inside = torch.zeros(hp, wp, dtype=torch.float64)
+        inside[pad + 1 : pad + y.shape[0] - 1, pad + 1 : pad + y.shape[1] - 1] = 1
+        dxo, dyo = gradient_otfs(hp, wp)
+        lam, threshold = cfg.lam, None
+        for _ in range(cfg.iters):
+            x = l0_latent(yp, psf2otf(k, hp, wp)[0], lam, dxo, dyo)
+            gx, gy, threshold = salient_edges(x, inside, int(cfg.edge_pixels * ks), threshold)
+            k = clean_kernel(kernel_step((gx, gy), yp, k, cfg.gamma, inside))
+            lam = max(lam / cfg.lam_decay, cfg.lam_min)
+            threshold /= cfg.edge_decay
+    k_np = remove_small_blobs(k.numpy())
+    return center_kernel(k_np)
