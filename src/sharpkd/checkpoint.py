@@ -132,6 +132,9 @@ def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
 
     from sharpkd.models.wiener import WienerBank
 
+    if hasattr(model, "macs_per_pixel"):  # iterative models count themselves
+        return float(model.macs_per_pixel())
+
     m = getattr(model.config, "multiple", 1)
     size = -(-size // m) * m
     p = next(model.parameters())

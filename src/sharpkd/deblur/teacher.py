@@ -78,6 +78,16 @@ class BlindTeacher(nn.Module):
                                        sigma_max=cfg.sigma_max, lam=cfg.lam, cg_steps=cfg.cg_steps))
         return torch.cat(outs)
 
+    def macs_per_pixel(self, size: int = 64) -> float:
+        """Multiply-accumulates per pixel of the solver's denoiser calls (``iters`` FFDNet passes); the
+        FFTs and the kernel estimation are not included."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x = torch.zeros(1, 3, size, size)
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            self.denoiser(x, 0.01)
+        return self.config.iters * fc.get_total_flops() / 2 / (size * size)
+
     def _denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.denoiser(x, sigma)
 
