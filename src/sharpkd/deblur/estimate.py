@@ -44,15 +44,20 @@ class EstimateConfig:
     """Settings of :func:`estimate_kernel` (defaults chosen on training photos, never on Kodak24)."""
 
     kernel_size: int = 31  # odd; the largest blur the estimate can represent
-    lam: float = 4e-3  # L0 weight at the start of each level, image in [0, 1]
+    lam: float = 1e-3  # L0 weight at the start of each level (grey image stretched to [0, 1])
     lam_min: float = 1e-4
     lam_decay: float = 1.1  # lam /= lam_decay after every iteration
     iters: int = 5  # alternations per pyramid level
-    gamma: float = 2.0  # kernel ridge weight (relative to the sum of squared gradients... per pixel below)
+    gamma: float = 0.5  # ridge weight of the kernel update (sum of squared residuals over the photo)
     max_side: int = 768  # larger photos: estimate on a central crop of this size
     min_kernel: int = 5  # kernel size at the coarsest level
-    edge_pixels: float = 2.0  # salient-edge selection: keep about this many x K pixels per orientation
+    edge_pixels: float = 0.0  # salient-edge selection: keep about this many x K pixels per orientation (0: all)
+    kernel_cg_steps: int = 60  # conjugate-gradient steps of each kernel update
     edge_decay: float = 1.1  # the edge threshold falls by this factor every iteration
+    prune: bool = False  # drop small disconnected blobs after every kernel step (not only at the end)
+    center_levels: bool = False  # re-centre the kernel on its centre of mass between pyramid levels
+    margin: float = 0.0  # kernel step ignores gradients within margin x K of the photo's edge (FFT wrap effects)
+    normalize: bool = True  # stretch the grey image's 1st-99th percentiles to [0, 1] (lam is contrast-relative)
 
 
 def to_grey(y: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -219,6 +224,10 @@ def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | N
     if ks_final % 2 == 0 or ks_final < 3:
         raise ValueError(f"kernel_size must be odd and >= 3, got {ks_final}")
     grey = central_crop(to_grey(image), cfg.max_side)
+    if cfg.normalize:
+        lo, hi = torch.quantile(grey.flatten()[:: max(1, grey.numel() // 100_000)], torch.tensor([0.01, 0.99],
+                                                                                                  dtype=grey.dtype))
+        grey = (grey - lo) / max(float(hi - lo), 1e-3)
     h0, w0 = grey.shape
     if min(h0, w0) < 2 * ks_final:
         raise ValueError(f"image {h0}x{w0} too small to estimate a {ks_final}x{ks_final} kernel")
@@ -233,19 +242,31 @@ def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | N
             c = ks // 2
             k[c, c - 1 : c + 1] = 0.5  # a tiny blur: the L0 step needs something to deblur
         else:
+            if cfg.center_levels:
+                from sharpkd.degrade import center_kernel
+
+                k = torch.from_numpy(center_kernel(k.numpy()))
             k = resize_kernel(k, ks)
         pad = ks
         yp = pad_for_fft(y[None, None], pad)[0, 0]
         hp, wp = yp.shape
         inside = torch.zeros(hp, wp, dtype=torch.float64)
-        inside[pad + 1 : pad + y.shape[0] - 1, pad + 1 : pad + y.shape[1] - 1] = 1
+        m = pad + 1 + int(cfg.margin * ks)
+        if min(y.shape) - 2 * (m - pad) < 16:  # small image at a coarse level: keep what there is
+            m = pad + 1
+        inside[m : hp - m, m : wp - m] = 1
         dxo, dyo = gradient_otfs(hp, wp)
         lam, threshold = cfg.lam, None
         for _ in range(cfg.iters):
             x = l0_latent(yp, psf2otf(k, hp, wp)[0], lam, dxo, dyo)
-            gx, gy, threshold = salient_edges(x, inside, int(cfg.edge_pixels * ks), threshold)
-            k = clean_kernel(kernel_step((gx, gy), yp, k, cfg.gamma, inside))
+            if cfg.edge_pixels > 0:
+                gx, gy, threshold = salient_edges(x, inside, int(cfg.edge_pixels * ks), threshold)
+                threshold /= cfg.edge_decay
+            else:
+                gx, gy = grad(x)
+            k = clean_kernel(kernel_step((gx, gy), yp, k, cfg.gamma, inside, steps=cfg.kernel_cg_steps))
+            if cfg.prune:
+                k = torch.from_numpy(remove_small_blobs(k.numpy()))
             lam = max(lam / cfg.lam_decay, cfg.lam_min)
-            threshold /= cfg.edge_decay
     k_np = remove_small_blobs(k.numpy())
     return center_kernel(k_np)
