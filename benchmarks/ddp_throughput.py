@@ -38,7 +38,7 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/datasets/train")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    from sharpkd.train import hardware
+    from sharpkd.provenance import hardware
 
     results = []
     for conf in args.configs.split(","):

@@ -34,7 +34,7 @@ def main() -> int:
     w, h = map(int, args.size.split("x"))
     import skimage.data
 
-    from sharpkd.train import hardware
+    from sharpkd.provenance import hardware
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "big.jpg", Path(tmp) / "big_sharp.jpg"

@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("--url", help="an already running server (then RSS is not measured)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    from sharpkd.train import hardware
+    from sharpkd.provenance import hardware
 
     w, h = map(int, args.size.lower().split("x"))
     body, ctype = multipart({"model": args.model}, test_photo(w, h))

@@ -43,7 +43,7 @@ def environment(threads: int) -> dict:
     import cv2
     import onnxruntime
 
-    from sharpkd.train import hardware
+    from sharpkd.provenance import hardware
 
     return {"cpu": hardware().split(",")[0], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "onnxruntime_threads": threads or "default (all cores)", "torch": torch.__version__,

@@ -139,7 +139,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     import torch
 
     from sharpkd.data import IMAGE_EXTENSIONS
-    from sharpkd.degrade import add_noise, blur, jpeg, make_kernel
+    from sharpkd.degrade import degrade_image, make_kernel
     from sharpkd.imageio import ImageReadError, read_image, write_image
 
     jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS)
@@ -158,12 +158,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
             failed += 1
             continue
         x = torch.from_numpy(np.ascontiguousarray(img.rgb)).permute(2, 0, 1)[None].float()
-        y = blur(x, kernel)
-        if args.noise > 0:
-            y = add_noise(y, args.noise, torch.Generator().manual_seed(args.seed * 100003 + i))
-        y = y.clamp(0, 1)
-        if args.jpeg:
-            y = jpeg(y, args.jpeg)
+        y = degrade_image(x, kernel, args.noise, args.jpeg, torch.Generator().manual_seed(args.seed * 100003 + i))
         img.rgb = y[0].permute(1, 2, 0).numpy()
         dst.parent.mkdir(parents=True, exist_ok=True)
         write_image(dst, img)

@@ -287,6 +287,17 @@ def jpeg(img: torch.Tensor, quality: int | list[int]) -> torch.Tensor:
     return torch.stack(out).to(img)
 
 
+def degrade_image(img: torch.Tensor, kernel: np.ndarray, noise: float = 0.0, jpeg_quality: int = 0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """One chosen degradation of (B, 3, H, W) images in [0, 1]: blur, white noise of std ``noise``,
+    clamp, then JPEG at ``jpeg_quality`` (0: none). Used by ``sharpkd degrade``."""
+    y = blur(img, kernel)
+    if noise > 0:
+        y = add_noise(y, noise, generator)
+    y = y.clamp(0, 1)
+    return jpeg(y, jpeg_quality) if jpeg_quality else y
+
+
 def degrade_batch(sharp: torch.Tensor, cfg: DegradeConfig, rng: np.random.Generator) -> torch.Tensor:
     """Give every image of a (B, 3, H, W) batch its own random blur, noise level and JPEG.
 

@@ -101,7 +101,7 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
 
     from sharpkd.checkpoint import count_params, load_model, macs_per_pixel, read_info
     from sharpkd.infer import Sharpener
-    from sharpkd.train import hardware
+    from sharpkd.provenance import hardware
 
     images = load_eval_images(data, limit)
     levin = load_levin_kernels(kernels)

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -32,9 +31,10 @@ from tqdm.auto import tqdm
 
 from sharpkd.checkpoint import build_preset, count_params, load_model, macs_per_pixel, save_model
 from sharpkd.data import PatchSampler, fixed_validation_set, limit_size, load_photos, skimage_photos, split_holdout
-from sharpkd.degrade import DegradeConfig
+from sharpkd.degrade import PROTOCOL_DEGRADATIONS, DegradeConfig
 from sharpkd.losses import FeatureAdapter, LossWeights, combined_loss
 from sharpkd.metrics import batch_psnr
+from sharpkd.provenance import hardware
 
 
 @dataclass
@@ -100,19 +100,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with {threads} threads"
-
-
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -134,7 +121,7 @@ def validate(model: torch.nn.Module, blurred: torch.Tensor, sharp: torch.Tensor,
     return scores if per_image else float(scores.mean())
 
 
-VAL_KINDS = ("gauss1", "gauss2", "gauss3", "motion")  # the interleaving of fixed_validation_set
+VAL_KINDS = PROTOCOL_DEGRADATIONS  # the interleaving of fixed_validation_set: the benchmark's four kinds
 
 
 def gains_by_kind(out_psnr: torch.Tensor, blurred_psnr: torch.Tensor) -> dict[str, float]:
