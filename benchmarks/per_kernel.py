@@ -1,0 +1,38 @@
+"""Per-kernel motion gains from a ``sharpkd eval`` results.json (no model is run).
+
+    python benchmarks/per_kernel.py docs/eval/results.json
+
+Under BENCHMARK.md the motion column gives image i the Levin kernel k{i mod 8 + 1}, so each kernel
+is used on three Kodak24 images; this prints each method's mean gain over the blurred input per
+kernel (dB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results")
+    args = ap.parse_args()
+    res = json.loads(open(args.results).read())
+    rows = res["rows"]
+    base = np.asarray(rows[0]["per_image_psnr"]["motion"])
+    kernel_of = np.arange(len(base)) % 8
+    print(f"Motion column per Levin kernel (BENCHMARK.md version {res.get('protocol_version', 1)}), "
+          "gain over the blurred input in dB; the blurred row is its PSNR.\n")
+    print("| method | " + " | ".join(f"k{k + 1}" for k in range(8)) + " | mean |\n|---|" + "---|" * 9)
+    print("| blurred input | " + " | ".join(f"{base[kernel_of == k].mean():.2f}" for k in range(8))
+          + f" | {base.mean():.2f} |")
+    for r in rows[1:]:
+        gain = np.asarray(r["per_image_psnr"]["motion"]) - base
+        print(f"| {r['method']} | " + " | ".join(f"{gain[kernel_of == k].mean():+.2f}" for k in range(8))
+              + f" | {gain.mean():+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
