@@ -116,6 +116,13 @@ def test_sharpen_tiled_matches_untiled(tmp_path, images, perturbed):
     assert diff.max() <= 1
 
 
+@pytest.mark.parametrize("tile", ["1", "5", "31", "-3"])
+def test_tiny_or_negative_tiles_are_refused(tmp_path, images, capsys, tile):
+    out = tmp_path / "o.png"
+    assert main(["-q", "sharpen", str(images / "a.png"), "-o", str(out), "--tile", tile]) != 0
+    assert "tile must be 0" in capsys.readouterr().err and not out.exists()
+
+
 def test_train_blur_mix_is_parsed_and_checked(tmp_path, capsys):
     from sharpkd.cli import UserError, parse_blur_mix
 

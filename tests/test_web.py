@@ -147,6 +147,9 @@ def test_demo_measures_blurred_and_sharpened(client, photo):
         assert Image.open(io.BytesIO(base64.b64decode(r.json[k]))).size == (photo.shape[1], photo.shape[0])
     motion = post(client, "/api/demo", png_bytes(photo), model="unsharp", blur="motion", strength="9", seed="3")
     assert motion.status_code == 200 and motion.json["length"] == 9.0
+    for seed in ("\u00b2", "1" * 5000, "-1", "1.5"):  # superscript two passes str.isdigit; int() rejects it
+        bad = post(client, "/api/demo", png_bytes(photo), model="unsharp", blur="gaussian", seed=seed)
+        assert bad.status_code == 400 and "seed" in bad.json["error"]
 
 
 def bomb_png() -> bytes:

@@ -150,6 +150,7 @@ def symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 CLASSICAL = {"unsharp": UnsharpMask}
+MIN_TILE = 32  # smaller tiles leave no room for the blending ramps (tiles of 1-5 px gave NaN images)
 
 
 def _is_blind(name_or_path: str | Path) -> bool:
@@ -197,6 +198,8 @@ class Sharpener:
                  overlap: int = 96, name: str = "model", ensemble: int = 1):
         if ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
+        if tile < 0 or 0 < tile < MIN_TILE:
+            raise ValueError(f"tile must be 0 (no tiling) or at least {MIN_TILE} pixels, got {tile}")
         self.ensemble = ensemble
         self.device = torch.device(device)
         if isinstance(model, nn.Module):

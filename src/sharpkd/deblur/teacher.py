@@ -1,7 +1,9 @@
 """Teacher v2: blind deblurring as a model the rest of sharpkd can load, tile and evaluate.
 
 ``BlindTeacher`` = blur estimation (:func:`sharpkd.deblur.estimate.estimate_kernel`, one kernel
-per photo, from the photo alone) + non-blind deconvolution with a learned prior
+per photo, from the photo alone; when the free-form estimate comes out round, i.e. the blur looks
+like defocus rather than camera shake, a Gaussian whose width is read from the photo's edges,
+:func:`sharpkd.deblur.estimate.edge_sigma`, replaces it) + non-blind deconvolution with a learned prior
 (:func:`sharpkd.deblur.solve.hqs_deconvolve`, FFDNet as the denoiser). Its only weights are the
 denoiser's (converted from KAIR's FFDNet, see ``tools/convert_ffdnet.py``); nothing here was
 trained on this project's data yet. The noise level is estimated from the photo too.
@@ -12,6 +14,7 @@ For tiled inference the kernel must come from the whole photo, not from each til
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +22,9 @@ import torch
 import torch.nn as nn
 
 from sharpkd.deblur.denoiser import FFDNet
-from sharpkd.deblur.estimate import EstimateConfig, estimate_kernel
+from sharpkd.deblur.estimate import EstimateConfig, anisotropy, edge_sigma, estimate_kernel, kernel_spread
 from sharpkd.deblur.solve import estimate_noise, hqs_deconvolve
+from sharpkd.degrade import gaussian_kernel
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class BlindTeacherConfig:
     sigma_max: float = 49 / 255  # first denoiser strength
     min_noise: float = 0.5 / 255  # floor on the estimated noise level
     estimate_side: int = 768  # the kernel is estimated on a central crop at most this large
+    isotropic_below: float = 1.5  # free-form estimates rounder than this are taken as Gaussian blur
+    intrinsic_sigma: float = 1.5  # edge width taken as the photo's own, removed (in quadrature) from the edge
+    # estimate; generous on purpose: deconvolving with a kernel 0.5 px too wide costs about 10 dB,
+    # one too narrow only part of the gain
+    max_spread: float = 2.0  # a free-form kernel wider than this x the edge width is distrusted (Gaussian used)
     multiple: int = 1  # any input size
 
 
@@ -64,6 +73,12 @@ class BlindTeacher(nn.Module):
                 k[0, 0] = 1.0
             else:
                 k = estimate_kernel(img, EstimateConfig(kernel_size=ks, max_side=cfg.estimate_side))
+                width = edge_sigma(img)
+                if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
+                    # round blur (defocus, soft optics), or a free-form estimate far wider than the edges
+                    # say: the parametric width read from the edges is the more robust estimate
+                    sigma = math.sqrt(max(width**2 - cfg.intrinsic_sigma**2, 0.0))
+                    k = gaussian_kernel(max(sigma, 0.3), min(ks, 2 * math.ceil(3 * max(sigma, 0.3)) + 1))
             out.append(BlurEstimate(k, noise))
         return out
 

@@ -261,8 +261,9 @@ def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) 
         if not lo <= strength <= hi:
             raise ApiError(400, f"{param} of {kind} blur must be between {lo:g} and {hi:g}")
         seed = request.form.get("seed", "0")
-        if not seed.isdigit():
-            raise ApiError(400, "seed must be a non-negative integer")
+        # isascii: str.isdigit accepts superscripts such as "²", which int() rejects
+        if not (seed.isascii() and seed.isdigit() and len(seed) <= 9):
+            raise ApiError(400, "seed must be an integer from 0 to 999999999")
         kernel = make_kernel(kind, **{param: strength}, seed=int(seed))
         with gate:
             img = upload()
