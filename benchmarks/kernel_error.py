@@ -47,7 +47,7 @@ def main() -> None:
     from sharpkd.evaluate import load_eval_images, to_uint8
     from sharpkd.metrics import psnr
 
-    teacher, _ = load_model("teacher")
+    teacher, _ = load_model("teacher-blind")
     cfg = teacher.config
     images = load_eval_images(args.data, args.limit)
     levin = load_levin_kernels(args.kernels)

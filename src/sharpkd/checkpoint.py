@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from sharpkd.models import ARCHS, PRESETS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {n: WEIGHTS_DIR / f"{n}.safetensors" for n in ("student", "teacher", "student-nokd", "teacher-v1")}
+SHIPPED = {n: WEIGHTS_DIR / f"{n}.safetensors" for n in ("student", "teacher", "student-nokd", "teacher-blind")}
 
 
 class CheckpointError(ValueError):

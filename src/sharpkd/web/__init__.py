@@ -34,9 +34,9 @@ from sharpkd.imageio import (
 HERE = Path(__file__).parent
 MODEL_INFO = {
     "student": ("Student (fast)", "the small distilled network"),
-    "teacher": ("Teacher (blind deblurring, slow)",
-                "estimates the blur kernel from the photo, then inverts it with a learned denoiser prior"),
-    "teacher-v1": ("Teacher v1", "the earlier teacher network the shipped student learned from"),
+    "teacher": ("Teacher (best)", "the large network the student learned from"),
+    "teacher-blind": ("Blind teacher (experimental, slow)",
+                      "estimates the blur kernel from the photo, then inverts it with a learned denoiser prior"),
     "unsharp": ("Unsharp mask (classical)", "a classical filter: image + (image - Gaussian blur)"),
 }
 MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
