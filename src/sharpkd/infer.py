@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sharpkd.checkpoint import load_model
+from sharpkd.deblur.solve import symmetric_pad
 from sharpkd.imageio import LoadedImage
 
 
@@ -136,17 +137,6 @@ class UnsharpMask:
         k = torch.as_tensor(self.kernel, dtype=x.dtype, device=x.device).expand(c, 1, -1, -1)
         blurred = torch.nn.functional.conv2d(symmetric_pad(x, p), k, groups=c)
         return (x + self.amount * (x - blurred)).clamp(0, 1)
-
-
-def symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
-    """Pad the last two dimensions by mirroring with the edge repeated (``d c b a | a b c d``), as
-    scipy.ndimage's "reflect" mode does; works for any image size."""
-
-    def index(n: int) -> torch.Tensor:
-        i = torch.arange(-p, n + p, device=x.device) % (2 * n)
-        return torch.where(i < n, i, 2 * n - 1 - i)
-
-    return x[..., index(x.shape[-2]), :][..., index(x.shape[-1])]
 
 
 CLASSICAL = {"unsharp": UnsharpMask}

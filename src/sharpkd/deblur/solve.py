@@ -47,16 +47,22 @@ def psf2otf(kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.fft.rfft2(pad)
 
 
-def symmetric_index(n: int, p: int, device: torch.device) -> torch.Tensor:
-    i = torch.arange(-p, n + p, device=device) % (2 * n)
-    return torch.where(i < n, i, 2 * n - 1 - i)
+def symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Pad the last two dimensions by mirroring with the edge repeated (``d c b a | a b c d``), as
+    scipy.ndimage's "reflect" mode does; works for any image size."""
+
+    def index(n: int) -> torch.Tensor:
+        i = torch.arange(-p, n + p, device=x.device) % (2 * n)
+        return torch.where(i < n, i, 2 * n - 1 - i)
+
+    return x[..., index(x.shape[-2]), :][..., index(x.shape[-1])]
 
 
 def pad_for_fft(y: torch.Tensor, pad: int) -> torch.Tensor:
     """Mirror ``y`` outwards by ``pad`` pixels (``d c b a | a b c d``) and fade the outer half of the
     band towards each image's mean, so the padded image wraps around without a jump."""
     h, w = y.shape[-2:]
-    yp = y[..., symmetric_index(h, pad, y.device), :][..., symmetric_index(w, pad, y.device)]
+    yp = symmetric_pad(y, pad)
     if pad < 2:
         return yp
 
