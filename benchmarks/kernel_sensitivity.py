@@ -20,14 +20,14 @@ def main() -> None:
     torch.set_num_threads(2)
     from PIL import Image
 
-    from sharpkd.deblur.denoiser import load_ffdnet
+    from sharpkd.checkpoint import load_denoiser
     from sharpkd.deblur.solve import hqs_deconvolve
     from sharpkd.degrade import gaussian_kernel, protocol_degrade
     from sharpkd.evaluate import to_uint8
     from sharpkd.metrics import psnr
 
     files = sorted(Path("../shared/datasets/train").rglob("*.*"))
-    net = load_ffdnet()
+    net = load_denoiser()
     print("| photo | true sigma 1 | sigma 1.5 | sigma 2 | true, no boundary handling |\n|---|---|---|---|---|")
     for fi in (5, 90, 40):
         img = Image.open(files[fi]).convert("RGB")

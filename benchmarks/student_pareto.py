@@ -52,9 +52,10 @@ def main() -> None:
     w, h = map(int, args.size.split("x"))
     torch.set_num_threads(args.threads)
 
+    from sharpkd.backends import OnnxBackend
     from sharpkd.bench import environment
     from sharpkd.checkpoint import count_params, load_model, macs_per_pixel
-    from sharpkd.export import OnnxRunner, calibration_inputs, export_int8, export_onnx
+    from sharpkd.export import calibration_inputs, export_int8, export_onnx
 
     cal = calibration_inputs(["../shared/datasets/train"], 32)
     rows = []
@@ -66,7 +67,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             f32 = export_onnx(model, Path(tmp) / "m.onnx", info)
             i8 = export_int8(f32, Path(tmp) / "m8.onnx", cal)
-            r32, r8 = OnnxRunner(f32, args.threads), OnnxRunner(i8, args.threads)
+            r32, r8 = OnnxBackend(f32, args.threads), OnnxBackend(i8, args.threads)
             row = {"arch": info.get("preset"), "run": str(run), "steps": info.get("steps"),
                    "holdout_gain_db": round(info["val_psnr"] - info["val_blurred_psnr"], 3),
                    "params": count_params(model), "macs_per_pixel": macs_per_pixel(model),

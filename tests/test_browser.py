@@ -81,15 +81,28 @@ def screenshot_dir(tmp_path: Path) -> Path:
     return d
 
 
+def wait_js(page, expression: str, timeout: float = 120.0) -> None:
+    """Poll a JavaScript expression until it is true. (Playwright's wait_for_function evaluates its
+    predicate with eval() inside the page, which the app's Content-Security-Policy forbids.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        page.wait_for_timeout(100)
+
+
 def test_upload_sharpen_slide_and_download(server, browser, tmp_path):
     w, h = Image.open(EXAMPLE).size
     page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    console_errors = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.goto(server + "/")
     page.set_input_files("#file", str(EXAMPLE))
     page.get_by_label("Student (fast)").check()
     page.click("#go")
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
-    page.wait_for_function("document.getElementById('img-after').naturalWidth > 0")
+    wait_js(page, "document.getElementById('img-after').naturalWidth > 0")
+    assert not console_errors  # the page works under its Content-Security-Policy (no blocked script/style/image)
     # the result image has the upload's size
     size = page.evaluate("[document.getElementById('img-after').naturalWidth, "
                          "document.getElementById('img-after').naturalHeight]")
@@ -127,7 +140,7 @@ def test_compare_all_and_demo_mode(server, browser, tmp_path):
     page.goto(server + "/")
     page.set_input_files("#file", str(EXAMPLE))
     page.click("#compare")
-    page.wait_for_function("document.querySelectorAll('#all-grid figure').length === 4", timeout=120_000)
+    wait_js(page, "document.querySelectorAll('#all-grid figure').length === 4")
     captions = page.locator("#all-grid figcaption").all_inner_texts()
     assert captions[0] == "original" and [c.split(":")[0] for c in captions[1:]] == ["student", "teacher", "unsharp"]
     page.click("#tab-demo")
@@ -154,7 +167,7 @@ def test_phone_width_and_error_message(server, browser, tmp_path):
     bad.write_bytes(b"this is text, not a PNG")
     page.set_input_files("#file", str(bad))
     page.click("#go")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Could not')")
+    wait_js(page, "document.getElementById('status').textContent.startsWith('Could not')")
     assert "not an image" in page.inner_text("#status")
     page.screenshot(path=str(screenshot_dir(tmp_path) / "web_phone_error.png"), full_page=True)
     page.close()

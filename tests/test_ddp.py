@@ -24,10 +24,10 @@ def free_port() -> int:
 def run(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
-        cmd = [sys.executable, "-m", "sharpkd.train", *args]
+        cmd = [sys.executable, "-m", "sharpkd", "train", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", "-m", "sharpkd.train", *args]
+               f"--master_port={free_port()}", "-m", "sharpkd", "train", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -79,10 +79,10 @@ def test_resume_across_world_sizes(tmp_path, single):
 def test_batch_must_divide_over_ranks_and_amp_needs_cuda(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "sharpkd.train", *COMMON, "--batch-size", "3",
+           f"--master_port={free_port()}", "-m", "sharpkd", "train", *COMMON, "--batch-size", "3",
            "--out", str(tmp_path / "x")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0 and "divide evenly" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "sharpkd.train", *COMMON, "--amp", "bf16", "--out",
+    proc = subprocess.run([sys.executable, "-m", "sharpkd", "train", *COMMON, "--amp", "bf16", "--out",
                            str(tmp_path / "y")], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and "CUDA options" in proc.stderr

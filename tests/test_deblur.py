@@ -21,9 +21,9 @@ def to_u8(x: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ffdnet():
-    from sharpkd.deblur.denoiser import load_ffdnet
+    from sharpkd.checkpoint import load_denoiser
 
-    return load_ffdnet()
+    return load_denoiser()
 
 
 @pytest.fixture

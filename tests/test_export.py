@@ -2,16 +2,17 @@ import numpy as np
 import pytest
 import torch
 
+from sharpkd.backends import OnnxBackend
 from sharpkd.checkpoint import CheckpointError, save_model
 from sharpkd.cli import main
-from sharpkd.export import OnnxRunner, export_onnx
+from sharpkd.export import export_onnx
 from sharpkd.infer import Sharpener
 
 
 @pytest.mark.parametrize("name", ["student", "nafunet-s", "student-w"])
 def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name, perturbed):
     model = perturbed(name)
-    runner = OnnxRunner(export_onnx(model, tmp_path / "m.onnx", {"steps": 3}))
+    runner = OnnxBackend(export_onnx(model, tmp_path / "m.onnx", {"steps": 3}))
     assert runner.multiple == model.config.multiple and runner.info["steps"] == 3
     a = Sharpener(model, tile=0)
     b = Sharpener(runner, tile=0)
@@ -51,11 +52,11 @@ def test_export_cli_and_onnx_backend(tmp_path, photo, capsys, perturbed):
 
 def test_bad_onnx_files(tmp_path):
     with pytest.raises(CheckpointError, match="no ONNX model"):
-        OnnxRunner(tmp_path / "none.onnx")
+        OnnxBackend(tmp_path / "none.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf")
     with pytest.raises(CheckpointError, match="not a loadable"):
-        OnnxRunner(bad)
+        OnnxBackend(bad)
 
 
 def test_int8_export_is_close_to_fp32_on_real_blurred_photos(tmp_path, capsys):
@@ -69,7 +70,7 @@ def test_int8_export_is_close_to_fp32_on_real_blurred_photos(tmp_path, capsys):
     out = tmp_path / "s8.onnx"
     assert main(["export", "--model", "student", "--int8", "--calib-patches", "8", "-o", str(out)]) == 0
     assert "INT8" in capsys.readouterr().out
-    r8 = OnnxRunner(out)
+    r8 = OnnxBackend(out)
     assert r8.info["precision"] == "int8" and r8.info["calibration_images"] == 8 and r8.multiple == 4
     sharp = torch.from_numpy(skimage.data.astronaut()[100:228, 150:310].copy()).permute(2, 0, 1)[None] / 255.0
     blurred = blur(sharp.float(), gaussian_kernel(1.5))
@@ -88,3 +89,35 @@ def test_shipped_int8_backend_and_bad_calibration(tmp_path, capsys):
     assert main(["export", "--model", "student", "--int8", "--calib-data", str(tmp_path / "nope"),
                  "-o", str(tmp_path / "x.onnx")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_resolver_declares_kind_and_multiple_and_never_exports(tmp_path):
+    from sharpkd.backends import BackendError, TorchBackend, UnsharpMask, resolve
+
+    student = resolve("student")
+    assert isinstance(student, TorchBackend) and student.kind == "torch" and student.multiple >= 1
+    assert resolve("student", "onnx").kind == "onnx"
+    assert resolve("student", "onnx-int8").kind == "onnx-int8"
+    assert isinstance(resolve("unsharp", "onnx"), UnsharpMask)  # a classical filter has one engine
+    # no shipped INT8 teacher and no ONNX student-nokd: a clear error naming the export command,
+    # and nothing written anywhere (loading used to export and calibrate on the fly)
+    for name, backend in (("teacher", "onnx-int8"), ("student-nokd", "onnx")):
+        with pytest.raises(BackendError, match="sharpkd export"):
+            resolve(name, backend)
+    with pytest.raises(BackendError, match="unknown backend"):
+        resolve("student", "tensorrt")
+    with pytest.raises(TypeError):
+        Sharpener(lambda x: x)  # a bare callable declares neither kind nor size multiple
+
+
+def test_cli_names_the_backend_and_refuses_missing_exports(tmp_path, photo, capsys):
+    from PIL import Image
+
+    Image.fromarray(photo).save(tmp_path / "in.png")
+    assert main(["sharpen", str(tmp_path / "in.png"), "-o", str(tmp_path / "a.png"), "--model", "teacher",
+                 "--backend", "onnx-int8"]) == 2
+    err = capsys.readouterr().err
+    assert "sharpkd export" in err and "Traceback" not in err
+    assert not (tmp_path / "a.png").exists()
+    assert main(["sharpen", str(tmp_path / "in.png"), "-o", str(tmp_path / "b.png"), "--backend", "onnx"]) == 0
+    assert "student (onnx)" in capsys.readouterr().out

@@ -141,3 +141,43 @@ def test_fine_tuning_into_a_wiener_bank_network_starts_where_the_old_one_was(tmp
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
         assert torch.allclose(new(x), old(x), atol=1e-5)
+
+
+def test_resume_after_a_kill_logs_each_step_once_and_clears_stale_temp_files(tmp_path):
+    train(_cfg(tmp_path, steps=3), progress=False)
+    run = tmp_path / "run"
+    # what a kill between checkpoints leaves: log lines past the saved step (one cut short) and a half-written state
+    with open(run / "log.jsonl", "a") as f:
+        f.write(json.dumps({"event": "train", "step": 4}) + "\n" + '{"event": "train", "st')
+    (run / "state.pt.tmp").write_bytes(b"partial")
+    train(_cfg(tmp_path, steps=6), resume=True, progress=False)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert not list(run.glob("*.tmp"))
+
+
+def test_resume_refuses_a_foreign_state_file_clearly(tmp_path):
+    import pickle
+
+    import pytest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.pt").write_bytes(pickle.dumps({"step": 1}))
+    with pytest.raises(ValueError, match="not a sharpkd training state"):
+        train(_cfg(tmp_path), resume=True, progress=False)
+
+
+def test_config_checks_run_without_a_process_group():
+    import pytest
+
+    from sharpkd.train import check_config
+
+    check_config(TrainConfig(batch_size=8), world=4)
+    for cfg, world, msg in ((TrainConfig(batch_size=6), 4, "divide evenly"),
+                            (TrainConfig(amp="bf16"), 1, "CUDA options"),
+                            (TrainConfig(stage="critic"), 1, "stage"),
+                            (TrainConfig(stage="student"), 1, "--teacher"),
+                            (TrainConfig(stage="teacher", kd_extra=2), 1, "kd_extra")):
+        with pytest.raises(ValueError, match=msg):
+            check_config(cfg, world)

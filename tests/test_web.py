@@ -42,10 +42,10 @@ def blurry(photo) -> np.ndarray:
     return (y * 255 + 0.5).astype(np.uint8)
 
 
-def post(client, url: str, data: bytes | None, filename: str = "photo.png", **form):
+def post(client, url: str, data: bytes | None, filename: str = "photo.png", headers=None, **form):
     if data is not None:
         form["image"] = (io.BytesIO(data), filename)
-    return client.post(url, data=form, content_type="multipart/form-data")
+    return client.post(url, data=form, content_type="multipart/form-data", headers=headers)
 
 
 def test_healthz_and_models(client):
@@ -227,7 +227,7 @@ def test_wrong_method_and_unknown_route_are_json(client):
 
 def test_busy_server_answers_503_with_retry_after(photo):
     app = create_app(WebConfig(models=("unsharp",), workers=1, queue=0))
-    gate = app.extensions["sharpkd"]["gate"]
+    gate = app.extensions["sharpkd"].gate
     with gate:  # one request in flight fills a server with one worker and no queue
         r = post(app.test_client(), "/api/sharpen", png_bytes(photo))
         assert r.status_code == 503 and r.is_json and int(r.headers["Retry-After"]) > 0
@@ -240,7 +240,7 @@ def test_internal_failure_is_a_json_500_without_traceback(photo):
     def broken(x):
         raise RuntimeError("secret internal detail")
 
-    broken.multiple = 1
+    broken.multiple, broken.kind = 1, "classical"
     app = create_app(WebConfig(models=("broken",)), sharpeners={"broken": Sharpener(broken)})
     r = post(app.test_client(), "/api/sharpen", png_bytes(photo))
     assert r.status_code == 500 and r.is_json
@@ -277,3 +277,24 @@ def test_large_uploads_go_through_tiles(photo):
     a = np.asarray(Image.open(io.BytesIO(post(tiled.test_client(), "/api/sharpen", png_bytes(img)).data)))
     b = np.asarray(Image.open(io.BytesIO(post(whole.test_client(), "/api/sharpen", png_bytes(img)).data)))
     assert a.shape == img.shape and np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_security_headers_and_dns_rebinding_guard(photo):
+    app = create_app(WebConfig(models=("unsharp",)))
+    client = app.test_client()
+    r = client.get("/")
+    csp = r.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp and "unsafe-inline" not in csp
+    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "no-referrer"
+    assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+    # a rebound name pointing at the loopback server is refused, as JSON
+    r = client.get("/healthz", headers={"Host": "attacker.example:8000"})
+    assert r.status_code == 403 and r.is_json and "X-Frame-Options" in r.headers
+    # a cross-site form post from another origin is refused; the page's own origin is fine
+    bad = post(client, "/api/sharpen", png_bytes(photo), headers={"Origin": "http://evil.example"})
+    assert bad.status_code == 403
+    ok = post(client, "/api/sharpen", png_bytes(photo), headers={"Origin": "http://localhost"})
+    assert ok.status_code == 200
+    # a public server (no host list) answers to any name
+    public = create_app(WebConfig(models=("unsharp",), allowed_hosts=())).test_client()
+    assert public.get("/healthz", headers={"Host": "photos.example.org"}).status_code == 200

@@ -73,12 +73,7 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
     from sharpkd.infer import Sharpener
 
     model, backend = split_method(name)
-    if backend.startswith("onnx"):
-        from sharpkd.infer import onnx_runner
-
-        sh = Sharpener(onnx_runner(model, threads, int8=backend == "onnx-int8"), tile=0)
-    else:
-        sh = Sharpener.from_pretrained(model, device=device, tile=0)
+    sh = Sharpener.from_pretrained(model, device=device, tile=0, backend=backend, threads=threads)
     dev = torch.device(device)
 
     def run(frame: np.ndarray):

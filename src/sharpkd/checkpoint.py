@@ -143,3 +143,15 @@ def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
         model(x)
     fft = sum(b.macs_per_pixel() for b in model.modules() if isinstance(b, WienerBank))
     return fc.get_total_flops() / 2 / (size * size) + fft
+
+
+def load_denoiser(name_or_path: str | Path = "teacher-blind") -> nn.Module:
+    """The FFDNet denoiser of a blind-teacher model file (default: the shipped teacher-blind), float32,
+    eval mode, gradients off."""
+    model, info = load_model(name_or_path)
+    if info.get("arch") != "blind":
+        raise CheckpointError(f"{name_or_path} is not a blind-teacher model file (arch {info.get('arch')!r})")
+    net = model.denoiser
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()

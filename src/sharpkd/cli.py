@@ -7,6 +7,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from sharpkd.backends import BACKENDS
+from sharpkd.bench import METHODS
+from sharpkd.degrade import BLUR_KINDS
+from sharpkd.infer import ENSEMBLE_SIZES
+from sharpkd.models import PRESETS
+
+OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
 EXIT_USAGE = 2
 EXIT_FAIL = 1
 
@@ -27,8 +34,7 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
 
     if not 1 <= args.quality <= 100:
         raise UserError("--quality must be between 1 and 100")
-    ext = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}.get(
-        args.format or "", None)
+    ext = OUTPUT_FORMATS.get(args.format or "")
     jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS, recursive=args.recursive, extension=ext)
     todo = [(s, d) for s, d in jobs if args.overwrite or not d.exists()]
     skipped = len(jobs) - len(todo)
@@ -60,7 +66,7 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
             failed.append(str(src))
     done = len(todo) - len(failed)
     if not args.quiet or failed:
-        parts = [f"sharpened {done} image(s) with {args.model} -> {args.output}"]
+        parts = [f"sharpened {done} image(s) with {args.model} ({sharpener.backend.kind}) -> {args.output}"]
         if skipped:
             parts.append(f"skipped {skipped} existing (use --overwrite to redo them)")
         if failed:
@@ -172,8 +178,6 @@ def cmd_degrade(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 def parse_blur_mix(text: str) -> dict[str, float]:
     """``gaussian=0.35,motion=0.65`` -> {"gaussian": 0.35, "motion": 0.65} (shares need not sum to 1)."""
-    from sharpkd.degrade import BLUR_KINDS
-
     mix: dict[str, float] = {}
     for part in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = part.partition("=")
@@ -370,8 +374,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError("--max-upload-mb and --max-megapixels must be positive")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a valid port")
+    if args.allowed_hosts is None:  # a loopback server answers to loopback names only (DNS rebinding)
+        hosts = WebConfig.allowed_hosts if args.host in ("127.0.0.1", "localhost", "::1") else ()
+    else:
+        hosts = () if args.allowed_hosts.strip() == "*" else tuple(
+            h.strip().lower() for h in args.allowed_hosts.split(",") if h.strip())
     cfg = WebConfig(models=models, backend=args.backend, max_upload_mb=args.max_upload_mb,
-                    max_megapixels=args.max_megapixels, workers=args.workers, queue=args.queue)
+                    max_megapixels=args.max_megapixels, workers=args.workers, queue=args.queue,
+                    allowed_hosts=hosts)
     try:
         serve(cfg, host=args.host, port=args.port)
     except (FileNotFoundError, ValueError) as e:
@@ -382,11 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sharpkd", description="Sharpen blurry photos with a distilled student network.")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def add_sharpen(sub) -> None:
     p = sub.add_parser("sharpen", help="sharpen image files or folders")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
@@ -395,12 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a model file / run folder")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")
-    p.add_argument("--ensemble", type=int, default=1, choices=[1, 2, 4, 8],
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
+    p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
                    help="average over N flipped/transposed copies (N times slower, slightly better)")
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders, keeping their relative paths")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
-    p.add_argument("--format", choices=["png", "jpeg", "jpg", "webp", "tiff", "bmp"],
+    p.add_argument("--format", choices=list(OUTPUT_FORMATS),
                    help="output format (default: the input's)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100")
     p.add_argument("--first-frame", action="store_true", help="sharpen the first frame of animated images")
@@ -408,10 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blind teacher: also save each photo's estimated blur kernel as NAME.kernel.png (and .npy)")
     p.set_defaults(func=cmd_sharpen)
 
+
+def add_degrade(sub) -> None:
     p = sub.add_parser("degrade", help="blur images with the project's degradation code")
     p.add_argument("inputs", nargs="+")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--blur", default="gaussian", choices=["gaussian", "defocus", "motion"])
+    p.add_argument("--blur", default="gaussian", choices=BLUR_KINDS)
     p.add_argument("--sigma", type=float, default=2.0, help="Gaussian sigma in pixels")
     p.add_argument("--radius", type=float, default=3.0, help="defocus disc radius in pixels")
     p.add_argument("--length", type=float, default=15.0, help="motion trajectory length in pixels")
@@ -420,11 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_degrade)
 
+
+def add_train(sub) -> None:
     p = sub.add_parser("train", help="train the teacher, or distil the student")
     p.add_argument("stage", choices=["teacher", "student"])
     p.add_argument("--data", nargs="+", help="image folders or CIFAR-10 batch folders (default: scikit-image photos)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model.safetensors)")
-    p.add_argument("--arch", help="architecture preset (teacher default: nafunet; student default: student)")
+    p.add_argument("--arch", choices=sorted(PRESETS), metavar="PRESET",
+                   help=f"architecture preset: {', '.join(sorted(PRESETS))} "
+                        "(teacher default: nafunet; student default: student)")
     p.add_argument("--teacher", help="teacher model file (student stage)")
     p.add_argument("--no-distill", action="store_true", help="student stage: ground truth only (ablation)")
     p.add_argument("--kd-extra", type=int, default=0,
@@ -462,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the trained network")
     p.set_defaults(func=cmd_train)
 
+
+def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the benchmark protocol of BENCHMARK.md")
     p.add_argument("--data", default="../shared/datasets/eval/kodak24")
     p.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
@@ -471,12 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (quick checks)")
     p.add_argument("--tile", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="inference engine for the models")
     p.add_argument("--vgg-distance", action="store_true",
                    help="also report the VGG16 feature distance to the ground truth (lower is closer)")
     p.set_defaults(func=cmd_eval)
 
+
+def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX")
     p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
     p.add_argument("--format", default="onnx", choices=["onnx"])
@@ -487,9 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.set_defaults(func=cmd_export)
 
+
+def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed table: FPS and MP/s per method and resolution")
-    p.add_argument("--methods", default="unsharp-opencv,student-torch,student-onnx,student-onnx-int8,teacher-torch",
-                   help="comma-separated MODEL-BACKEND (backend: torch, onnx, onnx-int8) or unsharp-opencv")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated MODEL-BACKEND (backend: {', '.join(BACKENDS)}) or unsharp-opencv")
     p.add_argument("--resolutions", default="640x480,1280x720,1920x1080")
     p.add_argument("--runs", type=int, default=20, help="at most this many timed runs per cell")
     p.add_argument("--max-seconds", type=float, default=15.0, help="stop timing a cell after this long (>= 3 runs)")
@@ -500,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=cmd_bench)
 
+
+def add_video(sub) -> None:
     p = sub.add_parser("video", help="sharpen a video file, or a camera/stream with a live preview")
     p.add_argument("input", nargs="?", help="video file, or a stream URL (rtsp://, http://) with --live")
     p.add_argument("-o", "--output", help="output video (.mp4, .avi, .mkv, .mov); same size and frame rate")
@@ -508,13 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mjpeg", type=int, default=0, metavar="PORT",
                    help="live: serve the preview as an MJPEG page on 127.0.0.1:PORT (for machines without a display)")
     p.add_argument("--model", default="student", help="student, teacher, unsharp, or a model file")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference engine")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: all)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_video)
 
+
+def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="the web app, under the waitress WSGI server")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000)
@@ -524,13 +546,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int, default=4, help="requests that may wait; more get 503 + Retry-After")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload (413 above)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest decoded image (413 above)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+    p.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated host names the server answers to, or * for any (default: localhost, "
+                        "127.0.0.1 and [::1] when listening on loopback, any otherwise)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="inference engine for the networks")
     p.set_defaults(func=cmd_serve)
 
+
+def add_info(sub) -> None:
     p = sub.add_parser("info", help="parameters, MACs/pixel and provenance of a model")
     p.add_argument("--model", default="student")
     p.set_defaults(func=cmd_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sharpkd", description="Sharpen blurry photos with a distilled student network.")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in (add_sharpen, add_degrade, add_train, add_eval, add_export, add_bench, add_video, add_serve, add_info):
+        add(sub)
     return ap
 
 

@@ -1,9 +1,10 @@
-"""ONNX export and the ONNX Runtime backend.
+"""ONNX export (fp32) and static INT8 quantisation.
 
 ``export_onnx`` writes a single self-contained ``.onnx`` file (opset 18) with a dynamic batch,
 height and width; height and width must be multiples of the network's ``multiple``, which is stored
-in the file's metadata together with the model description, so that :class:`OnnxRunner` (and the
-:class:`~sharpkd.infer.Sharpener` that pads for it) needs nothing but the file.
+in the file's metadata together with the model description, so that
+:class:`~sharpkd.backends.OnnxBackend` (and the :class:`~sharpkd.infer.Sharpener` that pads for it)
+needs nothing but the file.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sharpkd.checkpoint import CheckpointError, config_to_dict
+from sharpkd.backends import ONNX_INPUT as INPUT
+from sharpkd.backends import ONNX_OUTPUT as OUTPUT
+from sharpkd.checkpoint import config_to_dict
 
 OPSET = 18
-INPUT, OUTPUT = "image", "sharp"
 
 
 def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None) -> Path:
@@ -52,35 +54,6 @@ def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None) ->
     onnx.save_model(proto, str(tmp))
     os.replace(tmp, path)
     return path
-
-
-class OnnxRunner:
-    """Runs an exported sharpkd ONNX model with ONNX Runtime on the CPU, as a callable on
-    (B, 3, H, W) float tensors (H, W multiples of ``multiple``)."""
-
-    def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"no ONNX model at {path}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise CheckpointError(f"{path} is not a loadable ONNX model: {e}") from e
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "sharpkd" not in meta:
-            raise CheckpointError(f"{path} is an ONNX model but not a sharpkd export (no 'sharpkd' metadata)")
-        self.info = json.loads(meta["sharpkd"])
-        self.multiple = int(self.info["multiple"])
-        self.path = path
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x.detach().cpu().float().numpy())})[0]
-        return torch.from_numpy(out)
 
 
 def calibration_inputs(data: list[str] | None = None, count: int = 32, size: int = 128, seed: int = 0) -> np.ndarray:

@@ -19,9 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from sharpkd.checkpoint import load_model
-from sharpkd.deblur.solve import symmetric_pad
+from sharpkd.backends import BACKENDS, CLASSICAL, Backend, OnnxBackend, TorchBackend, UnsharpMask, resolve
 from sharpkd.imageio import LoadedImage
+
+__all__ = ["BACKENDS", "CLASSICAL", "MIN_TILE", "OnnxBackend", "Sharpener", "UnsharpMask", "run_padded", "run_tiled"]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -92,64 +93,7 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     return out.div_(weight)  # in place: a 24 MP photo's output is 288 MB as float32
 
 
-def onnx_runner(name_or_path: str | Path, threads: int = 0, int8: bool = False):
-    """An ONNX Runtime runner for a .onnx file, a shipped model, or any sharpkd model file
-    (``threads``: ONNX Runtime intra-op threads, 0 for its default). ``int8`` uses the shipped
-    ``<name>-int8.onnx`` or quantises on the fly (calibrated on the scikit-image photos)."""
-    import tempfile
-
-    from sharpkd.checkpoint import SHIPPED
-    from sharpkd.export import OnnxRunner, calibration_inputs, export_int8, export_onnx
-
-    p = Path(name_or_path)
-    if p.suffix == ".onnx":
-        return OnnxRunner(p, threads)
-    if str(name_or_path) in SHIPPED:
-        shipped = SHIPPED[str(name_or_path)].with_name(f"{name_or_path}{'-int8' if int8 else ''}.onnx")
-        if shipped.is_file():
-            return OnnxRunner(shipped, threads)
-    model, info = load_model(name_or_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx", info)
-        if int8:
-            path = export_int8(path, Path(tmp) / "model-int8.onnx", calibration_inputs())
-        return OnnxRunner(path, threads)  # the session holds the model in memory; the file may go
-
-
-BACKENDS = ("torch", "onnx", "onnx-int8")
-
-
-class UnsharpMask:
-    """The classical baseline as a backend: ``x + amount * (x - gaussian(x, radius))``, the same
-    filter as ``skimage.filters.unsharp_mask(radius=1, amount=1)`` used by the benchmark."""
-
-    multiple = 1
-
-    def __init__(self, radius: float = 1.0, amount: float = 1.0):
-        from sharpkd.degrade import gaussian_kernel
-
-        self.radius, self.amount = radius, amount
-        self.kernel = gaussian_kernel(radius, 2 * int(4 * radius + 0.5) + 1)  # skimage truncates at 4 sigma
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.kernel.shape[0] // 2
-        c = x.shape[1]
-        k = torch.as_tensor(self.kernel, dtype=x.dtype, device=x.device).expand(c, 1, -1, -1)
-        blurred = torch.nn.functional.conv2d(symmetric_pad(x, p), k, groups=c)
-        return (x + self.amount * (x - blurred)).clamp(0, 1)
-
-
-CLASSICAL = {"unsharp": UnsharpMask}
 MIN_TILE = 32  # smaller tiles leave no room for the blending ramps (tiles of 1-5 px gave NaN images)
-
-
-def _is_blind(name_or_path: str | Path) -> bool:
-    from sharpkd.checkpoint import CheckpointError, read_info
-
-    try:
-        return read_info(name_or_path).get("arch") == "blind"
-    except CheckpointError:
-        return False
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 
@@ -171,8 +115,8 @@ class Sharpener:
     """Sharpen images with a trained model.
 
     Args:
-        model: a sharpkd network (input/output RGB in [0, 1], (B, 3, H, W)), or a callable backend
-            with a ``multiple`` attribute such as :class:`sharpkd.export.OnnxRunner`.
+        model: a sharpkd network (input/output RGB in [0, 1], (B, 3, H, W)), or a backend from
+            :mod:`sharpkd.backends` (what :meth:`from_pretrained` builds with ``backend.resolve``).
         device: "cpu" or "cuda".
         tile: tile size in pixels for images larger than that (0: never tile).
         overlap: pixels shared by neighbouring tiles. Each output pixel keeps at least overlap/4
@@ -183,7 +127,7 @@ class Sharpener:
             many times the compute; typically a few hundredths of a dB better.
     """
 
-    def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor], *,
+    def __init__(self, model: nn.Module | Backend, *,
                  device: str | torch.device = "cpu", tile: int = 512,
                  overlap: int = 96, name: str = "model", ensemble: int = 1):
         if ensemble not in ENSEMBLE_SIZES:
@@ -191,51 +135,40 @@ class Sharpener:
         if tile < 0 or 0 < tile < MIN_TILE:
             raise ValueError(f"tile must be 0 (no tiling) or at least {MIN_TILE} pixels, got {tile}")
         self.ensemble = ensemble
-        self.device = torch.device(device)
         if isinstance(model, nn.Module):
-            self.model = model.to(self.device).eval()
-            self.multiple = int(getattr(model.config, "multiple", 1))
-        else:  # a callable backend on (B, 3, H, W) tensors, e.g. sharpkd.export.OnnxRunner
-            self.model = model
-            self.multiple = int(model.multiple)
+            model = TorchBackend(model, device)
+        if not isinstance(model, Backend):
+            raise TypeError(f"expected a network or a backend (kind, multiple, callable), got {type(model).__name__}")
+        self.backend: Backend = model
+        self.device = model.device if isinstance(model, TorchBackend) else torch.device("cpu")
+        self.multiple = int(model.multiple)
         self.tile = tile
         self.overlap = min(overlap, tile * 3 // 4) if tile else overlap
         self.name = name
+
+    @property
+    def model(self) -> nn.Module | Backend:
+        """The network for a PyTorch backend, otherwise the backend itself."""
+        return self.backend.module if isinstance(self.backend, TorchBackend) else self.backend
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
                         overlap: int = 96, backend: str = "torch", threads: int = 0,
                         ensemble: int = 1) -> Sharpener:
         """``student`` or ``teacher`` (the shipped weights), ``unsharp`` (the classical filter), a
-        model file, or a training run folder.
+        model file, a training run folder, or an exported ``.onnx`` file.
 
-        ``backend="onnx"`` runs ONNX Runtime on the CPU: a ``.onnx`` path is used as it is, a shipped
-        name uses its shipped ``.onnx`` export when there is one, anything else is exported first.
-        ``backend="onnx-int8"`` does the same with the statically quantised INT8 model.
+        ``backend="onnx"`` / ``"onnx-int8"`` run ONNX Runtime on the CPU with the exported file
+        beside the weights (see :func:`sharpkd.backends.resolve`; nothing is exported on the fly).
         ``threads``: ONNX Runtime intra-op threads (0: its default). ``ensemble``: see the class.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if str(name_or_path) in CLASSICAL:
-            return cls(CLASSICAL[str(name_or_path)](), tile=tile, overlap=overlap, name=str(name_or_path),
-                       ensemble=ensemble)
-        if str(device) == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
-        if backend != "torch" or str(name_or_path).endswith(".onnx"):
-            if not str(name_or_path).endswith(".onnx") and _is_blind(name_or_path):
-                raise ValueError(f"{name_or_path} is the blind teacher (kernel estimation + iterative solver), "
-                                 "which runs on the torch backend only; use --backend torch")
-            if str(device) != "cpu":
-                raise ValueError("the onnx backends run on the CPU; use --backend torch for CUDA")
-            return cls(onnx_runner(name_or_path, threads, int8=backend == "onnx-int8"), tile=tile, overlap=overlap,
-                       name=str(name_or_path), ensemble=ensemble)
-        model, _ = load_model(name_or_path, device)
-        return cls(model, device=device, tile=tile, overlap=overlap, name=str(name_or_path), ensemble=ensemble)
+        runner = resolve(name_or_path, backend, device=device, threads=threads)
+        return cls(runner, device=device, tile=tile, overlap=overlap, name=str(name_or_path), ensemble=ensemble)
 
     @property
     def blind(self) -> bool:
         """True for a model that estimates the blur of the whole photo first (the blind teacher)."""
-        return hasattr(self.model, "estimate") and hasattr(self.model, "restore")
+        return isinstance(self.backend, TorchBackend) and self.backend.blind
 
     def estimate_blur(self, x: torch.Tensor) -> list:
         """The blur the model finds in each image of a (B, 3, H, W) batch (blind models only): a list of
@@ -260,7 +193,7 @@ class Sharpener:
                     return self.model.restore(tile, est).clamp(0, 1)
             else:
                 def fn(tile: torch.Tensor) -> torch.Tensor:
-                    return run_padded(self.model, tile, self.multiple)
+                    return run_padded(self.backend, tile, self.multiple)
             h, w = t.shape[-2:]
             if self.tile and (h > self.tile or w > self.tile):
                 return run_tiled(fn, t.cpu(), self.tile, self.overlap, self.device, self.multiple)

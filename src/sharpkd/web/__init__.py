@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from flask import Flask, Response, jsonify, render_template, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from sharpkd.imageio import (
@@ -87,6 +87,9 @@ class WebConfig:
     workers: int = 1
     queue: int = 4
     tile: int = 512
+    # Host names the server answers to; a request naming any other host gets 403 (stops DNS rebinding,
+    # which lets a page on another site reach a loopback server). Empty: any host (a public server).
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
     agreement_side: int = 256  # the agreement score runs both networks on a copy this size (longest side)
 
 
@@ -136,176 +139,273 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+@dataclass
+class AppState:
+    """What the views share, kept in ``app.extensions["sharpkd"]``: the models, their facts for the
+    page, the work gate and the configuration."""
+
+    config: WebConfig
+    models: dict
+    facts: list
+    gate: Gate
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.config.max_megapixels * 1e6)
+
+
+bp = Blueprint("sharpkd", __name__)
+
+
+def state() -> AppState:
+    return current_app.extensions["sharpkd"]
+
+
 def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) -> Flask:
     """The Flask app. ``sharpeners`` (name -> Sharpener) replaces loading the shipped models."""
-    from sharpkd.metrics import psnr, sharpness, ssim
-
     cfg = config or WebConfig()
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     app.config["MAX_CONTENT_LENGTH"] = int(cfg.max_upload_mb * 1024 * 1024)
     models = sharpeners if sharpeners is not None else _load_sharpeners(cfg)
     if not models:
         raise ValueError("the web app needs at least one model")
-    facts = [_model_facts(n, sh) for n, sh in models.items()]
-    gate = Gate(cfg.workers, cfg.queue)
-    app.extensions["sharpkd"] = {"models": models, "gate": gate, "config": cfg}
-    max_pixels = int(cfg.max_megapixels * 1e6)
-
-    # ---- helpers ---------------------------------------------------------------------------------
-    def upload(field_name: str = "image") -> LoadedImage:
-        f = request.files.get(field_name)
-        if f is None:
-            raise ApiError(400, f"no file in the form field '{field_name}'")
-        data = f.read()
-        if not data:
-            raise ApiError(400, "the uploaded file is empty")
-        try:
-            img = read_image(io.BytesIO(data), name="the upload", max_pixels=MAX_PIXELS)
-        except UnsupportedImageError as e:
-            raise ApiError(415, str(e)) from None
-        except ImageReadError as e:
-            raise ApiError(400, str(e)) from None
-        if img.rgb.shape[0] * img.rgb.shape[1] > max_pixels:
-            h, w = img.rgb.shape[:2]
-            raise ApiError(413, f"the image is {w}x{h}; this server takes at most {cfg.max_megapixels:g} megapixels")
-        return img
-
-    def model_name(default: str | None = None) -> str:
-        name = request.form.get("model") or default or next(iter(models))
-        if name not in models:
-            raise ApiError(400, f"unknown model {name!r}; this server has: {', '.join(models)}")
-        return name
-
-    def flag(name: str, default: bool = False) -> bool:
-        v = request.form.get(name, request.args.get(name))
-        return default if v is None else v.lower() in ("1", "true", "yes", "on")
-
-    def agreement(name: str, rgb: np.ndarray) -> float | None:
-        """SSIM between this model's and the teacher's output on a downscaled copy."""
-        if name == "teacher" or "teacher" not in models:
-            return None
-        small = _downscale(rgb, cfg.agreement_side)
-        a = models[name].sharpen_array(small)
-        b = models["teacher"].sharpen_array(small)
-        return round(ssim(np.round(a * 255), np.round(b * 255)), 4)
-
-    def sharpen(name: str, img: LoadedImage) -> tuple[LoadedImage, float]:
-        t0 = time.perf_counter()
-        out = models[name].sharpen_image(img)
-        return out, time.perf_counter() - t0
-
-    # ---- pages and API -------------------------------------------------------------------------
-    @app.get("/")
-    def index():
-        return render_template("index.html", models=facts, max_upload_mb=cfg.max_upload_mb,
-                               max_megapixels=cfg.max_megapixels, demo_blurs=DEMO_BLURS)
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify(status="ok", models=list(models))
-
-    @app.get("/api/models")
-    def api_models():
-        return jsonify(models=facts)
-
-    @app.get("/api/openapi.yaml")
-    def openapi():
-        return send_file(HERE / "openapi.yaml", mimetype="application/yaml")
-
-    @app.post("/api/sharpen")
-    def api_sharpen():
-        name = model_name()
-        fmt = request.form.get("format", "same").lower()
-        if fmt not in ("same", "png"):
-            raise ApiError(400, "format must be 'same' or 'png'")
-        want_json = request.form.get("response", "image") == "json"
-        with gate:  # admitted before decoding, so waiting requests hold only their compressed upload
-            img = upload()
-            out_fmt = "PNG" if fmt == "png" or img.format not in MIME else img.format  # e.g. a GIF comes back as PNG
-            out, seconds = sharpen(name, img)
-            scores = {}
-            if flag("scores", default=want_json):
-                before = sharpness(img.rgb)
-                scores["sharpness_gain"] = round(sharpness(out.rgb) / before, 3) if before > 0 else None
-                scores["agreement"] = agreement(name, img.rgb)
-            data = encode_image(out, out_fmt)
-            preview = _b64(encode_image(img, "PNG")) if want_json and flag("preview") else None
-        h, w = out.rgb.shape[:2]
-        meta = {"model": name, "width": w, "height": h, "format": out_fmt, "mime": MIME[out_fmt],
-                "extension": EXTENSION[out_fmt], "time_ms": round(seconds * 1000, 1), "scores": scores}
-        if want_json:
-            meta["image"] = _b64(data)
-            if preview:  # a PNG of the upload for browsers that cannot show its format (TIFF)
-                meta["preview"] = preview
-            return jsonify(meta)
-        resp = Response(data, mimetype=MIME[out_fmt])
-        resp.headers["Content-Disposition"] = f'attachment; filename="sharpened{EXTENSION[out_fmt]}"'
-        resp.headers["X-Processing-Time-Ms"] = str(meta["time_ms"])
-        for k, v in scores.items():
-            resp.headers[f"X-Score-{k.replace('_', '-').title()}"] = "" if v is None else str(v)
-        return resp
-
-    @app.post("/api/demo")
-    def api_demo():
-        from sharpkd.degrade import make_kernel, protocol_degrade
-
-        name = model_name()
-        kind = request.form.get("blur", "gaussian")
-        if kind not in DEMO_BLURS:
-            raise ApiError(400, f"blur must be one of {', '.join(DEMO_BLURS)}")
-        param, lo, hi = DEMO_BLURS[kind]
-        try:
-            strength = float(request.form.get("strength", 2.0 if kind == "gaussian" else 10.0))
-        except ValueError:
-            raise ApiError(400, "strength must be a number") from None
-        if not lo <= strength <= hi:
-            raise ApiError(400, f"{param} of {kind} blur must be between {lo:g} and {hi:g}")
-        seed = request.form.get("seed", "0")
-        # isascii: str.isdigit accepts superscripts such as "²", which int() rejects
-        if not (seed.isascii() and seed.isdigit() and len(seed) <= 9):
-            raise ApiError(400, "seed must be an integer from 0 to 999999999")
-        kernel = make_kernel(kind, **{param: strength}, seed=int(seed))
-        with gate:
-            img = upload()
-            sharp8 = np.round(img.rgb * 255).astype(np.uint8)
-            blurred8 = protocol_degrade(sharp8, kernel, int(seed))  # blur, 1/255 noise, 8-bit rounding
-            blurred = LoadedImage(blurred8.astype(np.float32) / 255.0, None, "RGB", "PNG")
-            out, seconds = sharpen(name, blurred)
-            out8 = np.round(out.rgb * 255).astype(np.uint8)
-            metrics = {k: {"psnr": round(psnr(v, sharp8), 2), "ssim": round(ssim(v, sharp8), 4)}
-                       for k, v in (("blurred", blurred8), ("sharpened", out8))}
-            result = {"model": name, "blur": kind, param: strength, "time_ms": round(seconds * 1000, 1),
-                      "metrics": metrics, "width": int(sharp8.shape[1]), "height": int(sharp8.shape[0]),
-                      "original": _b64(encode_image(LoadedImage(img.rgb), "PNG")),
-                      "blurred": _b64(encode_image(blurred, "PNG")), "sharpened": _b64(encode_image(out, "PNG"))}
-        return jsonify(result)
-
-    # ---- errors: always JSON, never a traceback ------------------------------------------------
-    @app.errorhandler(ApiError)
-    def api_error(e: ApiError):
-        resp = jsonify(error=e.message, status=e.status)
-        resp.status_code = e.status
-        if e.retry_after is not None:
-            resp.headers["Retry-After"] = str(e.retry_after)
-        return resp
-
-    @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException):
-        message = e.description or e.name
-        if e.code == 413:
-            message = f"the upload is larger than this server's limit of {cfg.max_upload_mb:g} MB"
-        resp = jsonify(error=message, status=e.code)
-        resp.status_code = e.code or 500
-        return resp
-
-    @app.errorhandler(Exception)
-    def unexpected(e: Exception):
-        app.logger.exception("unhandled error")
-        resp = jsonify(error="internal error while processing the image", status=500)
-        resp.status_code = 500
-        return resp
-
+    app.extensions["sharpkd"] = AppState(cfg, models, [_model_facts(n, sh) for n, sh in models.items()],
+                                         Gate(cfg.workers, cfg.queue))
+    app.register_blueprint(bp)
     return app
+
+
+# ---- request helpers -------------------------------------------------------------------------------
+def upload(field_name: str = "image") -> LoadedImage:
+    """The uploaded image of ``field_name``, decoded from memory within this server's size limit."""
+    st = state()
+    f = request.files.get(field_name)
+    if f is None:
+        raise ApiError(400, f"no file in the form field '{field_name}'")
+    data = f.read()
+    if not data:
+        raise ApiError(400, "the uploaded file is empty")
+    try:
+        img = read_image(io.BytesIO(data), name="the upload", max_pixels=MAX_PIXELS)
+    except UnsupportedImageError as e:
+        raise ApiError(415, str(e)) from None
+    except ImageReadError as e:
+        raise ApiError(400, str(e)) from None
+    if img.rgb.shape[0] * img.rgb.shape[1] > st.max_pixels:
+        h, w = img.rgb.shape[:2]
+        raise ApiError(413, f"the image is {w}x{h}; this server takes at most {st.config.max_megapixels:g} "
+                            "megapixels")
+    return img
+
+
+def model_name(default: str | None = None) -> str:
+    models = state().models
+    name = request.form.get("model") or default or next(iter(models))
+    if name not in models:
+        raise ApiError(400, f"unknown model {name!r}; this server has: {', '.join(models)}")
+    return name
+
+
+def flag(name: str, default: bool = False) -> bool:
+    v = request.form.get(name, request.args.get(name))
+    return default if v is None else v.lower() in ("1", "true", "yes", "on")
+
+
+def agreement(name: str, rgb: np.ndarray) -> float | None:
+    """SSIM between this model's and the teacher's output on a downscaled copy."""
+    from sharpkd.metrics import ssim
+
+    st = state()
+    if name == "teacher" or "teacher" not in st.models:
+        return None
+    small = _downscale(rgb, st.config.agreement_side)
+    a = st.models[name].sharpen_array(small)
+    b = st.models["teacher"].sharpen_array(small)
+    return round(ssim(np.round(a * 255), np.round(b * 255)), 4)
+
+
+def sharpen(name: str, img: LoadedImage) -> tuple[LoadedImage, float]:
+    t0 = time.perf_counter()
+    out = state().models[name].sharpen_image(img)
+    return out, time.perf_counter() - t0
+
+
+# ---- pages and API -----------------------------------------------------------------------------------
+@bp.get("/")
+def index():
+    st = state()
+    return render_template("index.html", models=st.facts, max_upload_mb=st.config.max_upload_mb,
+                           max_megapixels=st.config.max_megapixels, demo_blurs=DEMO_BLURS)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok", models=list(state().models))
+
+
+@bp.get("/api/models")
+def api_models():
+    return jsonify(models=state().facts)
+
+
+@bp.get("/api/openapi.yaml")
+def openapi():
+    return send_file(HERE / "openapi.yaml", mimetype="application/yaml")
+
+
+def _sharpen_response(name: str, out: LoadedImage, out_fmt: str, data: bytes, seconds: float, scores: dict,
+                      preview: str | None, want_json: bool) -> Response:
+    h, w = out.rgb.shape[:2]
+    meta = {"model": name, "width": w, "height": h, "format": out_fmt, "mime": MIME[out_fmt],
+            "extension": EXTENSION[out_fmt], "time_ms": round(seconds * 1000, 1), "scores": scores}
+    if want_json:
+        meta["image"] = _b64(data)
+        if preview:  # a PNG of the upload for browsers that cannot show its format (TIFF)
+            meta["preview"] = preview
+        return jsonify(meta)
+    resp = Response(data, mimetype=MIME[out_fmt])
+    resp.headers["Content-Disposition"] = f'attachment; filename="sharpened{EXTENSION[out_fmt]}"'
+    resp.headers["X-Processing-Time-Ms"] = str(meta["time_ms"])
+    for k, v in scores.items():
+        resp.headers[f"X-Score-{k.replace('_', '-').title()}"] = "" if v is None else str(v)
+    return resp
+
+
+@bp.post("/api/sharpen")
+def api_sharpen():
+    from sharpkd.metrics import sharpness
+
+    name = model_name()
+    fmt = request.form.get("format", "same").lower()
+    if fmt not in ("same", "png"):
+        raise ApiError(400, "format must be 'same' or 'png'")
+    want_json = request.form.get("response", "image") == "json"
+    with state().gate:  # admitted before decoding, so waiting requests hold only their compressed upload
+        img = upload()
+        out_fmt = "PNG" if fmt == "png" or img.format not in MIME else img.format  # e.g. a GIF comes back as PNG
+        out, seconds = sharpen(name, img)
+        scores = {}
+        if flag("scores", default=want_json):
+            before = sharpness(img.rgb)
+            scores["sharpness_gain"] = round(sharpness(out.rgb) / before, 3) if before > 0 else None
+            scores["agreement"] = agreement(name, img.rgb)
+        data = encode_image(out, out_fmt)
+        preview = _b64(encode_image(img, "PNG")) if want_json and flag("preview") else None
+    return _sharpen_response(name, out, out_fmt, data, seconds, scores, preview, want_json)
+
+
+def _demo_request() -> tuple[str, str, float, int]:
+    """Model, blur kind, strength and seed of a demo request, checked."""
+    name = model_name()
+    kind = request.form.get("blur", "gaussian")
+    if kind not in DEMO_BLURS:
+        raise ApiError(400, f"blur must be one of {', '.join(DEMO_BLURS)}")
+    param, lo, hi = DEMO_BLURS[kind]
+    try:
+        strength = float(request.form.get("strength", 2.0 if kind == "gaussian" else 10.0))
+    except ValueError:
+        raise ApiError(400, "strength must be a number") from None
+    if not lo <= strength <= hi:
+        raise ApiError(400, f"{param} of {kind} blur must be between {lo:g} and {hi:g}")
+    seed = request.form.get("seed", "0")
+    # isascii: str.isdigit accepts superscripts such as "²", which int() rejects
+    if not (seed.isascii() and seed.isdigit() and len(seed) <= 9):
+        raise ApiError(400, "seed must be an integer from 0 to 999999999")
+    return name, kind, strength, int(seed)
+
+
+@bp.post("/api/demo")
+def api_demo():
+    from sharpkd.degrade import make_kernel, protocol_degrade
+    from sharpkd.metrics import psnr, ssim
+
+    name, kind, strength, seed = _demo_request()
+    param = DEMO_BLURS[kind][0]
+    kernel = make_kernel(kind, **{param: strength}, seed=seed)
+    with state().gate:
+        img = upload()
+        sharp8 = np.round(img.rgb * 255).astype(np.uint8)
+        blurred8 = protocol_degrade(sharp8, kernel, seed)  # blur, 1/255 noise, 8-bit rounding
+        blurred = LoadedImage(blurred8.astype(np.float32) / 255.0, None, "RGB", "PNG")
+        out, seconds = sharpen(name, blurred)
+        out8 = np.round(out.rgb * 255).astype(np.uint8)
+        metrics = {k: {"psnr": round(psnr(v, sharp8), 2), "ssim": round(ssim(v, sharp8), 4)}
+                   for k, v in (("blurred", blurred8), ("sharpened", out8))}
+        result = {"model": name, "blur": kind, param: strength, "time_ms": round(seconds * 1000, 1),
+                  "metrics": metrics, "width": int(sharp8.shape[1]), "height": int(sharp8.shape[0]),
+                  "original": _b64(encode_image(LoadedImage(img.rgb), "PNG")),
+                  "blurred": _b64(encode_image(blurred, "PNG")), "sharpened": _b64(encode_image(out, "PNG"))}
+    return jsonify(result)
+
+
+# ---- every response: host and origin checks, security headers ------------------------------------------
+SECURITY_HEADERS = {
+    # scripts and styles come from this server only; result images are data: and blob: URLs
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def _hostname(netloc: str) -> str:
+    """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``[::1]`` (lower case)."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[: netloc.find("]") + 1]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+@bp.before_app_request
+def check_host_and_origin():
+    allowed = state().config.allowed_hosts
+    host = _hostname(request.host)
+    if allowed and host not in allowed:
+        raise ApiError(403, "this server does not answer to that host name")
+    origin = request.headers.get("Origin")
+    if request.method == "POST" and origin and origin != "null":
+        from urllib.parse import urlsplit
+
+        if urlsplit(origin).netloc.lower() != request.host.lower():
+            raise ApiError(403, "cross-site requests are not accepted")
+
+
+@bp.after_app_request
+def security_headers(resp: Response) -> Response:
+    for k, v in SECURITY_HEADERS.items():
+        resp.headers.setdefault(k, v)
+    return resp
+
+
+# ---- errors: always JSON, never a traceback ------------------------------------------------------------
+@bp.app_errorhandler(ApiError)
+def api_error(e: ApiError):
+    resp = jsonify(error=e.message, status=e.status)
+    resp.status_code = e.status
+    if e.retry_after is not None:
+        resp.headers["Retry-After"] = str(e.retry_after)
+    return resp
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(e: HTTPException):
+    message = e.description or e.name
+    if e.code == 413:
+        message = f"the upload is larger than this server's limit of {state().config.max_upload_mb:g} MB"
+    resp = jsonify(error=message, status=e.code)
+    resp.status_code = e.code or 500
+    return resp
+
+
+@bp.app_errorhandler(Exception)
+def unexpected(e: Exception):
+    current_app.logger.exception("unhandled error")
+    resp = jsonify(error="internal error while processing the image", status=500)
+    resp.status_code = 500
+    return resp
 
 
 def limit_malloc_arenas(n: int = 2) -> bool:
@@ -340,4 +440,4 @@ def serve(cfg: WebConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
                    max_request_body_size=int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024)
 
 
-__all__ = ["ApiError", "Gate", "WebConfig", "create_app", "serve"]
+__all__ = ["ApiError", "AppState", "Gate", "WebConfig", "bp", "create_app", "serve"]

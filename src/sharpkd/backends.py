@@ -1,0 +1,168 @@
+"""Backends: what runs the pixels under a :class:`~sharpkd.infer.Sharpener`.
+
+A backend is a callable on (B, 3, H, W) float tensors in [0, 1] that declares two things: ``kind``
+(``torch``, ``onnx``, ``onnx-int8`` or ``classical``) and ``multiple``, the number that the input's
+height and width must be multiples of (the Sharpener pads to it). There are three:
+
+- :class:`TorchBackend`, a sharpkd network in PyTorch (any device; the blind teacher runs only here);
+- :class:`OnnxBackend`, an exported ``.onnx`` file in ONNX Runtime on the CPU;
+- :class:`UnsharpMask`, the classical baseline.
+
+:func:`resolve` is the one place that turns a name (``student``, ``teacher``, ``unsharp``, a model
+file, a run folder, a ``.onnx`` file) and a backend name into a backend. Loading only loads: it never
+exports or quantises. An ONNX backend needs an exported file, either the one given or the
+``NAME.onnx`` / ``NAME-int8.onnx`` that sits beside the model file (the shipped student has both;
+``sharpkd export`` makes them for any other model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sharpkd.checkpoint import SHIPPED, CheckpointError, load_model, read_info
+from sharpkd.deblur.solve import symmetric_pad
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_INPUT, ONNX_OUTPUT = "image", "sharp"
+
+
+class BackendError(ValueError):
+    """A model cannot run on the backend asked for (the message says what to do instead)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    kind: str
+    multiple: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchBackend:
+    """A sharpkd network in PyTorch, in eval mode on ``device``."""
+
+    kind = "torch"
+
+    def __init__(self, module: nn.Module, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.multiple = int(getattr(getattr(module, "config", None), "multiple", 1))
+
+    @property
+    def blind(self) -> bool:
+        """True for a model that estimates the blur of the whole photo first (the blind teacher)."""
+        return hasattr(self.module, "estimate") and hasattr(self.module, "restore")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class OnnxBackend:
+    """An exported sharpkd ONNX model run by ONNX Runtime on the CPU (``threads``: intra-op threads,
+    0 for ONNX Runtime's default). ``kind`` is ``onnx-int8`` for a quantised file."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"no ONNX model at {path}")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise CheckpointError(f"{path} is not a loadable ONNX model: {e}") from e
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "sharpkd" not in meta:
+            raise CheckpointError(f"{path} is an ONNX model but not a sharpkd export (no 'sharpkd' metadata)")
+        try:
+            self.info = json.loads(meta["sharpkd"])
+            self.multiple = int(self.info["multiple"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: unreadable sharpkd metadata ({e})") from e
+        if not 1 <= self.multiple <= 64:
+            raise CheckpointError(f"{path}: implausible size multiple {self.multiple}")
+        self.kind = "onnx-int8" if self.info.get("precision") == "int8" else "onnx"
+        self.path = path
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        return torch.from_numpy(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: arr})[0])
+
+
+class UnsharpMask:
+    """The classical baseline as a backend: ``x + amount * (x - gaussian(x, radius))``, the same
+    filter as ``skimage.filters.unsharp_mask(radius=1, amount=1)`` used by the benchmark."""
+
+    kind = "classical"
+    multiple = 1
+
+    def __init__(self, radius: float = 1.0, amount: float = 1.0):
+        from sharpkd.degrade import gaussian_kernel
+
+        self.radius, self.amount = radius, amount
+        self.kernel = gaussian_kernel(radius, 2 * int(4 * radius + 0.5) + 1)  # skimage truncates at 4 sigma
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.kernel.shape[0] // 2
+        c = x.shape[1]
+        k = torch.as_tensor(self.kernel, dtype=x.dtype, device=x.device).expand(c, 1, -1, -1)
+        blurred = F.conv2d(symmetric_pad(x, p), k, groups=c)
+        return (x + self.amount * (x - blurred)).clamp(0, 1)
+
+
+CLASSICAL = {"unsharp": UnsharpMask}
+
+
+def _is_blind(name_or_path: str | Path) -> bool:
+    try:
+        return read_info(name_or_path).get("arch") == "blind"
+    except CheckpointError:
+        return False
+
+
+def onnx_file_for(name_or_path: str | Path, int8: bool = False) -> Path:
+    """The exported ONNX file of a shipped name or a model file: ``NAME.onnx`` (``NAME-int8.onnx``
+    with ``int8``) beside its weights. Raises :class:`BackendError` when there is none."""
+    key = str(name_or_path)
+    weights = SHIPPED.get(key, Path(name_or_path))
+    if weights.is_dir():
+        weights = weights / "model.safetensors"
+    candidate = weights.with_name(f"{weights.stem}{'-int8' if int8 else ''}.onnx")
+    if candidate.is_file():
+        return candidate
+    flag = " --int8" if int8 else ""
+    raise BackendError(f"no {'INT8 ' if int8 else ''}ONNX export of {key} (looked for {candidate.name} beside the "
+                       f"weights); make one with `sharpkd export --model {key}{flag} -o {candidate.name}` and pass "
+                       "that file as the model, or use --backend torch")
+
+
+def resolve(name_or_path: str | Path = "student", backend: str = "torch", *, device: str | torch.device = "cpu",
+            threads: int = 0) -> Backend:
+    """The backend that runs ``name_or_path`` with ``backend`` (one of :data:`BACKENDS`)."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    key = str(name_or_path)
+    if key in CLASSICAL:
+        return CLASSICAL[key]()
+    if str(device) == "cuda" and not torch.cuda.is_available():
+        raise BackendError("device 'cuda' requested but CUDA is not available")
+    if backend == "torch" and not key.endswith(".onnx"):
+        return TorchBackend(load_model(name_or_path, device)[0], device)
+    if str(device) != "cpu":
+        raise BackendError("the onnx backends run on the CPU; use --backend torch for CUDA")
+    if key.endswith(".onnx"):
+        return OnnxBackend(key, threads)
+    if _is_blind(name_or_path):
+        raise BackendError(f"{key} is the blind teacher (kernel estimation + iterative solver), which runs on "
+                           "the torch backend only; use --backend torch")
+    return OnnxBackend(onnx_file_for(name_or_path, int8=backend == "onnx-int8"), threads)
