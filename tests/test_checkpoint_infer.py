@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,24 @@ def test_average_models_tool(tmp_path, perturbed, load_script):
         mod.average([str(pa), str(pc)], tmp_path / "avg2")
     with pytest.raises(ValueError, match="at least two"):
         mod.average([str(pa)], tmp_path / "avg3")
+
+
+def test_model_card_carries_provenance_and_the_benchmark_rows(load_script, tmp_path):
+    import json
+
+    from sharpkd.checkpoint import build_preset, save_model
+
+    ship = load_script("tools/ship_model.py")
+    _, model = build_preset("student")
+    info = {"stage": "student", "preset": "student", "steps": 120, "distilled": True, "teacher": "teacher",
+            "command": "sharpkd train student --steps 120", "wall_time_s": 600.0, "hardware": "2 test cores",
+            "data": ["photos/"], "val_psnr": 30.0, "val_blurred_psnr": 28.5,
+            "train_config": {"batch_size": 8, "patch_size": 96, "w_kd_out": 1.0, "w_kd_feat": 0.1}}
+    path = save_model(tmp_path / "m.safetensors", model, info)
+    loaded, full_info = load_model(path)
+    rows = json.loads((Path(__file__).parents[1] / "docs/eval/results.json").read_text())["rows"][:2]
+    text = ship.card("student", loaded, full_info, rows, protocol_version=2)
+    assert "sharpkd train student --steps 120" in text and "steps: 120" in text and "10.0 min" in text
+    assert "version 2" in text and "distillation output 1.0" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 3 and table[1].startswith("| blurred input |") and "+0.00" in table[1]

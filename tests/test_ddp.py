@@ -11,6 +11,8 @@ import torch
 
 from sharpkd.checkpoint import load_model
 
+pytestmark = pytest.mark.slow
+
 COMMON = ["teacher", "--arch", "student", "--steps", "4", "--batch-size", "4", "--patch-size", "32",
           "--val-every", "2", "--log-every", "1", "--threads", "1", "--seed", "3"]
 

@@ -58,6 +58,7 @@ def test_classical_baselines_help_where_they_should(photo):
     assert unsharp(blurred).shape == photo.shape
 
 
+@pytest.mark.slow
 def test_blurred_row_reproduces_benchmark_md(shared_datasets, tmp_path):
     res = run_benchmark(shared_datasets / "eval" / "kodak24", [], tmp_path, shared_datasets / "kernels" / "levin09.npz",
                         progress=False, classical=False)
@@ -96,6 +97,7 @@ def test_feature_distance_orders_blur(photo):
     assert 0 < feature_distance(photo, light) < feature_distance(photo, heavy)
 
 
+@pytest.mark.slow
 def test_benchmark_vgg_distance_column(shared_datasets, tmp_path):
     res = run_benchmark(shared_datasets / "eval" / "kodak24", [], tmp_path, shared_datasets / "kernels" / "levin09.npz",
                         limit=1, progress=False, vgg_distance=True)
@@ -105,57 +107,3 @@ def test_benchmark_vgg_distance_column(shared_datasets, tmp_path):
     assert 0 < oracle["vgg_distance"] < blurred["vgg_distance"]
     assert set(blurred["per_degradation"]["motion"]) == {"psnr", "ssim", "vgg_distance"}
     assert "VGG dist" in res["markdown"].splitlines()[3]
-
-
-def test_motion_alignment_finds_the_shift(load_script):
-    """The motion diagnostic's aligned PSNR undoes a whole-pixel shift and reports it."""
-    mod = load_script("benchmarks/motion_alignment.py")
-    rng = np.random.default_rng(0)
-    gt = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    moved = np.roll(gt, (2, -3), axis=(0, 1))  # out[y] = gt[y - 2]: aligned by looking 2 rows further
-    plain, best, shift = mod.aligned_psnr(gt, moved, 4)
-    assert shift == (2, -3)
-    assert best > 90 and plain < 15
-    same = mod.aligned_psnr(gt, gt, 4)
-    assert same[2] == (0, 0) and same[0] == same[1]
-
-    # the blind ceiling moves the sharp image exactly as the benchmark's convolution does
-    from sharpkd.evaluate import protocol_degrade
-
-    smooth = (np.stack(np.meshgrid(np.linspace(0, 6, 48), np.linspace(0, 5, 40)), -1).sum(-1))
-    img = np.repeat((127 + 100 * np.sin(smooth))[..., None], 3, -1).astype(np.uint8)
-    delta = np.zeros((9, 9))
-    delta[2, 7] = 1.0  # mass 2 rows up and 3 columns right of the centre
-    assert mod.kernel_centroid(delta) == (-2.0, 3.0)
-    convolved = protocol_degrade(img, delta, 0)  # includes 1/255 noise
-    moved = mod.centroid_shifted(img, delta)
-    inner = (slice(4, -4), slice(4, -4))
-    assert np.abs(moved[inner].astype(int) - convolved[inner].astype(int)).max() <= 5
-    opposite = mod.centroid_shifted(img, delta[::-1, ::-1])  # the same shift with the sign flipped
-    err = np.abs(opposite[inner].astype(int) - convolved[inner].astype(int)).mean()
-    assert err > 5 * np.abs(moved[inner].astype(int) - convolved[inner].astype(int)).mean()
-
-
-def test_kernel_pilot_wiener_inverts_a_known_blur_and_the_net_outputs_kernels(load_script):
-    import torch
-
-    from sharpkd.degrade import blur, motion_kernel
-
-    mod = load_script("benchmarks/kernel_pilot.py")
-    torch.manual_seed(0)
-    sharp = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 96, 96), 3, 1, 1)  # mildly smooth texture
-    k = torch.from_numpy(np.stack([motion_kernel(np.random.default_rng(s), 12.0, size=mod.KSIZE)
-                                   for s in range(2)]).astype(np.float32))
-    blurred = blur(sharp, k)
-    inner = (..., slice(20, -20), slice(20, -20))
-    restored = mod.wiener(blurred, k, lam=1e-4)
-    wrong = mod.wiener(blurred, k.flip(-1).flip(-2).transpose(-1, -2), lam=1e-4)
-    p = [mod.psnr_8bit(x[inner], sharp[inner]).mean().item() for x in (blurred, restored, wrong)]
-    assert p[1] > p[0] + 5  # the true kernel undoes the blur
-    assert p[2] < p[1] - 5  # a different kernel does not
-    net = mod.KernelNet()
-    est = net(mod.rgb_to_grayscale(blurred))
-    assert est.shape == (2, mod.KSIZE, mod.KSIZE)
-    assert torch.all(est >= 0) and torch.allclose(est.sum(dim=(1, 2)), torch.ones(2), atol=1e-5)
-    c = mod.KSIZE // 2
-    assert est[0, c, c] == est[0].max()  # the untrained estimate is a centred blob

@@ -9,7 +9,7 @@ from sharpkd.export import export_onnx
 from sharpkd.infer import Sharpener
 
 
-@pytest.mark.parametrize("name", ["student", "nafunet-s", "student-w"])
+@pytest.mark.parametrize("name", ["student", pytest.param("nafunet-s", marks=pytest.mark.slow), "student-w"])
 def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name, perturbed):
     model = perturbed(name)
     runner = OnnxBackend(export_onnx(model, tmp_path / "m.onnx", {"steps": 3}))

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 from sharpkd.checkpoint import SHIPPED, WEIGHTS_DIR, count_params, load_model, macs_per_pixel, save_model
-from sharpkd.evaluate import DEGRADATIONS
+from sharpkd.evaluate import results_table
 
 
-def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
+def card(name: str, model, info: dict, eval_rows: list[dict] | None, protocol_version: int = 1) -> str:
     tc = info.get("train_config", {})
     lines = [f"# Model card: `{name}`", "",
              f"- file: `src/sharpkd/weights/{name}.safetensors` ({info.get('dtype', 'float32')} weights)",
@@ -45,16 +45,9 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None) -> str:
              f"- hold-out validation PSNR: {info.get('val_psnr', float('nan')):.2f} dB "
              f"(blurred input {info.get('val_blurred_psnr', float('nan')):.2f} dB)", ""]
     if eval_rows:
-        lines += ["## Benchmark (Kodak24, `shared/BENCHMARK.md`), PSNR dB / SSIM", "",
+        lines += [f"## Benchmark (Kodak24, `shared/BENCHMARK.md` version {protocol_version}), PSNR dB / SSIM", "",
                   "`sharpkd eval --data ../shared/datasets/eval/kodak24 --models teacher,student,student-nokd "
-                  "--out docs/eval` (the shipped fp16 file itself)", "",
-                  "| method | " + " | ".join(DEGRADATIONS) + " | mean | gain |", "|" + "---|" * 7]
-        for r in eval_rows:
-            cells = [f"{r['per_degradation'][d]['psnr']:.2f} / {r['per_degradation'][d]['ssim']:.4f}"
-                     for d in DEGRADATIONS]
-            lines.append(f"| {r['method']} | " + " | ".join(cells)
-                         + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f} |")
-        lines.append("")
+                  "--out docs/eval` (the shipped file itself)", "", *results_table(eval_rows, speed=False), ""]
     lines += [*info.get("notes", []), "",
               "Intended use: sharpening mildly to moderately blurred photographs (focus, camera shake).",
               "Trained on synthetic degradations; strong real-world blur, heavy noise or compression may be",
@@ -115,13 +108,14 @@ def main() -> None:
     model, info = load_model(dest)
     if args.card_only and args.note:  # notes given now replace the ones stored at shipping
         info["notes"] = args.note
-    rows = None
+    rows, version = None, 1
     if args.eval:
         data = json.loads(args.eval.read_text())
+        version = data.get("protocol_version", 1)
         # the reference rows (no parameters, not an exported file) and this model's own row
-        rows = [r for r in data["rows"] if (not r.get("params") and not r["method"].endswith(".onnx"))
-                or r["method"] in (args.name, str(dest))]
-    (WEIGHTS_DIR / f"{args.name}.md").write_text(card(args.name, model, info, rows))
+        rows = [r for r in data["rows"]
+                if (not r.get("params") and not r["method"].endswith(".onnx")) or r["method"] in (args.name, str(dest))]
+    (WEIGHTS_DIR / f"{args.name}.md").write_text(card(args.name, model, info, rows, version))
     print(f"wrote {WEIGHTS_DIR / (args.name + '.md')}")
 
 

@@ -31,8 +31,8 @@ from sharpkd.metrics import psnr, ssim
 
 DEGRADATIONS = PROTOCOL_DEGRADATIONS
 __all__ = ["DEGRADATIONS", "PROTOCOL_VERSION", "load_levin_kernels", "protocol_degrade", "protocol_kernel",
-           "run_benchmark", "to_markdown", "unsharp", "wiener_oracle"]
-WIENER_BALANCE = 0.001  # chosen on training-pool photos (benchmarks/wiener_balance.py), not on Kodak
+           "results_table", "run_benchmark", "to_markdown", "unsharp", "wiener_oracle"]
+WIENER_BALANCE = 0.001  # chosen on training-pool photos, not on Kodak (benchmarks/wiener_balance.py in d7a2186)
 
 
 def load_eval_images(folder: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray]]:
@@ -90,6 +90,74 @@ def parse_model_spec(spec: str) -> tuple[str, int]:
     return spec, 1
 
 
+def protocol_cases(images: list[tuple[str, np.ndarray]], levin: list[np.ndarray]) -> list[tuple]:
+    """Every (image index, degradation index, blurred uint8 image, kernel) of the protocol."""
+    cases = []
+    for i, (_, sharp) in enumerate(images):
+        for j in range(len(DEGRADATIONS)):
+            k = protocol_kernel(j, i, levin)
+            cases.append((i, j, protocol_degrade(sharp, k, 1000 * j + i), k))
+    return cases
+
+
+def model_method(spec: str, device: str = "cpu", tile: int = 0, backend: str = "torch") -> tuple[str, Callable, dict]:
+    """A benchmark row for a model spec (``name`` or ``name@xN``): its name, a function of (blurred
+    uint8, kernel) that ignores the kernel, and what the table says about the model."""
+    import torch
+
+    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel, read_info
+    from sharpkd.infer import Sharpener
+
+    m, ensemble = parse_model_spec(spec)
+    sh = Sharpener.from_pretrained(m, device=device, tile=tile, backend=backend, ensemble=ensemble)
+    if isinstance(sh.model, torch.nn.Module):
+        torch_model, info = sh.model, read_info(m)  # header only; the weights are loaded once
+    elif m.endswith(".onnx"):
+        torch_model, info = None, sh.model.info
+    else:  # onnx backend for a sharpkd model file: count parameters on the torch weights
+        torch_model, info = load_model(m)
+    meta = {"arch": info.get("preset", info.get("arch")), "steps": info.get("steps"),
+            "distilled": info.get("distilled"), "backend": "onnx" if m.endswith(".onnx") else backend,
+            "precision": info.get("precision", "int8" if backend == "onnx-int8" else "fp32"), "ensemble": ensemble}
+    if torch_model is not None:
+        meta.update(params=count_params(torch_model), macs_per_pixel=ensemble * macs_per_pixel(torch_model))
+    return spec, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta
+
+
+def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list, vgg_distance: bool = False,
+                 bar=None) -> dict:
+    """One row of the table: mean PSNR/SSIM per degradation (and per image), time per image."""
+    per = {d: {"psnr": [], "ssim": [], "vgg": []} for d in DEGRADATIONS}
+    seconds = 0.0
+    for i, j, blurred, k in cases:
+        t = time.perf_counter()
+        out = fn(blurred, k)
+        seconds += time.perf_counter() - t
+        sharp = images[i][1]
+        if out.shape != sharp.shape:
+            raise ValueError(f"{name} returned shape {out.shape} for an image of shape {sharp.shape}")
+        per[DEGRADATIONS[j]]["psnr"].append(psnr(sharp, out))
+        per[DEGRADATIONS[j]]["ssim"].append(ssim(sharp, out))
+        if vgg_distance:
+            per[DEGRADATIONS[j]]["vgg"].append(feature_distance(sharp, out))
+        if bar is not None:
+            bar.update(1)
+    row = {"method": name, **meta,
+           "per_degradation": {d: {"psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"]))}
+                               for d, v in per.items()},
+           "per_image_psnr": {d: v["psnr"] for d, v in per.items()},
+           "seconds_per_image": seconds / len(cases),
+           "megapixels_per_s": np.mean([b.shape[0] * b.shape[1] for _, _, b, _ in cases]) / 1e6
+           / max(seconds / len(cases), 1e-9)}
+    row["mean_psnr"] = float(np.mean([row["per_degradation"][d]["psnr"] for d in DEGRADATIONS]))
+    row["mean_ssim"] = float(np.mean([row["per_degradation"][d]["ssim"] for d in DEGRADATIONS]))
+    if vgg_distance:
+        for d in DEGRADATIONS:
+            row["per_degradation"][d]["vgg_distance"] = float(np.mean(per[d]["vgg"]))
+        row["vgg_distance"] = float(np.mean([row["per_degradation"][d]["vgg_distance"] for d in DEGRADATIONS]))
+    return row
+
+
 def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kernels: str | Path,
                   limit: int = 0, device: str = "cpu", tile: int = 0, progress: bool = True,
                   classical: bool = True, backend: str = "torch", vgg_distance: bool = False) -> dict:
@@ -97,73 +165,18 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
 
     ``vgg_distance`` also reports, per row, the VGG16 feature distance to the ground truth (the
     perceptual training loss's measure: mean L1 over relu1_2/relu2_2/relu3_3; lower is closer)."""
-    import torch
-
-    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel, read_info
-    from sharpkd.infer import Sharpener
     from sharpkd.provenance import hardware
 
     images = load_eval_images(data, limit)
-    levin = load_levin_kernels(kernels)
-    cases = []  # (image index, degradation index, blurred uint8, kernel)
-    for i, (_, sharp) in enumerate(images):
-        for j in range(len(DEGRADATIONS)):
-            k = protocol_kernel(j, i, levin)
-            cases.append((i, j, protocol_degrade(sharp, k, 1000 * j + i), k))
-
+    cases = protocol_cases(images, load_levin_kernels(kernels))
     methods: list[tuple[str, Callable, dict]] = []
     if classical:
         methods += [(n, f, {}) for n, f in CLASSICAL.items()]
     else:
         methods.append(("blurred input", CLASSICAL["blurred input"], {}))
-    for spec in models:
-        m, ensemble = parse_model_spec(spec)
-        sh = Sharpener.from_pretrained(m, device=device, tile=tile, backend=backend, ensemble=ensemble)
-        if isinstance(sh.model, torch.nn.Module):
-            torch_model, info = sh.model, read_info(m)  # header only; the weights are loaded once
-        elif m.endswith(".onnx"):
-            torch_model, info = None, sh.model.info
-        else:  # onnx backend for a sharpkd model file: count parameters on the torch weights
-            torch_model, info = load_model(m)
-        meta = {"arch": info.get("preset", info.get("arch")), "steps": info.get("steps"),
-                "distilled": info.get("distilled"), "backend": "onnx" if m.endswith(".onnx") else backend,
-                "precision": info.get("precision", "int8" if backend == "onnx-int8" else "fp32"), "ensemble": ensemble}
-        if torch_model is not None:
-            meta.update(params=count_params(torch_model), macs_per_pixel=ensemble * macs_per_pixel(torch_model))
-        methods.append((spec, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta))
-
-    rows = []
-    total = len(methods) * len(cases)
-    bar = tqdm(total=total, desc="eval", unit="img", disable=not progress)
-    for name, fn, meta in methods:
-        per = {d: {"psnr": [], "ssim": [], "vgg": []} for d in DEGRADATIONS}
-        seconds = 0.0
-        for i, j, blurred, k in cases:
-            t = time.perf_counter()
-            out = fn(blurred, k)
-            seconds += time.perf_counter() - t
-            sharp = images[i][1]
-            if out.shape != sharp.shape:
-                raise ValueError(f"{name} returned shape {out.shape} for an image of shape {sharp.shape}")
-            per[DEGRADATIONS[j]]["psnr"].append(psnr(sharp, out))
-            per[DEGRADATIONS[j]]["ssim"].append(ssim(sharp, out))
-            if vgg_distance:
-                per[DEGRADATIONS[j]]["vgg"].append(feature_distance(sharp, out))
-            bar.update(1)
-        row = {"method": name, **meta,
-               "per_degradation": {d: {"psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"]))}
-                                   for d, v in per.items()},
-               "per_image_psnr": {d: v["psnr"] for d, v in per.items()},
-               "seconds_per_image": seconds / len(cases),
-               "megapixels_per_s": np.mean([b.shape[0] * b.shape[1] for _, _, b, _ in cases]) / 1e6
-               / max(seconds / len(cases), 1e-9)}
-        row["mean_psnr"] = float(np.mean([row["per_degradation"][d]["psnr"] for d in DEGRADATIONS]))
-        row["mean_ssim"] = float(np.mean([row["per_degradation"][d]["ssim"] for d in DEGRADATIONS]))
-        if vgg_distance:
-            for d in DEGRADATIONS:
-                row["per_degradation"][d]["vgg_distance"] = float(np.mean(per[d]["vgg"]))
-            row["vgg_distance"] = float(np.mean([row["per_degradation"][d]["vgg_distance"] for d in DEGRADATIONS]))
-        rows.append(row)
+    methods += [model_method(spec, device, tile, backend) for spec in models]
+    bar = tqdm(total=len(methods) * len(cases), desc="eval", unit="img", disable=not progress)
+    rows = [score_method(name, fn, meta, images, cases, vgg_distance, bar) for name, fn, meta in methods]
     bar.close()
     base = rows[0]["mean_psnr"]
     for r in rows:
@@ -191,22 +204,28 @@ def feature_distance(sharp: np.ndarray, out: np.ndarray) -> float:
         return float(perceptual(t(out), t(sharp)))
 
 
-def to_markdown(result: dict) -> str:
-    vgg = all("vgg_distance" in r for r in result["rows"])
+def results_table(rows: list[dict], speed: bool = True) -> list[str]:
+    """The markdown table of benchmark rows (the one renderer: results.md, README, model cards).
+    The first row is the reference of the gain column; ``speed`` adds parameters, MACs and MP/s."""
+    vgg = all("vgg_distance" in r for r in rows)
     head = ("| method | " + " | ".join(DEGRADATIONS) + " | mean PSNR / SSIM | gain (dB) | "
-            + ("VGG dist | " if vgg else "") + "params | MACs/px | MP/s |")
-    lines = [f"Kodak-protocol (BENCHMARK.md version {result.get('protocol_version', 1)}) results on "
-             f"{result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
-             f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend; .onnx rows: ONNX Runtime), "
-             f"{result['hardware']}.",
-             "", head,
-             "|" + "---|" * (len(DEGRADATIONS) + 6 + vgg)]
-    for r in result["rows"]:
+            + ("VGG dist | " if vgg else "") + ("params | MACs/px | MP/s |" if speed else ""))
+    lines = [head, "|" + "---|" * (len(DEGRADATIONS) + 3 + vgg + 3 * speed)]
+    for r in rows:
         cells = [f"{r['per_degradation'][d]['psnr']:.2f} / {r['per_degradation'][d]['ssim']:.4f}" for d in DEGRADATIONS]
-        params = f"{r['params']:,}" if "params" in r else "-"
-        macs = f"{r['macs_per_pixel']:,.0f}" if "macs_per_pixel" in r else "-"
-        lines.append(f"| {r['method']} | " + " | ".join(cells)
-                     + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f}"
-                     + (f" | {r['vgg_distance']:.2f}" if vgg else "") + f" | {params} | {macs}"
-                     + f" | {'-' if r is result['rows'][0] else format(r['megapixels_per_s'], '.2f')} |")
-    return "\n".join(lines)
+        line = (f"| {r['method']} | " + " | ".join(cells)
+                + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.4f} | {r['gain_db']:+.2f}"
+                + (f" | {r['vgg_distance']:.2f}" if vgg else ""))
+        if speed:
+            params = f"{r['params']:,}" if "params" in r else "-"
+            macs = f"{r['macs_per_pixel']:,.0f}" if "macs_per_pixel" in r else "-"
+            line += f" | {params} | {macs} | {'-' if r is rows[0] else format(r['megapixels_per_s'], '.2f')}"
+        lines.append(line + " |")
+    return lines
+
+
+def to_markdown(result: dict) -> str:
+    return "\n".join([f"Kodak-protocol (BENCHMARK.md version {result.get('protocol_version', 1)}) results on "
+                      f"{result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
+                      f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend; .onnx rows: "
+                      f"ONNX Runtime), {result['hardware']}.", "", *results_table(result["rows"])])
