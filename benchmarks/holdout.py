@@ -4,7 +4,7 @@
 
 The hold-out set is the one every training run validates on: 7 photos never trained on (hash
 split), 2 crops of 192x192 each, degraded by Gaussian sigma 1, 2, 3 and one procedural camera-shake
-kernel, with 1/255 noise and 8-bit rounding (``sharpkd.data.fixed_validation_set``). Use it to
+kernel, with 1/255 noise and 8-bit rounding (``sharpkd.evaluate.fixed_validation_set``). Use it to
 compare with Kodak24 (generalisation) without touching Kodak24.
 
 ``--max-side PX`` first reduces the hold-out photos (Lanczos) so their longer side is at most PX:
@@ -29,9 +29,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from sharpkd.data import fixed_validation_set, limit_size, load_photos, split_holdout
+    from sharpkd.data import limit_size, load_photos, split_holdout
+    from sharpkd.evaluate import DEGRADATIONS, fixed_validation_set, gains_by_kind, validate
     from sharpkd.infer import Sharpener
-    from sharpkd.train import VAL_KINDS, gains_by_kind, validate
 
     _, held = split_holdout(load_photos(args.data))
     if args.max_side:
@@ -40,7 +40,7 @@ def main() -> None:
     base = validate(torch.nn.Identity(), blurred, sharp, per_image=True)
     rows = []
     print(f"hold-out: {len(held)} photos, {len(blurred)} crops, blurred {float(base.mean()):.3f} dB\n")
-    print("| model | " + " | ".join(VAL_KINDS) + " | mean gain |\n|---|" + "---|" * (len(VAL_KINDS) + 1))
+    print("| model | " + " | ".join(DEGRADATIONS) + " | mean gain |\n|---|" + "---|" * (len(DEGRADATIONS) + 1))
     for m in args.models:
         sh = Sharpener.from_pretrained(m, tile=0)
         net = sh.model if isinstance(sh.model, torch.nn.Module) else _Wrap(sh.sharpen_tensor)
@@ -48,7 +48,7 @@ def main() -> None:
         kinds = gains_by_kind(out, base)
         mean = float((out - base).mean())
         rows.append({"model": m, "gain_by_kind": kinds, "mean_gain": round(mean, 3)})
-        print(f"| {m} | " + " | ".join(f"{kinds[k]:+.2f}" for k in VAL_KINDS) + f" | {mean:+.3f} |")
+        print(f"| {m} | " + " | ".join(f"{kinds[k]:+.2f}" for k in DEGRADATIONS) + f" | {mean:+.3f} |")
     if args.json:
         from pathlib import Path
 

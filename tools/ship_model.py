@@ -57,8 +57,8 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None, protocol_ve
 
 def fp16_check(full, half, info: dict) -> float:
     """Hold-out PSNR of the float32 model minus that of the fp16-stored one (dB)."""
-    from sharpkd.data import fixed_validation_set, load_photos, skimage_photos, split_holdout
-    from sharpkd.train import validate
+    from sharpkd.data import load_photos, skimage_photos, split_holdout
+    from sharpkd.evaluate import fixed_validation_set, validate
 
     tc = info.get("train_config", {})
     photos = load_photos(tc["data"]) if tc.get("data") else skimage_photos()

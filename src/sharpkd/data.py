@@ -214,32 +214,3 @@ class PatchSampler:
         """(blurred, sharp) pair of (B, 3, P, P) tensors, each patch freshly degraded."""
         sharp = self.sharp_batch(batch_size)
         return degrade_batch(sharp, degrade, self.rng), sharp
-
-
-def fixed_validation_set(photos: Sequence[Photo], crops_per_photo: int = 2, crop: int = 192,
-                         seed: int = 12345, with_kernels: bool = False):
-    """A fixed (blurred, sharp) hold-out set that mirrors the benchmark protocol on photos that are
-    never trained on: each crop is degraded by Gaussian sigma = 1, 2, 3 and by one procedural motion
-    kernel (the Levin kernels stay evaluation-only), with 1/255 noise and 8-bit rounding.
-    ``with_kernels`` also returns the kernel of each item (a list of 2-D arrays of varying size)."""
-    from sharpkd.degrade import gaussian_kernel, make_kernel, protocol_degrade
-
-    rng = np.random.default_rng(seed)
-    sampler = PatchSampler(photos, crop, seed=seed, tries=4)
-    gaussians = [gaussian_kernel(s) for s in (1.0, 2.0, 3.0)]
-    blurred, sharp, used = [], [], []
-    for n in range(crops_per_photo * len(photos)):
-        patch = np.ascontiguousarray(sampler.random_crop(photos[n % len(photos)].pixels))
-        kernels = gaussians + [make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)),
-                                   size=27)]
-        for j, k in enumerate(kernels):
-            blurred.append(protocol_degrade(patch, k, seed + 1000 * j + n))
-            sharp.append(patch)
-            used.append(k)
-
-    def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrs).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-
-    if with_kernels:
-        return to_tensor(blurred), to_tensor(sharp), used
-    return to_tensor(blurred), to_tensor(sharp)

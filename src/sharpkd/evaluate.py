@@ -8,30 +8,40 @@ protocol version 2), add N(0, 1/255) noise from
 oracle Wiener row alone is also given the true kernel). Scores: PSNR (uint8, range 255, whole image)
 and SSIM (Wang et al. 2004 settings) against the sharp original; means per degradation and over
 all four; gain = method - blurred input.
+
+The module also owns the second protocol, the hold-out validation that every training run logs:
+``fixed_validation_set`` degrades crops of never-trained photos with the same four kinds (a procedural
+camera-shake kernel in place of Levin's, which stay evaluation-only), and ``validate`` scores a
+network on it. Training imports this module; nothing here imports training.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from sharpkd.data import PatchSampler, Photo
 from sharpkd.degrade import (
     PROTOCOL_DEGRADATIONS,
     PROTOCOL_VERSION,
+    gaussian_kernel,
     load_levin_kernels,
+    make_kernel,
     protocol_degrade,
     protocol_kernel,
 )
-from sharpkd.metrics import psnr, ssim
+from sharpkd.metrics import batch_psnr, psnr, ssim
 
 DEGRADATIONS = PROTOCOL_DEGRADATIONS
-__all__ = ["DEGRADATIONS", "PROTOCOL_VERSION", "load_levin_kernels", "protocol_degrade", "protocol_kernel",
-           "results_table", "run_benchmark", "to_markdown", "unsharp", "wiener_oracle"]
+__all__ = ["DEGRADATIONS", "PROTOCOL_VERSION", "fixed_validation_set", "gains_by_kind", "load_levin_kernels",
+           "protocol_degrade", "protocol_kernel", "results_table", "run_benchmark", "to_markdown", "unsharp",
+           "validate", "wiener_oracle"]
 WIENER_BALANCE = 0.001  # chosen on training-pool photos, not on Kodak (benchmarks/wiener_balance.py in d7a2186)
 
 
@@ -229,3 +239,52 @@ def to_markdown(result: dict) -> str:
                       f"{result['images']} images ({result['data']}); PSNR (dB) / SSIM.",
                       f"Throughput: {result['device']} ({result.get('backend', 'torch')} backend; .onnx rows: "
                       f"ONNX Runtime), {result['hardware']}.", "", *results_table(result["rows"])])
+
+
+# ---- the hold-out validation that training logs: the protocol's four kinds on never-trained photos ----
+def fixed_validation_set(photos: Sequence[Photo], crops_per_photo: int = 2, crop: int = 192,
+                         seed: int = 12345, with_kernels: bool = False):
+    """A fixed (blurred, sharp) hold-out set that mirrors the benchmark protocol on photos that are
+    never trained on: each crop is degraded by Gaussian sigma = 1, 2, 3 and by one procedural motion
+    kernel (the Levin kernels stay evaluation-only), with 1/255 noise and 8-bit rounding.
+    ``with_kernels`` also returns the kernel of each item (a list of 2-D arrays of varying size)."""
+    rng = np.random.default_rng(seed)
+    sampler = PatchSampler(photos, crop, seed=seed, tries=4)
+    gaussians = [gaussian_kernel(s) for s in (1.0, 2.0, 3.0)]
+    blurred, sharp, used = [], [], []
+    for n in range(crops_per_photo * len(photos)):
+        patch = np.ascontiguousarray(sampler.random_crop(photos[n % len(photos)].pixels))
+        kernels = gaussians + [make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)),
+                                   size=27)]
+        for j, k in enumerate(kernels):
+            blurred.append(protocol_degrade(patch, k, seed + 1000 * j + n))
+            sharp.append(patch)
+            used.append(k)
+
+    def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrs).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+    if with_kernels:
+        return to_tensor(blurred), to_tensor(sharp), used
+    return to_tensor(blurred), to_tensor(sharp)
+
+
+@torch.inference_mode()
+def validate(model: torch.nn.Module, blurred: torch.Tensor, sharp: torch.Tensor, chunk: int = 8,
+             per_image: bool = False) -> float | torch.Tensor:
+    """Mean PSNR of the model's 8-bit output over the validation set (or the per-image PSNRs)."""
+    model.eval()
+    scores = []
+    for i in range(0, len(blurred), chunk):
+        out = model(blurred[i : i + chunk]).clamp(0, 1)
+        out = torch.round(out * 255) / 255  # score what would be saved to disk
+        scores.append(batch_psnr(out, sharp[i : i + chunk]))
+    model.train()
+    scores = torch.cat(scores)
+    return scores if per_image else float(scores.mean())
+
+
+def gains_by_kind(out_psnr: torch.Tensor, blurred_psnr: torch.Tensor) -> dict[str, float]:
+    """Mean gain per degradation of the validation set, rounded for the log."""
+    gain = out_psnr - blurred_psnr
+    return {k: round(float(gain[j :: len(DEGRADATIONS)].mean()), 3) for j, k in enumerate(DEGRADATIONS)}

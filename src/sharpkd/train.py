@@ -30,10 +30,10 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sharpkd.checkpoint import build_preset, count_params, load_model, macs_per_pixel, save_model
-from sharpkd.data import PatchSampler, fixed_validation_set, limit_size, load_photos, skimage_photos, split_holdout
-from sharpkd.degrade import PROTOCOL_DEGRADATIONS, DegradeConfig
+from sharpkd.data import PatchSampler, limit_size, load_photos, skimage_photos, split_holdout
+from sharpkd.degrade import DegradeConfig
+from sharpkd.evaluate import fixed_validation_set, gains_by_kind, validate
 from sharpkd.losses import FeatureAdapter, LossWeights, combined_loss
-from sharpkd.metrics import batch_psnr
 from sharpkd.provenance import hardware
 
 
@@ -104,30 +104,6 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-@torch.inference_mode()
-def validate(model: torch.nn.Module, blurred: torch.Tensor, sharp: torch.Tensor, chunk: int = 8,
-             per_image: bool = False) -> float | torch.Tensor:
-    """Mean PSNR of the model's 8-bit output over the validation set (or the per-image PSNRs)."""
-    model.eval()
-    scores = []
-    for i in range(0, len(blurred), chunk):
-        out = model(blurred[i : i + chunk]).clamp(0, 1)
-        out = torch.round(out * 255) / 255  # score what would be saved to disk
-        scores.append(batch_psnr(out, sharp[i : i + chunk]))
-    model.train()
-    scores = torch.cat(scores)
-    return scores if per_image else float(scores.mean())
-
-
-VAL_KINDS = PROTOCOL_DEGRADATIONS  # the interleaving of fixed_validation_set: the benchmark's four kinds
-
-
-def gains_by_kind(out_psnr: torch.Tensor, blurred_psnr: torch.Tensor) -> dict[str, float]:
-    """Mean gain per degradation of the validation set, rounded for the log."""
-    gain = out_psnr - blurred_psnr
-    return {k: round(float(gain[j :: len(VAL_KINDS)].mean()), 3) for j, k in enumerate(VAL_KINDS)}
 
 
 @dataclass(frozen=True)

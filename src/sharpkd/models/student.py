@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sharpkd.models.blocks import ResBlock
 from sharpkd.models.wiener import WienerBank, with_bank
 
 
@@ -37,16 +38,6 @@ class StudentConfig:
         return 2 * self.unshuffle
 
 
-class ConvBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
-
-
 class Student(nn.Module):
     def __init__(self, *, config: StudentConfig = StudentConfig()):
         super().__init__()
@@ -56,11 +47,11 @@ class Student(nn.Module):
         in_channels = 3 * (1 + len(config.wiener))  # the image, then each bank output
         self.unshuffle = nn.PixelUnshuffle(s)
         self.head = nn.Conv2d(in_channels * s * s, w, 3, padding=1)
-        self.enc = nn.Sequential(*[ConvBlock(w) for _ in range(config.high_blocks)])
+        self.enc = nn.Sequential(*[ResBlock(w) for _ in range(config.high_blocks)])
         self.down = nn.Conv2d(w, lw, 2, stride=2)
-        self.low = nn.Sequential(*[ConvBlock(lw) for _ in range(config.low_blocks)])
+        self.low = nn.Sequential(*[ResBlock(lw) for _ in range(config.low_blocks)])
         self.up = nn.Sequential(nn.Conv2d(lw, 4 * w, 1), nn.PixelShuffle(2))
-        self.dec = nn.Sequential(*[ConvBlock(w) for _ in range(config.high_blocks)])
+        self.dec = nn.Sequential(*[ResBlock(w) for _ in range(config.high_blocks)])
         self.tail = nn.Conv2d(w, 3 * s * s, 3, padding=1)
         self.shuffle = nn.PixelShuffle(s)
         nn.init.zeros_(self.tail.weight)  # start as the identity

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from sharpkd.models.blocks import ResBlock
 from sharpkd.models.wiener import WienerBank, with_bank
 
 
@@ -31,16 +31,6 @@ class ResNetTeacherConfig:
     blocks: int = 8
 
     multiple = 1  # input size constraint
-
-
-class ResBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
 
 
 class ResNetTeacher(nn.Module):
