@@ -189,3 +189,19 @@ def test_sharpen_self_ensemble_flag(tmp_path, images, model_file, capsys):
     with pytest.raises(SystemExit) as e:
         main(["-q", "sharpen", str(images / "a.png"), "-o", str(tmp_path / "x.png"), "--ensemble", "3"])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_output_names_that_cannot_be_written_are_refused(tmp_path, photo, capsys):
+    from PIL import Image
+
+    for n in ("a", "b"):
+        Image.fromarray(photo).save(tmp_path / f"{n}.png")
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    assert main(["-q", "sharpen", a, "-o", str(tmp_path / "result.gif"), "--model", "unsharp"]) == 2
+    assert "cannot write .gif" in capsys.readouterr().err
+    assert main(["-q", "sharpen", a, b, "-o", str(tmp_path / "one.png"), "--model", "unsharp"]) == 2
+    assert "need an output folder" in capsys.readouterr().err
+    assert not (tmp_path / "result.gif").exists() and not (tmp_path / "one.png").exists()
+    # no extension is a folder, and the summary names the file written there
+    assert main(["sharpen", a, "-o", str(tmp_path / "outdir"), "--model", "unsharp"]) == 0
+    assert str(tmp_path / "outdir" / "a.png") in capsys.readouterr().out

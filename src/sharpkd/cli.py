@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -66,7 +67,8 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
             failed.append(str(src))
     done = len(todo) - len(failed)
     if not args.quiet or failed:
-        parts = [f"sharpened {done} image(s) with {args.model} ({sharpener.backend.kind}) -> {args.output}"]
+        where = todo[0][1] if len(todo) == 1 else args.output  # name the file when there is one
+        parts = [f"sharpened {done} image(s) with {args.model} ({sharpener.backend.kind}) -> {where}"]
         if skipped:
             parts.append(f"skipped {skipped} existing (use --overwrite to redo them)")
         if failed:
@@ -114,13 +116,22 @@ def plan_outputs(inputs: list[str], output: str, exts: set[str], recursive: bool
         else:
             raise UserError(f"no such file or folder: {p}")
     out = Path(output)
-    single_file = len(files) == 1 and Path(inputs[0]).is_file() and out.suffix.lower() in exts
+    from sharpkd.imageio import FORMATS
+
+    one_file = len(files) == 1 and Path(inputs[0]).is_file()
+    as_folder = out.is_dir() or output.endswith(("/", os.sep))
+    if not as_folder and out.suffix:  # a file name: it must be one file, in a format sharpkd writes
+        if out.suffix.lower() not in FORMATS:
+            raise UserError(f"cannot write {out.suffix} files; give the output one of "
+                            f"{', '.join(sorted(FORMATS))}, or a folder")
+        if not one_file:
+            raise UserError(f"{len(files)} inputs need an output folder, not the file name {out}")
+    single_file = one_file and not as_folder and bool(out.suffix)  # no extension: a folder
     if single_file:
         jobs = [(files[0][0], out)]
     else:
         if out.exists() and not out.is_dir():
             raise UserError(f"output {out} is a file, but several inputs need an output folder")
-        from sharpkd.imageio import FORMATS
 
         def target(rel: Path) -> Path:  # formats that cannot be written (GIF, ...) come out as PNG
             return rel.with_suffix(extension or (rel.suffix if rel.suffix.lower() in FORMATS else ".png"))

@@ -9,6 +9,8 @@ output's extension), EXIF (with orientation reset, since the pixels are now upri
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,15 @@ class ImageReadError(ValueError):
 
 class UnsupportedImageError(ImageReadError):
     """A readable image of a kind sharpkd does not process (animation, unusual pixel mode)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The image's header declares more pixels than allowed (refused before any decoding)."""
+
+
+# The photo formats sharpkd decodes. Pillow would otherwise try every plugin it has, including
+# EPS/PostScript (handed to Ghostscript), whatever the file is called.
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG covers MPO (phone photos)
 
 
 # Pixel modes read as they are (grayscale, 16-bit, palette, alpha) or converted (CMYK, YCbCr, ...).
@@ -69,9 +80,9 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
-                if im.width * im.height > max_pixels:
-                    raise ImageReadError(f"{name}: {im.width}x{im.height} is larger than {max_pixels:,} pixels")
+            with Image.open(source, formats=READ_FORMATS) as im:
+                if im.width * im.height > max_pixels:  # the header's size: nothing is decoded yet
+                    raise ImageTooLargeError(f"{name}: {im.width}x{im.height} is larger than {max_pixels:,} pixels")
                 # phone JPEGs are often MPO (a photo plus previews): the first frame is the photo
                 if im.format != "MPO" and getattr(im, "is_animated", False) and not first_frame:
                     raise UnsupportedImageError(f"{name}: animated images are not supported "
@@ -89,16 +100,34 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
                 if not deep:  # 16-bit colour pixels are decoded (and turned upright) by OpenCV below
                     im = ImageOps.exif_transpose(im)
                     im.load()
+                if exif and fmt != "TIFF":  # a TIFF's "EXIF" is its own tag directory (sizes, layout): not carried
+                    exif[0x0112] = 1  # orientation: pixels are upright now
+                    info["exif"] = exif.tobytes()
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"{name}: cannot read image (not an image file, or an unsupported format)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{name}: cannot read image ({e})") from e
-    if exif and fmt != "TIFF":  # a TIFF's "EXIF" is its own tag directory (sizes, layout): not carried
-        exif[0x0112] = 1  # orientation: pixels are upright now
-        info["exif"] = exif.tobytes()
+        raise ImageReadError(f"{name}: cannot read image (not an image file, or not one of the supported formats: "
+                             f"{', '.join(READ_FORMATS)})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hostile files make Pillow raise many kinds (struct, zlib, key errors)
+        raise ImageReadError(f"{name}: cannot read image ({type(e).__name__}: {str(e)[:120]})") from e
+    try:
+        rgb, alpha, mode = _pixels(im, source, name, deep, orientation, info)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a palette transparency longer than the palette
+        raise ImageReadError(f"{name}: cannot read image ({type(e).__name__}: {str(e)[:120]})") from e
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    np.clip(rgb, 0, 1, out=rgb)
+    return LoadedImage(rgb, alpha, mode, fmt, info)
+
+
+def _pixels(im: Image.Image, source, name: str, deep: bool, orientation: int,
+            info: dict) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """RGB float pixels, the alpha channel (or None) and the mode to write back."""
     mode = im.mode
     alpha = None
     if deep:
@@ -116,12 +145,25 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
         rgb = np.repeat((arr / scale)[..., None], 3, axis=2)
     else:
         if mode == "CMYK":
-            warnings.warn(f"{name}: CMYK image converted to RGB", stacklevel=2)
+            warnings.warn(f"{name}: CMYK image converted to RGB", stacklevel=3)
+            im = _cmyk_to_srgb(im, info.pop("icc_profile", None))  # the CMYK profile no longer applies
         rgb = np.asarray(im.convert("RGB")).astype(np.float32)
         rgb /= 255.0  # in place: no second full-size float copy for large photos
-    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
-    np.clip(rgb, 0, 1, out=rgb)
-    return LoadedImage(rgb, alpha, mode, fmt, info)
+    return rgb, alpha, mode
+
+
+def _cmyk_to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """CMYK pixels as sRGB: through the embedded profile when there is a usable one (LittleCMS),
+    otherwise Pillow's plain conversion."""
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # noqa: BLE001 - a broken profile: fall back to the plain conversion
+            pass
+    return im.convert("RGB")
 
 
 def _decode16(source: Path | BinaryIO, name: str) -> np.ndarray:
@@ -197,13 +239,23 @@ def write_image(path: str | Path, img: LoadedImage, quality: int = 95) -> None:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unsupported output extension (use one of {sorted(FORMATS)})")
-    tmp = path.with_name(f".{path.name}.partial")
+    # a fresh name created exclusively (O_EXCL, never an existing file or a planted link), short enough
+    # for any output name; os.replace swaps it in atomically (a link at ``path`` is replaced, not followed)
+    fd, tmp_name = tempfile.mkstemp(prefix=".sharpkd-", suffix=".partial", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             save_image(f, img, fmt, quality)
-        tmp.replace(path)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def encode_image(img: LoadedImage, fmt: str, quality: int = 95) -> bytes:

@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from sharpkd.imageio import (
     MAX_PIXELS,
     ImageReadError,
+    ImageTooLargeError,
     LoadedImage,
     UnsupportedImageError,
     encode_image,
@@ -186,7 +187,11 @@ def upload(field_name: str = "image") -> LoadedImage:
     if not data:
         raise ApiError(400, "the uploaded file is empty")
     try:
-        img = read_image(io.BytesIO(data), name="the upload", max_pixels=MAX_PIXELS)
+        # the header's declared size is checked against this server's limit before anything is decoded
+        img = read_image(io.BytesIO(data), name="the upload", max_pixels=min(MAX_PIXELS, st.max_pixels))
+    except ImageTooLargeError:
+        raise ApiError(413, f"the image is larger than this server's limit of {st.config.max_megapixels:g} "
+                            "megapixels") from None
     except UnsupportedImageError as e:
         raise ApiError(415, str(e)) from None
     except ImageReadError as e:
