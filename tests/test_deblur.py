@@ -125,7 +125,8 @@ def test_blind_teacher_through_sharpener_keeps_shape_and_tiles_share_one_kernel(
     # tiles are solved with the photo's kernel: as close to the ground truth as the untiled result
     assert abs(psnr(crop, to_u8(tiled)) - psnr(crop, to_u8(whole))) < 1.0
     tiny = torch.rand(1, 3, 9, 13)
-    assert torch.equal(s.sharpen_tensor(tiny), tiny)  # too small to estimate a blur: returned as it is
+    assert s.estimate_blur(tiny)[0].route == "network"  # too small to estimate a blur: the network's job
+    assert s.sharpen_tensor(tiny).shape == tiny.shape
 
 
 def test_blind_teacher_has_no_onnx_backend():
@@ -163,15 +164,68 @@ def test_kernel_shape_measures():
     assert d < 0.05 and fit.shape == (15, 15)
 
 
-def test_blind_teacher_takes_round_blur_as_gaussian(crop):
-    """A Gaussian-blurred photo: the teacher's kernel is a Gaussian (the parametric branch) and the
-    result is sharper than the input."""
-    from sharpkd.checkpoint import load_model
+def test_blind_teacher_takes_round_blur_as_gaussian(crop, ffdnet):
+    """Without a network (the first blind file): a Gaussian-blurred photo gets a Gaussian kernel (the
+    parametric branch) and the result is sharper than the input."""
     from sharpkd.deblur.estimate import anisotropy
+    from sharpkd.deblur.teacher import BlindTeacher
     from sharpkd.degrade import gaussian_kernel
 
-    teacher, _ = load_model("teacher-blind")
+    teacher = BlindTeacher()
+    teacher.denoiser = ffdnet
     blurred = protocol_degrade(crop, gaussian_kernel(2.5), 1)
     est = teacher.estimate(to_t(blurred))[0]
     assert anisotropy(est.kernel) < 1.01
     assert psnr(crop, to_u8(teacher.restore(to_t(blurred), [est]))) > psnr(crop, blurred)
+    assert est.route == "gaussian"
+
+
+def test_shipped_blind_teacher_leaves_round_blur_to_its_network(crop):
+    """The shipped file routes a round blur to the network teacher it carries: the same output as
+    the network teacher itself."""
+    from sharpkd.checkpoint import load_model
+    from sharpkd.degrade import gaussian_kernel
+
+    blind, _ = load_model("teacher-blind")
+    network, _ = load_model("teacher")
+    x = to_t(protocol_degrade(crop, gaussian_kernel(2.0), 2))
+    est = blind.estimate(x)[0]
+    assert est.route == "network"
+    from sharpkd.infer import run_padded
+
+    expected = run_padded(network, x, network.config.multiple)
+    assert torch.allclose(blind.restore(x, [est]), expected, atol=1e-5)
+
+
+def test_refining_against_a_sharp_latent_tightens_a_thick_kernel():
+    """refine_kernel: given the sharp image as the latent, a too-thick estimate moves to the true shape."""
+    import skimage.data
+    from scipy.ndimage import gaussian_filter
+
+    from sharpkd.deblur.estimate import kernel_match, refine_kernel
+
+    sharp = skimage.data.astronaut()[100:260, 120:280]
+    k = make_kernel("motion", length=13, seed=3, size=21)
+    blurred = protocol_degrade(sharp, k, 0)
+    thick = gaussian_filter(k, 1.5)
+    thick /= thick.sum()
+    refined = refine_kernel(blurred, sharp, thick, EstimateConfig(kernel_size=21))
+    assert refined.shape == k.shape and refined.sum() == pytest.approx(1)
+    assert kernel_match(k, refined) > kernel_match(k, thick) + 0.05
+    assert kernel_match(k, k) == pytest.approx(1) and kernel_match(k, np.rot90(k)) < 0.9
+
+
+def test_cli_saves_the_kernel_and_the_route(tmp_path, crop):
+    import json
+
+    from PIL import Image
+
+    from sharpkd.cli import main
+
+    Image.fromarray(protocol_degrade(crop, make_kernel("motion", length=9, seed=2, size=15), 0)).save(tmp_path / "b.png")
+    assert main(["-q", "sharpen", str(tmp_path / "b.png"), "-o", str(tmp_path / "o.png"), "--model", "teacher-blind",
+                 "--save-kernel", str(tmp_path / "k")]) == 0
+    k = np.load(tmp_path / "k" / "o.png.kernel.npy")
+    report = json.loads((tmp_path / "k" / "o.png.kernel.json").read_text())
+    assert k.sum() == pytest.approx(1) and report["route"] in ("shake", "network") and report["noise_255"] > 0
+    assert Image.open(tmp_path / "k" / "o.png.kernel.png").size == (k.shape[1] * 8, k.shape[0] * 8)

@@ -298,3 +298,23 @@ def test_security_headers_and_dns_rebinding_guard(photo):
     # a public server (no host list) answers to any name
     public = create_app(WebConfig(models=("unsharp",), allowed_hosts=())).test_client()
     assert public.get("/healthz", headers={"Host": "photos.example.org"}).status_code == 200
+
+
+@pytest.mark.parametrize("shape", [(7, 40), (12, 400), (300, 9)])
+def test_tiny_and_very_narrow_images_get_json_not_500(client, shape):
+    """The page's own request (json + scores) on images too small or too narrow for SSIM's window."""
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    r = post(client, "/api/sharpen", png_bytes(img), model="student", response="json", scores="1")
+    assert r.status_code == 200 and r.is_json and r.json["width"] == shape[1]
+    d = post(client, "/api/demo", png_bytes(img), model="unsharp")
+    assert d.status_code == 200 and d.json["metrics"]["blurred"]["psnr"] > 0
+
+
+def test_form_limits_are_reported_as_what_they_are(photo):
+    app = create_app(WebConfig(models=("unsharp",)))
+    client = app.test_client()
+    r = post(client, "/api/sharpen", png_bytes(photo), note="x" * 600_000)  # a 600 kB text field
+    assert r.status_code == 413 and r.is_json and "MB" not in r.json["error"]
+    big = create_app(WebConfig(models=("unsharp",), max_upload_mb=0.01)).test_client()
+    r = post(big, "/api/sharpen", png_bytes(np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)))
+    assert r.status_code == 413 and "0.01 MB" in r.json["error"]

@@ -79,7 +79,10 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
 
 def sharpen_saving_kernel(sharpener, img, folder: Path, name: str):
     """Sharpen with a blind model and save its blur estimate as ``NAME.kernel.png`` (scaled to its
-    peak, 8x enlarged) and ``NAME.kernel.npy`` (the kernel itself, float64, sums to 1)."""
+    peak, 8x enlarged), ``NAME.kernel.npy`` (the kernel itself, float64, sums to 1) and
+    ``NAME.kernel.json`` (the route the photo took, the agreement of the two estimates, the noise)."""
+    import json
+
     import numpy as np
     import torch
     from PIL import Image
@@ -94,6 +97,10 @@ def sharpen_saving_kernel(sharpener, img, folder: Path, name: str):
     vis = (k / max(float(k.max()), 1e-12) * 255).round().astype(np.uint8)
     Image.fromarray(vis).resize((vis.shape[1] * 8, vis.shape[0] * 8), Image.NEAREST).save(folder / f"{name}.kernel.png")
     np.save(folder / f"{name}.kernel.npy", k)
+    e = est[0]
+    report = {"route": getattr(e, "route", "shake"), "agreement": round(float(getattr(e, "agreement", 1.0)), 4),
+              "noise_255": round(float(e.noise) * 255, 3), "kernel_size": int(k.shape[0])}
+    (folder / f"{name}.kernel.json").write_text(json.dumps(report) + "\n")
     return LoadedImage(out, img.alpha, img.mode, img.format, dict(img.info))
 
 
@@ -594,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `sharpkd info | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

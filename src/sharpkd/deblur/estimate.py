@@ -44,9 +44,10 @@ class EstimateConfig:
     """Settings of :func:`estimate_kernel` (defaults chosen on training photos, never on Kodak24)."""
 
     kernel_size: int = 31  # odd; the largest blur the estimate can represent
-    lam: float = 1e-3  # L0 weight at the start of each level (grey image stretched to [0, 1])
+    lam: float = 2e-3  # L0 weight at the start of each level (grey image stretched to [0, 1])
     lam_min: float = 1e-4
-    lam_decay: float = 1.1  # lam /= lam_decay after every iteration
+    lam_decay: float = 1.0  # lam /= lam_decay after every iteration (1: constant; smaller lam lets the
+    # latent keep blurry edges, and the kernel then collapses towards a point)
     iters: int = 5  # alternations per pyramid level
     gamma: float = 0.5  # ridge weight of the kernel update (sum of squared residuals over the photo)
     max_side: int = 768  # larger photos: estimate on a central crop of this size
@@ -54,8 +55,8 @@ class EstimateConfig:
     edge_pixels: float = 0.0  # salient-edge selection: keep about this many x K pixels per orientation (0: all)
     kernel_cg_steps: int = 60  # conjugate-gradient steps of each kernel update
     edge_decay: float = 1.1  # the edge threshold falls by this factor every iteration
-    prune: bool = False  # drop small disconnected blobs after every kernel step (not only at the end)
-    center_levels: bool = False  # re-centre the kernel on its centre of mass between pyramid levels
+    prune: bool = True  # drop small disconnected blobs after every kernel step (not only at the end)
+    center_levels: bool = True  # re-centre the kernel on its centre of mass between pyramid levels
     margin: float = 0.0  # kernel step ignores gradients within margin x K of the photo's edge (FFT wrap effects)
     snap_gaussian: float = 0.0  # if > 0: replace an estimate within this L1 distance of a Gaussian by that Gaussian
     normalize: bool = True  # stretch the grey image's 1st-99th percentiles to [0, 1] (lam is contrast-relative)
@@ -330,3 +331,44 @@ def nearest_gaussian(k: np.ndarray, sigmas: np.ndarray | None = None) -> tuple[f
         if d < best[0]:
             best = (d, g)
     return best
+
+
+def refine_kernel(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor | np.ndarray, kernel: np.ndarray,
+                  config: EstimateConfig | None = None, edge_pixels: float = 0.0) -> np.ndarray:
+    """One kernel update at full resolution against a better latent image than the L0 cartoon, e.g. the
+    solver's output with the current estimate (``latent``, same size as ``blurred``). The deconvolved
+    photo has the true edges' positions and contrasts, so a least-squares fit of its gradients to the
+    blurred photo's tightens a kernel that the L0 stage left too thick. Returns a kernel like
+    :func:`estimate_kernel`'s (same size, sum 1, centred)."""
+    from sharpkd.degrade import center_kernel
+
+    cfg = config or EstimateConfig()
+    y = central_crop(to_grey(blurred), cfg.max_side)
+    x = central_crop(to_grey(latent), cfg.max_side)
+    if cfg.normalize:  # the same stretch for both, from the blurred photo
+        lo, hi = torch.quantile(y.flatten()[:: max(1, y.numel() // 100_000)], torch.tensor([0.01, 0.99],
+                                                                                           dtype=y.dtype))
+        y, x = (y - lo) / max(float(hi - lo), 1e-3), (x - lo) / max(float(hi - lo), 1e-3)
+    ks = kernel.shape[0]
+    yp = pad_for_fft(y[None, None], ks)[0, 0]
+    xp = pad_for_fft(x[None, None], ks)[0, 0]
+    hp, wp = yp.shape
+    inside = torch.zeros(hp, wp, dtype=torch.float64)
+    m = ks + 1 + int(cfg.margin * ks)
+    inside[m : hp - m, m : wp - m] = 1
+    if edge_pixels > 0:
+        gx, gy, _ = salient_edges(xp, inside, int(edge_pixels * ks), None)
+    else:
+        gx, gy = grad(xp)
+    k0 = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float64))
+    k = clean_kernel(kernel_step((gx, gy), yp, k0, cfg.gamma, inside, steps=cfg.kernel_cg_steps))
+    return center_kernel(remove_small_blobs(k.numpy()))
+
+
+def kernel_match(a: np.ndarray, b: np.ndarray) -> float:
+    """Shape agreement of two kernels: the peak of their normalised cross-correlation over all shifts
+    (1: the same shape; sizes may differ)."""
+    from scipy.signal import correlate
+
+    c = correlate(np.asarray(a, np.float64), np.asarray(b, np.float64), mode="full")
+    return float(c.max() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-30))

@@ -1,12 +1,20 @@
 """Teacher v2: blind deblurring as a model the rest of sharpkd can load, tile and evaluate.
 
-``BlindTeacher`` = blur estimation (:func:`sharpkd.deblur.estimate.estimate_kernel`, one kernel
-per photo, from the photo alone; when the free-form estimate comes out round, i.e. the blur looks
-like defocus rather than camera shake, a Gaussian whose width is read from the photo's edges,
-:func:`sharpkd.deblur.estimate.edge_sigma`, replaces it) + non-blind deconvolution with a learned prior
-(:func:`sharpkd.deblur.solve.hqs_deconvolve`, FFDNet as the denoiser). Its only weights are the
-denoiser's (converted from KAIR's FFDNet, see ``tools/convert_ffdnet.py``); nothing here was
-trained on this project's data yet. The noise level is estimated from the photo too.
+``BlindTeacher`` estimates the blur of the whole photo (:func:`sharpkd.deblur.estimate.estimate_kernel`,
+from the photo alone) and then routes it:
+
+* **camera shake it is sure of** (the free-form kernel is elongated, and a second estimate with other
+  settings finds the same shape): non-blind deconvolution with a learned prior
+  (:func:`sharpkd.deblur.solve.hqs_deconvolve`, FFDNet as the denoiser), run once with a
+  conservative noise floor, then once more with the kernel refined against that first result
+  (:func:`sharpkd.deblur.estimate.refine_kernel`);
+* **everything else** (round blur such as defocus and soft optics, or a kernel the two estimates
+  disagree on): the network teacher carried inside the model file (``network``), which is strong on
+  those blurs; deconvolving with an unsure kernel costs far more than it can gain.
+
+Without a ``network`` (the first blind file) round blur falls back to a Gaussian whose width is read
+from the photo's edges (:func:`sharpkd.deblur.estimate.edge_sigma`). The denoiser's weights are
+KAIR's FFDNet (``tools/convert_ffdnet.py``); the network's were trained here (``teacher``'s card).
 
 For tiled inference the kernel must come from the whole photo, not from each tile: callers use
 :meth:`BlindTeacher.estimate` once and :meth:`BlindTeacher.restore` per tile (``Sharpener`` does).
@@ -20,11 +28,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from sharpkd.deblur.denoiser import FFDNet
-from sharpkd.deblur.estimate import EstimateConfig, anisotropy, edge_sigma, estimate_kernel, kernel_spread
+from sharpkd.deblur.estimate import (
+    EstimateConfig,
+    anisotropy,
+    edge_sigma,
+    estimate_kernel,
+    kernel_match,
+    kernel_spread,
+    refine_kernel,
+)
 from sharpkd.deblur.solve import estimate_noise, hqs_deconvolve
 from sharpkd.degrade import gaussian_kernel
+from sharpkd.models.teacher import NAFTeacher, NAFTeacherConfig
 
 
 @dataclass(frozen=True)
@@ -42,14 +60,30 @@ class BlindTeacherConfig:
     # one too narrow only part of the gain
     max_spread: float = 2.0  # a free-form kernel wider than this x the edge width is distrusted (Gaussian used)
     multiple: int = 1  # any input size
+    # routing (with a network): camera shake is deconvolved only when two estimates agree this well
+    # (peak normalised cross-correlation) and the kernel is at least this elongated
+    min_agreement: float = 0.9
+    min_anisotropy: float = 1.5
+    min_shake_spread: float = 1.5  # smaller blur: the network handles it well, and a wrong kernel costs more
+    min_concentration: float = 0.12  # peak x spread of the kernel; below it the estimate is a diffuse cloud
+    # (what the estimator returns on low-contrast photos), not a camera-shake path
+    check_kernel_size: int = 27  # the second estimate: another support size and L0 weight
+    check_lam: float = 3e-3
+    first_noise: float = 6 / 255  # noise floor of the first (conservative) deconvolution
+    shake_noise: float = 3 / 255  # noise floor of the final deconvolution, with the refined kernel
+    network: dict | None = None  # NAFTeacherConfig fields of the network for everything else (None: none)
 
 
 @dataclass
 class BlurEstimate:
-    """What the teacher found in one photo: the kernel (K, K), sum 1, and the noise level in [0, 1]."""
+    """What the teacher found in one photo: the kernel (K, K), sum 1, the noise level in [0, 1], and
+    the route: ``shake`` (deconvolve with the kernel), ``network`` (the network teacher) or
+    ``gaussian`` (deconvolve with a Gaussian from the edge width; files without a network)."""
 
     kernel: np.ndarray
     noise: float
+    route: str = "shake"
+    agreement: float = 1.0
 
 
 class BlindTeacher(nn.Module):
@@ -59,49 +93,98 @@ class BlindTeacher(nn.Module):
         super().__init__()
         self.config = config or BlindTeacherConfig()
         self.denoiser = FFDNet()
+        self.network = None
+        if self.config.network is not None:
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.config.network.items()}
+            self.network = NAFTeacher(config=NAFTeacherConfig(**fields))
 
+    @torch.no_grad()
     def estimate(self, x: torch.Tensor) -> list[BlurEstimate]:
         """One :class:`BlurEstimate` per image of the batch."""
-        cfg = self.config
-        out = []
-        for img in x:
-            side = min(img.shape[-2:])
-            ks = min(cfg.kernel_size, (side // 2 - 1) | 1)
-            noise = max(estimate_noise(img[None]), cfg.min_noise)
-            if ks < 5:  # too small to say anything about its blur: leave it as it is
-                k = np.zeros((1, 1))
-                k[0, 0] = 1.0
-            else:
-                k = estimate_kernel(img, EstimateConfig(kernel_size=ks, max_side=cfg.estimate_side))
-                width = edge_sigma(img)
-                if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
-                    # round blur (defocus, soft optics), or a free-form estimate far wider than the edges
-                    # say: the parametric width read from the edges is the more robust estimate
-                    sigma = math.sqrt(max(width**2 - cfg.intrinsic_sigma**2, 0.0))
-                    k = gaussian_kernel(max(sigma, 0.3), min(ks, 2 * math.ceil(3 * max(sigma, 0.3)) + 1))
-            out.append(BlurEstimate(k, noise))
-        return out
+        return [self._estimate_one(img) for img in x]
 
-    def restore(self, x: torch.Tensor, estimates: list[BlurEstimate]) -> torch.Tensor:
+    def _estimate_one(self, img: torch.Tensor) -> BlurEstimate:
         cfg = self.config
+        side = min(img.shape[-2:])
+        ks = min(cfg.kernel_size, (side // 2 - 1) | 1)
+        noise = max(estimate_noise(img[None]), cfg.min_noise)
+        if ks < 5:  # too small to say anything about its blur: leave it as it is (or to the network)
+            return BlurEstimate(np.ones((1, 1)), noise, "network" if self.network is not None else "none")
+        k = estimate_kernel(img, EstimateConfig(kernel_size=ks, max_side=cfg.estimate_side))
+        if self.network is not None:
+            agreement = 0.0
+            spread = kernel_spread(k)
+            if (anisotropy(k) >= cfg.min_anisotropy and spread >= cfg.min_shake_spread
+                    and float(k.max()) * spread >= cfg.min_concentration):
+                check = EstimateConfig(kernel_size=min(ks, cfg.check_kernel_size), lam=cfg.check_lam,
+                                       max_side=cfg.estimate_side)
+                agreement = kernel_match(k, estimate_kernel(img, check))
+            if agreement < cfg.min_agreement:
+                return BlurEstimate(k, noise, "network", agreement)
+            return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
+        width = edge_sigma(img)
+        if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
+            # round blur (defocus, soft optics), or a free-form estimate far wider than the edges
+            # say: the parametric width read from the edges is the more robust estimate
+            sigma = math.sqrt(max(width**2 - cfg.intrinsic_sigma**2, 0.0))
+            k = gaussian_kernel(max(sigma, 0.3), min(ks, 2 * math.ceil(3 * max(sigma, 0.3)) + 1))
+            return BlurEstimate(k, noise, "gaussian")
+        return BlurEstimate(k, noise, "shake")
+
+    @torch.no_grad()
+    def restore(self, x: torch.Tensor, estimates: list[BlurEstimate]) -> torch.Tensor:
         outs = []
         for img, est in zip(x, estimates, strict=True):
-            if est.kernel.shape == (1, 1):
-                outs.append(img[None].clamp(0, 1))
-                continue
-            outs.append(hqs_deconvolve(img[None], est.kernel, self._denoise, noise=est.noise, iters=cfg.iters,
-                                       sigma_max=cfg.sigma_max, lam=cfg.lam, cg_steps=cfg.cg_steps))
+            img = img[None]
+            if est.route == "network" and self.network is not None:
+                outs.append(self._network(img))
+            elif est.kernel.shape == (1, 1):
+                outs.append(img.clamp(0, 1))
+            elif est.route == "shake" and self.network is not None:
+                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.shake_noise)))
+            else:
+                outs.append(self._solve(img, est.kernel, est.noise))
         return torch.cat(outs)
 
+    def _solve(self, img: torch.Tensor, kernel: np.ndarray, noise: float) -> torch.Tensor:
+        cfg = self.config
+        return hqs_deconvolve(img, kernel, self._denoise, noise=noise, iters=cfg.iters, sigma_max=cfg.sigma_max,
+                              lam=cfg.lam, cg_steps=cfg.cg_steps)
+
+    def _refine(self, img: torch.Tensor, kernel: np.ndarray, noise: float) -> np.ndarray:
+        """Deconvolve (the central crop the kernel came from) conservatively, then refine the kernel
+        against that result: a far better latent image than the L0 stage's. Part of the estimate, so
+        every tile of a large photo is later deconvolved with the same kernel."""
+        cfg = self.config
+        h, w = img.shape[-2:]
+        side = cfg.estimate_side
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        crop = img[None, :, y0 : y0 + min(h, side), x0 : x0 + min(w, side)]
+        if min(crop.shape[-2:]) < 4 * kernel.shape[0]:
+            return kernel
+        first = self._solve(crop, kernel, max(noise, cfg.first_noise))
+        return refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=side))
+
+    def _network(self, img: torch.Tensor) -> torch.Tensor:
+        m = int(self.network.config.multiple)
+        h, w = img.shape[-2:]
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            img = F.pad(img, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        return self.network(img)[..., :h, :w].clamp(0, 1)
+
     def macs_per_pixel(self, size: int = 64) -> float:
-        """Multiply-accumulates per pixel of the solver's denoiser calls (``iters`` FFDNet passes); the
-        FFTs and the kernel estimation are not included."""
+        """Multiply-accumulates per pixel of the solver's denoiser calls (``iters`` FFDNet passes per
+        solver run); the FFTs and the kernel estimation are not included."""
         from torch.utils.flop_counter import FlopCounterMode
 
         x = torch.zeros(1, 3, size, size)
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             self.denoiser(x, 0.01)
-        return self.config.iters * fc.get_total_flops() / 2 / (size * size)
+        macs = self.config.iters * fc.get_total_flops() / 2 / (size * size)
+        if self.network is not None:  # the route a photo takes decides; report the deconvolution's (larger) cost
+            macs *= 2  # two solver runs for camera shake
+        return macs
 
     def _denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.denoiser(x, sigma)

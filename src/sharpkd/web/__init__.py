@@ -216,17 +216,27 @@ def flag(name: str, default: bool = False) -> bool:
     return default if v is None else v.lower() in ("1", "true", "yes", "on")
 
 
-def agreement(name: str, rgb: np.ndarray) -> float | None:
-    """SSIM between this model's and the teacher's output on a downscaled copy."""
+SSIM_MIN_SIDE = 11  # SSIM's Gaussian window (sigma 1.5) is 11 x 11: smaller images have no score
+
+
+def ssim_or_none(a: np.ndarray, b: np.ndarray) -> float | None:
     from sharpkd.metrics import ssim
 
+    return round(ssim(a, b), 4) if min(a.shape[:2]) >= SSIM_MIN_SIDE else None
+
+
+def agreement(name: str, rgb: np.ndarray) -> float | None:
+    """SSIM between this model's and the teacher's output on a downscaled copy (None for the teacher
+    itself, and for images too small or too narrow for the SSIM window)."""
     st = state()
     if name == "teacher" or "teacher" not in st.models:
         return None
     small = _downscale(rgb, st.config.agreement_side)
+    if min(small.shape[:2]) < SSIM_MIN_SIDE:
+        return None
     a = st.models[name].sharpen_array(small)
     b = st.models["teacher"].sharpen_array(small)
-    return round(ssim(np.round(a * 255), np.round(b * 255)), 4)
+    return ssim_or_none(np.round(a * 255), np.round(b * 255))
 
 
 def sharpen(name: str, img: LoadedImage) -> tuple[LoadedImage, float]:
@@ -322,7 +332,7 @@ def _demo_request() -> tuple[str, str, float, int]:
 @bp.post("/api/demo")
 def api_demo():
     from sharpkd.degrade import make_kernel, protocol_degrade
-    from sharpkd.metrics import psnr, ssim
+    from sharpkd.metrics import psnr
 
     name, kind, strength, seed = _demo_request()
     param = DEMO_BLURS[kind][0]
@@ -334,7 +344,7 @@ def api_demo():
         blurred = LoadedImage(blurred8.astype(np.float32) / 255.0, None, "RGB", "PNG")
         out, seconds = sharpen(name, blurred)
         out8 = np.round(out.rgb * 255).astype(np.uint8)
-        metrics = {k: {"psnr": round(psnr(v, sharp8), 2), "ssim": round(ssim(v, sharp8), 4)}
+        metrics = {k: {"psnr": round(psnr(v, sharp8), 2), "ssim": ssim_or_none(v, sharp8)}
                    for k, v in (("blurred", blurred8), ("sharpened", out8))}
         result = {"model": name, "blur": kind, param: strength, "time_ms": round(seconds * 1000, 1),
                   "metrics": metrics, "width": int(sharp8.shape[1]), "height": int(sharp8.shape[0]),
@@ -399,7 +409,11 @@ def api_error(e: ApiError):
 def http_error(e: HTTPException):
     message = e.description or e.name
     if e.code == 413:
-        message = f"the upload is larger than this server's limit of {state().config.max_upload_mb:g} MB"
+        limit = state().config.max_upload_mb
+        if (request.content_length or 0) > limit * 1024 * 1024:
+            message = f"the upload is larger than this server's limit of {limit:g} MB"
+        else:  # Flask's own form limits: a text field over 500 kB or more than 1000 parts
+            message = "the form has too many parts or a text field that is too large; send one image file"
     resp = jsonify(error=message, status=e.code)
     resp.status_code = e.code or 500
     return resp
@@ -441,8 +455,10 @@ def serve(cfg: WebConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     print(f"sharpkd web app on http://{host}:{port}/ (models: {', '.join(cfg.models)}; "
           f"{cfg.workers} worker(s), queue {cfg.queue}, uploads up to {cfg.max_upload_mb:g} MB)", flush=True)
     # enough connection threads for the admitted requests plus a few for pages and health checks
+    # the app refuses bodies over the limit itself, as JSON (from Content-Length, before reading them);
+    # waitress's own cut-off (a plain-text 413) only stops bodies far beyond it
     waitress_serve(app, host=host, port=port, threads=cfg.workers + cfg.queue + 4, ident="sharpkd",
-                   max_request_body_size=int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024)
+                   max_request_body_size=4 * int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024)
 
 
 __all__ = ["ApiError", "AppState", "Gate", "WebConfig", "bp", "create_app", "serve"]

@@ -1,0 +1,51 @@
+"""Put the network teacher inside the blind teacher's file, so one model routes each photo.
+
+    python tools/compose_blind_teacher.py                       # weights/teacher-blind.safetensors in place
+    python tools/compose_blind_teacher.py --blind B --network N -o out.safetensors
+
+The blind file (made by ``tools/convert_ffdnet.py``) holds the FFDNet denoiser of the deconvolution;
+the network file is a teacher trained here (``sharpkd train teacher``). The result is a ``blind``
+model whose config names the network's architecture and whose weights hold both, fp16. Nothing is
+trained by this tool; the provenance of both parts is copied into the file's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sharpkd.checkpoint import SHIPPED, build_model, config_to_dict, load_model, save_model
+
+
+def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, half: bool = True) -> Path:
+    blind, blind_info = load_model(blind_path)
+    net, net_info = load_model(network_path)
+    if blind_info.get("arch") != "blind" or net_info.get("arch") != "nafunet":
+        raise SystemExit("expected a blind-teacher file and a nafunet teacher file")
+    config = {**config_to_dict(blind.config), "network": config_to_dict(net.config)}
+    model = build_model("blind", config)
+    model.denoiser.load_state_dict(blind.denoiser.state_dict())
+    model.network.load_state_dict(net.state_dict())
+    components = dict(blind_info.get("components", {}))
+    components["network"] = (f"the network teacher trained here ({net_info.get('preset')}, {net_info.get('steps')} "
+                             f"steps; its card: weights/teacher.md), command: {net_info.get('command', '?')}")
+    info = {"stage": "teacher", "preset": "blind+network", "steps": net_info.get("steps", 0), "distilled": False,
+            "command": "python tools/compose_blind_teacher.py", "components": components,
+            "dtype": "float16" if half else "float32",
+            "notes": ["Routes each photo: confident camera shake -> kernel estimate + HQS with FFDNet; anything "
+                      "else -> the network teacher. Only the network's weights were trained here."]}
+    return save_model(out, model, info, half=half)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--blind", default=str(SHIPPED["teacher-blind"]))
+    ap.add_argument("--network", default=str(SHIPPED["teacher"]))
+    ap.add_argument("-o", "--out", default=str(SHIPPED["teacher-blind"]))
+    ap.add_argument("--fp32", action="store_true")
+    args = ap.parse_args()
+    print(f"wrote {compose(args.blind, args.network, args.out, half=not args.fp32)}")
+
+
+if __name__ == "__main__":
+    main()
