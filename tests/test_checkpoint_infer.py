@@ -205,3 +205,41 @@ def test_model_card_carries_provenance_and_the_benchmark_rows(load_script, tmp_p
     assert "version 2" in text and "distillation output 1.0" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 3 and table[1].startswith("| blurred input |") and "+0.00" in table[1]
+
+
+@pytest.mark.parametrize("change", [
+    {"config": {"width": 20000}},  # would ask for gigabytes
+    {"config": {"width": "wide"}},
+    {"config": {"width": -3}},
+    {"config": {"no_such_field": 1}},
+    {"config": [1, 2]},
+    {"arch": "unknown"},
+    {"arch": 7},
+])
+def test_hostile_model_metadata_is_a_clear_error_without_allocating(tmp_path, change):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src = Path(__file__).parents[1] / "src/sharpkd/weights/student.safetensors"
+    with safe_open(str(src), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        info = json.loads(f.metadata()["sharpkd"])
+    if "config" in change and isinstance(change["config"], dict):
+        info["config"] = {**info["config"], **change["config"]}
+    else:
+        info.update(change)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"sharpkd": json.dumps(info)})
+    with pytest.raises(CheckpointError):
+        load_model(bad)
+
+
+def test_model_file_with_broken_description_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bad), metadata={"sharpkd": "{not json"})
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(bad)

@@ -222,7 +222,8 @@ def test_cli_saves_the_kernel_and_the_route(tmp_path, crop):
 
     from sharpkd.cli import main
 
-    Image.fromarray(protocol_degrade(crop, make_kernel("motion", length=9, seed=2, size=15), 0)).save(tmp_path / "b.png")
+    blurred = protocol_degrade(crop, make_kernel("motion", length=9, seed=2, size=15), 0)
+    Image.fromarray(blurred).save(tmp_path / "b.png")
     assert main(["-q", "sharpen", str(tmp_path / "b.png"), "-o", str(tmp_path / "o.png"), "--model", "teacher-blind",
                  "--save-kernel", str(tmp_path / "k")]) == 0
     k = np.load(tmp_path / "k" / "o.png.kernel.npy")

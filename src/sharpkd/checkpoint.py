@@ -104,14 +104,49 @@ def read_info(name_or_path: str | Path) -> dict:
         raise CheckpointError(f"{p} is not a readable safetensors file: {e}") from e
     if "sharpkd" not in meta:
         raise CheckpointError(f"{p} is a safetensors file but not a sharpkd model (no 'sharpkd' metadata)")
-    return json.loads(meta["sharpkd"])
+    try:
+        info = json.loads(meta["sharpkd"])
+    except ValueError as e:
+        raise CheckpointError(f"{p}: its sharpkd description is not valid JSON") from e
+    if not isinstance(info, dict) or not isinstance(info.get("arch"), str) or not isinstance(info.get("config"), dict):
+        raise CheckpointError(f"{p}: its sharpkd description lacks an architecture and config")
+    return info
+
+
+MAX_PARAMS = 50_000_000  # far above any sharpkd network (the teacher has 1.3M); bounds what a file can ask for
+
+
+def _checked_model(p: Path, info: dict) -> nn.Module:
+    """Build the described network, after checking on PyTorch's meta device (no memory) that the
+    config is valid, not absurdly large, and matches the file's tensors name for name and shape."""
+    try:
+        with torch.device("meta"):
+            probe = build_model(info["arch"], info["config"])
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hostile configs raise all sorts (types, ranges, shapes)
+        raise CheckpointError(f"{p}: the stored config cannot build a {info['arch']} network "
+                              f"({type(e).__name__})") from e
+    n = sum(t.numel() for t in probe.state_dict().values())
+    if n > MAX_PARAMS:
+        raise CheckpointError(f"{p}: the stored config asks for {n:,} weights (more than {MAX_PARAMS:,})")
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{p} is not a readable safetensors file: {e}") from e
+    if stored != expected:
+        diff = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored[k] != expected[k]]
+        raise CheckpointError(f"{p}: weights do not match the stored config (first differences: {diff[:3]})")
+    return build_model(info["arch"], info["config"])
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the network described by a model file, load its weights (as float32), eval mode."""
     p = resolve(name_or_path)
     info = read_info(p)
-    model = build_model(info["arch"], info["config"])
+    model = _checked_model(p, info)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(p)).items()}
     try:
         model.load_state_dict(state)
