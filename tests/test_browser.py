@@ -165,11 +165,17 @@ def test_phone_width_and_error_message(server, browser, tmp_path):
     page.goto(server + "/")
     # nothing wider than the screen
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.set_input_files("#file", str(EXAMPLE))
+    page.click("#go")
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    # slider mode shows one copy of the photo pair, not the side-by-side images as well
+    assert page.evaluate("getComputedStyle(document.getElementById('side-view')).display") == "none"
     bad = tmp_path / "not_a_photo.png"
     bad.write_bytes(b"this is text, not a PNG")
     page.set_input_files("#file", str(bad))
     page.click("#go")
     wait_js(page, "document.getElementById('status').textContent.startsWith('Could not')")
     assert "not an image" in page.inner_text("#status")
+    assert page.evaluate("document.getElementById('result').hidden")  # the previous result is gone
     page.screenshot(path=str(screenshot_dir(tmp_path) / "web_phone_error.png"), full_page=True)
     page.close()

@@ -457,8 +457,11 @@ def serve(cfg: WebConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     # enough connection threads for the admitted requests plus a few for pages and health checks
     # the app refuses bodies over the limit itself, as JSON (from Content-Length, before reading them);
     # waitress's own cut-off (a plain-text 413) only stops bodies far beyond it
+    # idle or half-sent connections cost no thread (waitress reads requests asynchronously) but count
+    # against its connection limit (100 by default): allow more, and drop the silent ones after 30 s
     waitress_serve(app, host=host, port=port, threads=cfg.workers + cfg.queue + 4, ident="sharpkd",
-                   max_request_body_size=4 * int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024)
+                   max_request_body_size=4 * int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024,
+                   connection_limit=1000, channel_timeout=30, cleanup_interval=10)
 
 
 __all__ = ["ApiError", "AppState", "Gate", "WebConfig", "bp", "create_app", "serve"]

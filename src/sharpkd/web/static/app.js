@@ -63,6 +63,14 @@ function sharpenForm(file, model) {
   return form;
 }
 
+// a running clock in a status line while a request is out (the teacher can take tens of seconds)
+function ticking(el, text) {
+  const t0 = Date.now();
+  setStatus(el, `${text}...`);
+  const id = setInterval(() => setStatus(el, `${text}... ${Math.round((Date.now() - t0) / 1000)} s`), 1000);
+  return () => clearInterval(id);
+}
+
 function fmt(v, digits) { return v === null || v === undefined ? "n/a" : Number(v).toFixed(digits); }
 
 function downloadName(file, ext) {
@@ -77,12 +85,15 @@ $("sharpen-form").addEventListener("submit", async (e) => {
   if (!file) { setStatus($("status"), "Choose a photo first.", true); return; }
   const model = document.querySelector('input[name="model"]:checked').value;
   $("go").disabled = true;
-  setStatus($("status"), `Sharpening with ${model}...`);
+  const stop = ticking($("status"), `Sharpening with ${model}`);
   try {
     const r = await post("/api/sharpen", sharpenForm(file, model));
+    stop();
     showResult(file, r);
     setStatus($("status"), `Done: ${r.width}x${r.height} in ${fmt(r.time_ms / 1000, 2)} s.`);
   } catch (err) {
+    stop();
+    $("result").hidden = true; // never leave the previous photo's result under a new error
     setStatus($("status"), `Could not sharpen: ${err.message}`, true);
   } finally {
     $("go").disabled = false;
@@ -159,8 +170,9 @@ $("compare").addEventListener("click", async () => {
   grid.appendChild(orig);
   try {
     for (const m of models) {
-      setStatus($("status"), `Comparing: ${m}...`);
-      const r = await post("/api/sharpen", sharpenForm(file, m));
+      const stop = ticking($("status"), `Comparing: ${m}`);
+      let r;
+      try { r = await post("/api/sharpen", sharpenForm(file, m)); } finally { stop(); }
       const fig = document.createElement("figure");
       const img = document.createElement("img");
       img.alt = `Result of ${m}`;
@@ -193,9 +205,10 @@ $("demo-form").addEventListener("submit", async (e) => {
   if (!file) { setStatus($("demo-status"), "Choose a sharp photo first.", true); return; }
   const form = new FormData($("demo-form"));
   $("demo-go").disabled = true;
-  setStatus($("demo-status"), "Blurring and sharpening...");
+  const stop = ticking($("demo-status"), "Blurring and sharpening");
   try {
-    const r = await post("/api/demo", form);
+    let r;
+    try { r = await post("/api/demo", form); } finally { stop(); }
     for (const k of ["blurred", "sharpened", "original"]) $(`demo-${k}`).src = `data:image/png;base64,${r[k]}`;
     for (const k of ["blurred", "sharpened"]) {
       $(`demo-psnr-${k}`).textContent = fmt(r.metrics[k].psnr, 2);
@@ -205,6 +218,7 @@ $("demo-form").addEventListener("submit", async (e) => {
     const gain = r.metrics.sharpened.psnr - r.metrics.blurred.psnr;
     setStatus($("demo-status"), `Done in ${fmt(r.time_ms / 1000, 2)} s: ${gain >= 0 ? "+" : ""}${fmt(gain, 2)} dB.`);
   } catch (err) {
+    $("demo-result").hidden = true;
     setStatus($("demo-status"), `Could not run the demo: ${err.message}`, true);
   } finally {
     $("demo-go").disabled = false;
