@@ -77,6 +77,12 @@ def test_info_prints_params_and_macs(model_file, capsys):
     assert main(["info", "--model", model_file]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "MACs per pixel" in out
+    # the shipped models are the last links of fine-tuning chains: info says so instead of a bare step count
+    assert main(["info", "--model", "student"]) == 0
+    out = capsys.readouterr().out
+    assert "in the last run, fine-tuned from" in out and "note:" in out
+    assert main(["info", "--model", "teacher"]) == 0
+    assert "averaged over 2 runs" in capsys.readouterr().out
 
 
 def test_train_requires_teacher_for_distillation(tmp_path, capsys):

@@ -341,10 +341,21 @@ def cmd_info(args: argparse.Namespace) -> int:
               "about 0.2 M per iteration for the denoiser alone)")
     else:
         print(f"MACs per pixel: {macs_per_pixel(model):,.0f}")
+    init = (info.get("train_config") or {}).get("init")
+    averaged = info.get("averaged_from") or []
     for key in ("stage", "preset", "steps", "wall_time_s", "hardware", "data", "command", "distilled", "teacher",
                 "val_psnr", "val_blurred_psnr", "components"):
         if key in info:
-            print(f"{key + ':':15s} {info[key]}")
+            value = info[key]
+            if key == "steps" and (init or averaged):  # the file's own run is only the last link of a chain
+                value = (f"{value} in the last run" + (f", fine-tuned from {init}" if init else "")
+                         + (f"; weights averaged over {len(averaged)} runs" if averaged else "")
+                         + " (the whole chain is in the notes below and the model card)")
+            if key == "command" and averaged:
+                value = f"{info.get('average_command', value)} (averaging; the first run's command: {value})"
+            print(f"{key + ':':15s} {value}")
+    for note in info.get("notes", []):
+        print(f"note:           {note}")
     return 0
 
 
