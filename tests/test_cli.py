@@ -211,3 +211,25 @@ def test_output_names_that_cannot_be_written_are_refused(tmp_path, photo, capsys
     # no extension is a folder, and the summary names the file written there
     assert main(["sharpen", a, "-o", str(tmp_path / "outdir"), "--model", "unsharp"]) == 0
     assert str(tmp_path / "outdir" / "a.png") in capsys.readouterr().out
+
+
+def test_a_malformed_png_in_a_batch_fails_alone(tmp_path, photo, capsys):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo).save(src / "good.png")
+    pal = tmp_path / "p.png"
+    Image.fromarray(photo[..., 0]).convert("P").save(pal)
+    data = pal.read_bytes()
+    at = data.index(b"IDAT") - 4
+    body = bytes(300)  # a transparency table longer than the palette
+    trns = struct.pack(">I", len(body)) + b"tRNS" + body + struct.pack(">I", zlib.crc32(b"tRNS" + body))
+    (src / "bad.png").write_bytes(data[:at] + trns + data[at:])
+    assert main(["sharpen", str(src), "-o", str(tmp_path / "out"), "--model", "unsharp"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "Traceback" not in err and "1 failed" in err
+    assert (tmp_path / "out" / "good.png").exists() and not (tmp_path / "out" / "bad.png").exists()
