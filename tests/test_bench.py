@@ -9,8 +9,11 @@ def test_bench_reports_every_cell(tmp_path, capsys):
     methods = "unsharp-opencv,student-torch,student-onnx,student-onnx-int8"
     assert main(["bench", "--methods", methods, "--resolutions", "64x48,96x80",
                  "--runs", "3", "--warmup", "1", "--json", str(out), "--plot", str(png)]) == 0
-    text = capsys.readouterr().out
-    assert "precision fp32" in text and "| student-onnx | 96x80 |" in text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "precision fp32" in text and "| student-onnx | onnx | fp32 |" in text and "| 96x80 |" in text
+    assert "| student-onnx-int8 | onnx-int8 | int8 |" in text
+    assert "measuring student-torch at 64x48" in captured.err  # progress while it runs
     res = json.loads(out.read_text())
     assert len(res["rows"]) == 8
     assert all(r["runs"] >= 3 and r["fps"] > 0 and abs(r["mp_per_s"] - r["width"] * r["height"] / 1e6 * r["fps"])

@@ -88,12 +88,18 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
 
 def run_bench(methods: tuple[str, ...] = METHODS, resolutions: tuple[tuple[int, int], ...] = RESOLUTIONS,
               warmup: int = 2, min_runs: int = 3, max_runs: int = 20, max_seconds: float = 15.0,
-              device: str = "cpu", threads: int = 0) -> dict:
+              device: str = "cpu", threads: int = 0, on_row: Callable[[dict], None] | None = None,
+              on_start: Callable[[str, int, int], None] | None = None) -> dict:
+    """Time every method at every resolution. ``on_start(method, w, h)`` is called before each cell and
+    ``on_row(row)`` as soon as it is measured (``sharpkd bench`` prints it then)."""
     rng = np.random.default_rng(0)
     rows = []
     for name in methods:
         fn = _method(name, device, threads)
+        model, backend = split_method(name)
         for w, h in resolutions:
+            if on_start is not None:
+                on_start(name, w, h)
             frame = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
             for _ in range(warmup):
                 fn(frame)
@@ -103,35 +109,61 @@ def run_bench(methods: tuple[str, ...] = METHODS, resolutions: tuple[tuple[int, 
                 fn(frame)
                 times.append(time.perf_counter() - t)
             med = statistics.median(times)
-            rows.append({"method": name, "width": w, "height": h, "runs": len(times), "median_s": med,
-                         "fps": 1 / med, "mp_per_s": w * h / 1e6 / med, "peak_rss_mb": _peak_rss_mb()})
+            row = {"method": name, "backend": backend, "precision": "int8" if backend == "onnx-int8" else
+                   ("uint8" if backend == "opencv" else "fp32"),
+                   "threads": _threads(backend, threads), "width": w, "height": h, "runs": len(times),
+                   "median_s": med, "fps": 1 / med, "mp_per_s": w * h / 1e6 / med, "peak_rss_mb": _peak_rss_mb()}
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return {"device": device, "environment": environment(threads), "rows": rows}
 
 
-def to_markdown(res: dict) -> str:
-    env = res["environment"]
-    lines = [f"Device: {res['device']}; CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs; "
-             f"torch {env['torch']} ({env['torch_threads']} threads), onnxruntime {env['onnxruntime']} "
-             f"({env['onnxruntime_threads']} threads), OpenCV {env['opencv']}; precision {env['precision']}; "
-             f"CPU flags: {env.get('cpu_flags') or 'n/a'}.",
-             "Median of the timed runs after warm-up; one frame per call (batch 1), no tiling.", "",
-             "| method | resolution | FPS | MP/s | median ms | runs | peak RSS so far (MB) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        lines.append(f"| {r['method']} | {r['width']}x{r['height']} | {r['fps']:.1f} | {r['mp_per_s']:.2f} | "
-                     f"{r['median_s'] * 1000:.1f} | {r['runs']} | {r['peak_rss_mb']:.0f} |")
+def _threads(backend: str, threads: int) -> int:
+    if backend.startswith("onnx"):
+        return threads or (os.cpu_count() or 1)
+    if backend == "opencv":
+        import cv2
+
+        return cv2.getNumThreads()
+    return torch.get_num_threads()
+
+
+TABLE_HEAD = ["| method | backend | precision | threads | resolution | FPS | MP/s | median ms | runs | "
+              "peak RSS so far (MB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def header(env: dict, device: str) -> list[str]:
+    """What every figure of the table was measured on."""
+    return [f"Device: {device}; CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs; "
+            f"torch {env['torch']} ({env['torch_threads']} threads), onnxruntime {env['onnxruntime']} "
+            f"({env['onnxruntime_threads']} threads), OpenCV {env['opencv']}; precision {env['precision']}; "
+            f"CPU flags: {env.get('cpu_flags') or 'n/a'}.",
+            "Median of the timed runs after warm-up; one frame per call (batch 1), no tiling.", "", *TABLE_HEAD]
+
+
+def row_line(r: dict) -> str:
+    return (f"| {r['method']} | {r.get('backend', '-')} | {r.get('precision', '-')} | {r.get('threads', '-')} | "
+            f"{r['width']}x{r['height']} | {r['fps']:.1f} | {r['mp_per_s']:.2f} | {r['median_s'] * 1000:.1f} | "
+            f"{r['runs']} | {r['peak_rss_mb']:.0f} |")
+
+
+def ratios(res: dict) -> list[str]:
     by = {(r["method"], r["width"]): r for r in res["rows"]}
     widths = sorted({r["width"] for r in res["rows"]})
-    ratio_lines = []
+    lines = []
     for m in dict.fromkeys(r["method"] for r in res["rows"]):
-        ratios = [(w, by[(m, w)]["fps"] / by[("teacher-torch", w)]["fps"]) for w in widths
-                  if m.startswith("student") and (m, w) in by and ("teacher-torch", w) in by]
-        if ratios:
-            ratio_lines.append(f"{m} / teacher-torch throughput: "
-                               + ", ".join(f"{x:.1f}x (width {w})" for w, x in ratios) + ".")
-    if ratio_lines:
-        lines += ["", *ratio_lines]
-    return "\n".join(lines)
+        rs = [(w, by[(m, w)]["fps"] / by[("teacher-torch", w)]["fps"]) for w in widths
+              if m.startswith("student") and (m, w) in by and ("teacher-torch", w) in by]
+        if rs:
+            lines.append(f"{m} / teacher-torch throughput: " + ", ".join(f"{x:.1f}x (width {w})" for w, x in rs) + ".")
+    return lines
+
+
+def to_markdown(res: dict) -> str:
+    r = ratios(res)
+    lines = [*header(res["environment"], res["device"]), *map(row_line, res["rows"])]
+    return "\n".join(lines + ([""] + r if r else []))
 
 
 def plot(res: dict, path: str | Path) -> None:

@@ -303,7 +303,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sharpkd.bench import METHODS, plot, run_bench, save_json, to_markdown
+    from sharpkd.bench import METHODS, environment, header, plot, ratios, row_line, run_bench, save_json
 
     methods = tuple(m for m in args.methods.split(",") if m)
     unknown = set(methods) - set(METHODS)
@@ -317,9 +317,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    # the table is printed row by row as cells are measured (a full run takes minutes)
+    print("\n".join(header(environment(args.threads), args.device)), flush=True)
+
+    def started(name: str, w: int, h: int) -> None:
+        if not args.quiet:
+            print(f"measuring {name} at {w}x{h}...", file=sys.stderr, flush=True)
+
     res = run_bench(methods, sizes, warmup=args.warmup, max_runs=args.runs, max_seconds=args.max_seconds,
-                    device=args.device, threads=args.threads)
-    print(to_markdown(res))
+                    device=args.device, threads=args.threads, on_row=lambda r: print(row_line(r), flush=True),
+                    on_start=started)
+    if ratios(res):
+        print("\n" + "\n".join(ratios(res)))
     if args.json:
         save_json(res, args.json)
     if args.plot:
