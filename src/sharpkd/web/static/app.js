@@ -71,6 +71,11 @@ function ticking(el, text) {
   return () => clearInterval(id);
 }
 
+function edges(scores) {
+  const a = scores.edge_width_before_px, b = scores.edge_width_after_px;
+  return a == null || b == null ? "n/a (too few edges to measure)" : `${fmt(a, 2)} px \u2192 ${fmt(b, 2)} px`;
+}
+
 function fmt(v, digits) { return v === null || v === undefined ? "n/a" : Number(v).toFixed(digits); }
 
 function downloadName(file, ext) {
@@ -112,8 +117,7 @@ function showResult(file, r) {
   $("zoom-after").style.backgroundImage = `url("${after}")`;
   $("score-time").textContent = `${fmt(r.time_ms, 0)} ms`;
   $("score-model").textContent = r.model;
-  $("score-sharpness").textContent = r.scores.sharpness_gain == null ? "n/a" : `x${fmt(r.scores.sharpness_gain, 2)}`;
-  $("score-agreement").textContent = r.model === "teacher" ? "1.0 (this is the teacher)" : fmt(r.scores.agreement, 3);
+  $("score-edges").textContent = edges(r.scores);
   const link = $("download");
   link.href = after;
   link.download = downloadName(file, r.extension);
@@ -178,8 +182,7 @@ $("compare").addEventListener("click", async () => {
       img.alt = `Result of ${m}`;
       img.src = URL.createObjectURL(b64ToBlob(r.image, r.mime));
       const cap = document.createElement("figcaption");
-      const agree = m === "teacher" ? "" : `, agreement ${fmt(r.scores.agreement, 3)}`;
-      cap.textContent = `${m}: ${fmt(r.time_ms, 0)} ms, sharpness x${fmt(r.scores.sharpness_gain, 2)}${agree}`;
+      cap.textContent = `${m}: ${fmt(r.time_ms, 0)} ms, edge width ${edges(r.scores)}`;
       fig.append(img, cap);
       grid.appendChild(fig);
     }
