@@ -228,12 +228,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                       w_rec=args.w_rec, recon=args.recon, w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out,
                       w_kd_feat=args.w_kd_feat, init=args.init or "", kd_extra=args.kd_extra, amp=args.amp,
                       channels_last=args.channels_last, compile=args.compile,
-                      kd_extra_data=args.kd_extra_data or [], max_side=args.max_side,
+                      kd_extra_data=args.kd_extra_data or [], max_side=args.max_side, kd_cache=args.kd_cache or "",
                       degrade=DegradeConfig(jpeg_prob=args.jpeg_prob, kinds=tuple(mix), kind_probs=tuple(mix.values()),
                                             motion_length_range=tuple(args.motion_length)))
     # on --resume the saved run's config (teacher included) is used, so nothing more is needed here
-    if args.stage == "student" and cfg.distill and not cfg.teacher and not args.resume:
-        raise UserError("train student needs --teacher MODEL (or --no-distill for the ablation)")
+    if args.stage == "student" and cfg.distill and not cfg.teacher and not cfg.kd_cache and not args.resume:
+        raise UserError("train student needs --teacher MODEL or --kd-cache DIR (or --no-distill for the ablation)")
+    if cfg.kd_cache and not Path(cfg.kd_cache).is_dir():
+        raise UserError(f"--kd-cache: no such folder {cfg.kd_cache} (make it with `sharpkd label`)")
     for d in cfg.data:
         if not Path(d).exists():
             raise UserError(f"no such data folder: {d}")
@@ -247,6 +249,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise UserError(str(e)) from e
     print(f"model written to {path}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from sharpkd.data import load_photos, skimage_photos, split_holdout
+    from sharpkd.degrade import DegradeConfig
+    from sharpkd.infer import Sharpener
+    from sharpkd.labels import label_photos
+
+    if args.per_photo < 1 or args.patch_size < 16:
+        raise UserError("--per-photo must be at least 1 and --patch-size at least 16")
+    for d in args.data or []:
+        if not Path(d).exists():
+            raise UserError(f"no such data folder: {d}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    mix = parse_blur_mix(args.blur_mix)
+    photos = load_photos(args.data) if args.data else skimage_photos()
+    train_photos, _ = split_holdout(photos)  # the same split training uses: never label the hold-out photos
+    try:
+        teacher = Sharpener.from_pretrained(args.teacher, tile=0)
+        degrade = DegradeConfig(kinds=tuple(mix), kind_probs=tuple(mix.values()))
+        res = label_photos(teacher, args.teacher, train_photos, args.out, per_photo=args.per_photo,
+                           patch=args.patch_size, degrade=degrade, seed=args.seed, max_side=args.max_side,
+                           progress=not args.quiet)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    print(f"{res['shards']} of {len(train_photos)} photos labelled by {args.teacher} in {args.out} "
+          f"({args.per_photo} patches of {args.patch_size}px each)")
     return 0
 
 
@@ -480,6 +513,10 @@ def add_train(sub) -> None:
     p.add_argument("--kd-extra", type=int, default=0,
                    help="student: extra patches per step labelled by the teacher only (no ground truth)")
     p.add_argument("--kd-extra-data", nargs="+", help="photos for those extra patches (default: the training pool)")
+    p.add_argument("--kd-cache", metavar="DIR",
+                   help="student: train on patches a teacher labelled once (`sharpkd label`): ground truth "
+                        "for reconstruction, the cached teacher output for distillation; --teacher is then "
+                        "optional (a live network teacher adds feature distillation)")
     p.add_argument("--max-side", type=int, default=0, metavar="PX",
                    help="reduce training photos larger than this (Lanczos) so that their pixels carry crisp detail "
                         "and they do not dominate the patch draw (0: full size)")
@@ -511,6 +548,22 @@ def add_train(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="CUDA: NHWC memory layout")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained network")
     p.set_defaults(func=cmd_train)
+
+
+def add_label(sub) -> None:
+    p = sub.add_parser("label", help="cache a teacher's outputs on training photos, for distillation")
+    p.add_argument("--teacher", default="teacher-blind", help="the model that labels (any sharpkd model)")
+    p.add_argument("--data", nargs="+", help="photo folders (default: the scikit-image photos); the hold-out "
+                   "split is left out")
+    p.add_argument("--out", required=True, help="label folder (resumable: existing shards are kept)")
+    p.add_argument("--per-photo", type=int, default=8, help="patches cut from each labelled photo")
+    p.add_argument("--patch-size", type=int, default=128)
+    p.add_argument("--max-side", type=int, default=768, help="reduce photos to this longer side first (0: keep)")
+    p.add_argument("--blur-mix", default="gaussian=0.45,defocus=0.2,motion=0.35",
+                   help="share of each blur kind, as for training")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch default)")
+    p.set_defaults(func=cmd_label)
 
 
 def add_eval(sub) -> None:
@@ -602,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sharpkd", description="Sharpen blurry photos with a distilled student network.")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (add_sharpen, add_degrade, add_train, add_eval, add_export, add_bench, add_video, add_serve, add_info):
+    for add in (add_sharpen, add_degrade, add_train, add_label, add_eval, add_export, add_bench, add_video, add_serve,
+                add_info):
         add(sub)
     return ap
 

@@ -33,6 +33,7 @@ from sharpkd.checkpoint import build_preset, count_params, load_model, macs_per_
 from sharpkd.data import PatchSampler, limit_size, load_photos, skimage_photos, split_holdout
 from sharpkd.degrade import DegradeConfig
 from sharpkd.evaluate import fixed_validation_set, gains_by_kind, validate
+from sharpkd.labels import LabelCache
 from sharpkd.losses import FeatureAdapter, LossWeights, combined_loss
 from sharpkd.provenance import hardware
 
@@ -48,6 +49,7 @@ class TrainConfig:
     distill: bool = True  # student stage: False trains the same student on ground truth only
     kd_extra: int = 0  # extra patches per step labelled by the teacher only (no ground truth used)
     kd_extra_data: list[str] = field(default_factory=list)  # their photos (empty: the training pool)
+    kd_cache: str = ""  # folder of cached teacher labels (`sharpkd label`): the batches come from it
     max_side: int = 0  # reduce training photos whose longer side exceeds this (0: keep full size)
     steps: int = 2000
     batch_size: int = 8
@@ -80,8 +82,10 @@ class TrainConfig:
 
     def loss_weights(self) -> LossWeights:
         kd = self.stage == "student" and self.distill
+        # cached labels carry the teacher's output only: features need a live teacher as well
+        feat = kd and (bool(self.teacher) or not self.kd_cache)
         return LossWeights(rec=self.w_rec, perceptual=self.w_perceptual, recon=self.recon,
-                           kd_out=self.w_kd_out if kd else 0.0, kd_feat=self.w_kd_feat if kd else 0.0)
+                           kd_out=self.w_kd_out if kd else 0.0, kd_feat=self.w_kd_feat if feat else 0.0)
 
 
 def config_from_dict(d: dict) -> TrainConfig:
@@ -178,9 +182,11 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
         raise ValueError(f"--batch-size {cfg.batch_size} (and --kd-extra) must divide evenly over {world} ranks")
     if cfg.kd_extra > 0 and (cfg.stage != "student" or not cfg.distill):
         raise ValueError("kd_extra needs a distilled student (the teacher labels the extra patches)")
+    if cfg.kd_cache and (cfg.stage != "student" or not cfg.distill or cfg.kd_extra):
+        raise ValueError("kd_cache is for distilling a student (and replaces kd_extra)")
     kd = cfg.loss_weights()
-    if (kd.kd_out > 0 or kd.kd_feat > 0) and not cfg.teacher:
-        raise ValueError("the student stage needs --teacher MODEL (or --no-distill)")
+    if (kd.kd_out > 0 or kd.kd_feat > 0) and not cfg.teacher and not cfg.kd_cache:
+        raise ValueError("the student stage needs --teacher MODEL or --kd-cache DIR (or --no-distill)")
 
 
 def load_state(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict | None]:
@@ -220,6 +226,7 @@ class Run:
     val_blur: torch.Tensor
     val_sharp: torch.Tensor
     photo_counts: tuple[int, int]  # training and hold-out photos
+    cache: LabelCache | None = None  # cached teacher labels: the training batches come from here
     arch: str = ""
     model: torch.nn.Module | None = None  # the trained network (unwrapped)
     ema: torch.nn.Module | None = None
@@ -266,8 +273,9 @@ def setup_data(cfg: TrainConfig, dd: Dist, device: torch.device) -> Run:
     if cfg.kd_extra > 0:
         extra_photos = load_photos(cfg.kd_extra_data) if cfg.kd_extra_data else train_photos
         extra_sampler = PatchSampler(extra_photos, cfg.patch_size, seed=cfg.seed + 7919)
+    cache = LabelCache(cfg.kd_cache, seed=cfg.seed) if cfg.kd_cache else None
     return Run(cfg, dd, device, sampler, extra_sampler, val_blur.to(device), val_sharp.to(device),
-               (len(train_photos), len(val_photos)))
+               (len(train_photos), len(val_photos)), cache)
 
 
 def _load_teacher(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
@@ -295,7 +303,7 @@ def setup_models(run: Run, fresh: bool) -> None:
     run.model = model.to(device).train()
     run.ema = copy.deepcopy(run.model).eval().requires_grad_(False) if cfg.ema > 0 else None
     weights = cfg.loss_weights()
-    if weights.kd_out > 0 or weights.kd_feat > 0:
+    if (weights.kd_out > 0 or weights.kd_feat > 0) and cfg.teacher:
         run.teacher = _load_teacher(cfg, device)
         if weights.kd_feat > 0:
             run.adapter = FeatureAdapter(model.feature_channels, run.teacher.feature_channels).to(device)
@@ -327,6 +335,8 @@ def restore(run: Run, state: dict) -> None:
     run.sampler.rng.bit_generator.state = json.loads(state["numpy_rng"])
     if run.extra_sampler is not None and "extra_rng" in state:
         run.extra_sampler.rng.bit_generator.state = json.loads(state["extra_rng"])
+    if run.cache is not None and "cache_rng" in state:
+        run.cache.rng.bit_generator.state = json.loads(state["cache_rng"])
     torch.set_rng_state(state["torch_rng"])
 
 
@@ -369,22 +379,29 @@ def save_checkpoint(run: Run) -> None:
         "step": run.step, "elapsed": run.elapsed, "config": json.dumps(dataclasses.asdict(cfg)),
         "numpy_rng": json.dumps(run.sampler.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
         **({"extra_rng": json.dumps(run.extra_sampler.rng.bit_generator.state)} if run.extra_sampler else {}),
+        **({"cache_rng": json.dumps(run.cache.rng.bit_generator.state)} if run.cache else {}),
         "history": json.dumps(run.history),
     }, run.out / "state.pt")
     info = {"stage": cfg.stage, "preset": cfg.arch, "steps": run.step, "wall_time_s": round(run.elapsed, 1),
             "hardware": hardware(), "data": cfg.data or ["scikit-image sample photos"],
             "command": run.history[0]["command"], "history": run.history,
             "val_psnr": run.val_psnr, "val_blurred_psnr": run.blurred_psnr,
-            "distilled": bool(run.teacher is not None), "teacher": cfg.teacher,
+            "distilled": bool(run.teacher is not None or run.cache is not None),
+            "teacher": cfg.teacher or (run.cache.manifest.get("teacher", "") if run.cache else ""),
             "train_config": dataclasses.asdict(cfg)}
     save_model(run.out / "model.safetensors", run.ema if run.ema is not None else run.model, info)
 
 
-def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """This rank's slice of the global batch (the same seeded draw on every rank), plus its share of
-    the extra patches whose only label is the teacher's output."""
+    the extra patches whose only label is the teacher's output; and the cached teacher labels of the
+    batch when it comes from a label cache (else None)."""
     cfg, dd = run.cfg, run.dd
     b, e = cfg.batch_size // dd.world, cfg.kd_extra // dd.world
+    if run.cache is not None:
+        blurred, sharp, label = (t[dd.rank * b : (dd.rank + 1) * b].to(run.device)
+                                 for t in run.cache.batch(cfg.batch_size))
+        return blurred, sharp, label
     blurred, sharp = run.sampler.batch(cfg.batch_size, cfg.degrade)
     blurred, sharp = blurred[dd.rank * b : (dd.rank + 1) * b].to(run.device), sharp[dd.rank * b : (dd.rank + 1) * b]
     if run.extra_sampler is not None:
@@ -392,7 +409,7 @@ def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
         blurred = torch.cat([blurred, extra[dd.rank * e : (dd.rank + 1) * e].to(run.device)])
     if cfg.channels_last:
         blurred = blurred.contiguous(memory_format=torch.channels_last)
-    return blurred, sharp.to(run.device)
+    return blurred, sharp.to(run.device), None
 
 
 def train_step(run: Run) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
@@ -401,13 +418,15 @@ def train_step(run: Run) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     cfg = run.cfg
     for g in run.opt.param_groups:
         g["lr"] = lr_at(run.step, cfg)
-    blurred, sharp = next_batch(run)
+    blurred, sharp, label = next_batch(run)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     with torch.autocast(run.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
         t_out = t_feat = None
         if run.teacher is not None:
             with torch.no_grad():  # the teacher's graph is never kept
                 t_out, t_feat = run.teacher(blurred, return_features=True)
+        if label is not None:  # the cached label is the (slow) teacher's output for this very input
+            t_out = label
         pred, s_feat = run.net(blurred, return_features=True)
         loss, parts = combined_loss(cfg.loss_weights(), pred.float(), sharp,
                                     teacher_out=None if t_out is None else t_out.float(),
