@@ -35,7 +35,7 @@ def main() -> None:
 
     images = load_eval_images(args.data)
     levin = load_levin_kernels(args.kernels)
-    teacher = Sharpener.from_pretrained("teacher-blind", tile=0)
+    teacher = Sharpener.from_pretrained("teacher", tile=0)
     fig, axes = plt.subplots(len(args.images), 5, figsize=(17, 3.6 * len(args.images)), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 1, 1, 3, 3]})
     for row, i in zip(axes, args.images, strict=True):

@@ -81,7 +81,7 @@ def test_info_prints_params_and_macs(model_file, capsys):
     assert main(["info", "--model", "student"]) == 0
     out = capsys.readouterr().out
     assert "in the last run, fine-tuned from" in out and "note:" in out
-    assert main(["info", "--model", "teacher"]) == 0
+    assert main(["info", "--model", "teacher-net"]) == 0
     assert "averaged over 2 runs" in capsys.readouterr().out
 
 

@@ -113,14 +113,14 @@ def test_estimator_refuses_images_too_small_for_the_kernel():
 def test_blind_teacher_through_sharpener_keeps_shape_and_tiles_share_one_kernel(crop):
     from sharpkd.infer import Sharpener
 
-    s = Sharpener.from_pretrained("teacher-blind", tile=64, overlap=32)
+    s = Sharpener.from_pretrained("teacher", tile=64, overlap=32)
     assert s.blind
     blurred = protocol_degrade(crop, make_kernel("motion", length=7, seed=1, size=11), 0)
     x = to_t(blurred)
     est = s.estimate_blur(x)
     assert len(est) == 1 and est[0].kernel.sum() == pytest.approx(1) and 0 < est[0].noise < 0.05
     tiled = s.sharpen_tensor(x, est)
-    whole = Sharpener.from_pretrained("teacher-blind", tile=0).sharpen_tensor(x, est)
+    whole = Sharpener.from_pretrained("teacher", tile=0).sharpen_tensor(x, est)
     assert tiled.shape == x.shape
     # tiles are solved with the photo's kernel: as close to the ground truth as the untiled result
     assert abs(psnr(crop, to_u8(tiled)) - psnr(crop, to_u8(whole))) < 1.0
@@ -133,7 +133,7 @@ def test_blind_teacher_has_no_onnx_backend():
     from sharpkd.infer import Sharpener
 
     with pytest.raises(ValueError, match="torch backend only"):
-        Sharpener.from_pretrained("teacher-blind", backend="onnx")
+        Sharpener.from_pretrained("teacher", backend="onnx")
 
 
 def test_edge_sigma_reads_the_width_of_a_gaussian_blur():
@@ -186,8 +186,8 @@ def test_shipped_blind_teacher_leaves_round_blur_to_its_network(crop):
     from sharpkd.checkpoint import load_model
     from sharpkd.degrade import gaussian_kernel
 
-    blind, _ = load_model("teacher-blind")
-    network, _ = load_model("teacher")
+    blind, _ = load_model("teacher")
+    network, _ = load_model("teacher-net")
     x = to_t(protocol_degrade(crop, gaussian_kernel(2.0), 2))
     est = blind.estimate(x)[0]
     assert est.route == "network"
@@ -224,7 +224,7 @@ def test_cli_saves_the_kernel_and_the_route(tmp_path, crop):
 
     blurred = protocol_degrade(crop, make_kernel("motion", length=9, seed=2, size=15), 0)
     Image.fromarray(blurred).save(tmp_path / "b.png")
-    assert main(["-q", "sharpen", str(tmp_path / "b.png"), "-o", str(tmp_path / "o.png"), "--model", "teacher-blind",
+    assert main(["-q", "sharpen", str(tmp_path / "b.png"), "-o", str(tmp_path / "o.png"), "--model", "teacher",
                  "--save-kernel", str(tmp_path / "k")]) == 0
     k = np.load(tmp_path / "k" / "o.png.kernel.npy")
     report = json.loads((tmp_path / "k" / "o.png.kernel.json").read_text())

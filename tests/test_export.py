@@ -26,7 +26,7 @@ def test_onnx_matches_pytorch_on_odd_sizes(tmp_path, name, perturbed):
 
 
 def test_shipped_onnx_files_match_shipped_weights():
-    for name in ("student", "teacher"):
+    for name in ("student", "teacher-net"):
         x = torch.rand(1, 3, 41, 67)
         a = Sharpener.from_pretrained(name, tile=0).sharpen_tensor(x)
         b = Sharpener.from_pretrained(name, tile=0, backend="onnx").sharpen_tensor(x)
@@ -101,7 +101,7 @@ def test_resolver_declares_kind_and_multiple_and_never_exports(tmp_path):
     assert isinstance(resolve("unsharp", "onnx"), UnsharpMask)  # a classical filter has one engine
     # no shipped INT8 teacher and no ONNX student-nokd: a clear error naming the export command,
     # and nothing written anywhere (loading used to export and calibrate on the fly)
-    for name, backend in (("teacher", "onnx-int8"), ("student-nokd", "onnx")):
+    for name, backend in (("teacher-net", "onnx-int8"), ("student-nokd", "onnx")):
         with pytest.raises(BackendError, match="sharpkd export"):
             resolve(name, backend)
     with pytest.raises(BackendError, match="unknown backend"):
@@ -114,7 +114,7 @@ def test_cli_names_the_backend_and_refuses_missing_exports(tmp_path, photo, caps
     from PIL import Image
 
     Image.fromarray(photo).save(tmp_path / "in.png")
-    assert main(["sharpen", str(tmp_path / "in.png"), "-o", str(tmp_path / "a.png"), "--model", "teacher",
+    assert main(["sharpen", str(tmp_path / "in.png"), "-o", str(tmp_path / "a.png"), "--model", "teacher-net",
                  "--backend", "onnx-int8"]) == 2
     err = capsys.readouterr().err
     assert "sharpkd export" in err and "Traceback" not in err

@@ -70,7 +70,8 @@ def test_student_distils_from_a_label_cache_without_a_live_teacher(tmp_path, cap
     assert "labelled by unsharp" in capsys.readouterr().out
     out = tmp_path / "run"
     assert main(["-q", "train", "student", "--kd-cache", str(labels), "--data", str(data), "--out", str(out),
-                 "--steps", "4", "--batch-size", "2", "--patch-size", "48", "--val-every", "2", "--log-every", "1"]) == 0
+                 "--steps", "4", "--batch-size", "2", "--patch-size", "48", "--val-every", "2",
+                 "--log-every", "1"]) == 0
     from sharpkd.checkpoint import read_info
 
     info = read_info(out)

@@ -1,7 +1,7 @@
 """Put the network teacher inside the blind teacher's file, so one model routes each photo.
 
-    python tools/compose_blind_teacher.py                       # weights/teacher-blind.safetensors in place
-    python tools/compose_blind_teacher.py --blind B --network N -o out.safetensors
+    python tools/convert_ffdnet.py ffdnet_color.pth -o blind.safetensors     # the denoiser (see that tool)
+    python tools/compose_blind_teacher.py --blind blind.safetensors           # -> weights/teacher.safetensors
 
 The blind file (made by ``tools/convert_ffdnet.py``) holds the FFDNet denoiser of the deconvolution;
 the network file is a teacher trained here (``sharpkd train teacher``). The result is a ``blind``
@@ -28,7 +28,7 @@ def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, h
     model.network.load_state_dict(net.state_dict())
     components = dict(blind_info.get("components", {}))
     components["network"] = (f"the network teacher trained here ({net_info.get('preset')}, {net_info.get('steps')} "
-                             f"steps; its card: weights/teacher.md), command: {net_info.get('command', '?')}")
+                             f"steps; its card: weights/teacher-net.md), command: {net_info.get('command', '?')}")
     info = {"stage": "teacher", "preset": "blind+network", "steps": net_info.get("steps", 0), "distilled": False,
             "command": "python tools/compose_blind_teacher.py", "components": components,
             "dtype": "float16" if half else "float32",
@@ -39,9 +39,10 @@ def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, h
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--blind", default=str(SHIPPED["teacher-blind"]))
-    ap.add_argument("--network", default=str(SHIPPED["teacher"]))
-    ap.add_argument("-o", "--out", default=str(SHIPPED["teacher-blind"]))
+    ap.add_argument("--blind", default=str(SHIPPED["teacher"]), help="a blind file with the denoiser (the shipped "
+                    "teacher carries one)")
+    ap.add_argument("--network", default=str(SHIPPED["teacher-net"]))
+    ap.add_argument("-o", "--out", default=str(SHIPPED["teacher"]))
     ap.add_argument("--fp32", action="store_true")
     args = ap.parse_args()
     print(f"wrote {compose(args.blind, args.network, args.out, half=not args.fp32)}")

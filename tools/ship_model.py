@@ -94,7 +94,7 @@ def main() -> None:
             else:
                 save_model(dest, model, info, half=True)
         print(f"wrote {dest}")
-        if args.name in ("student", "teacher"):  # keep the shipped ONNX export in step with the weights
+        if args.name in ("student", "teacher-net"):  # keep the shipped ONNX export in step with the weights
             from sharpkd.export import export_onnx
 
             shipped, shipped_info = load_model(dest)

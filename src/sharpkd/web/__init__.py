@@ -35,9 +35,10 @@ from sharpkd.imageio import (
 HERE = Path(__file__).parent
 MODEL_INFO = {
     "student": ("Student (fast)", "the small distilled network"),
-    "teacher": ("Teacher (best)", "the large network the student learned from"),
-    "teacher-blind": ("Blind teacher (experimental, slow)",
-                      "estimates the blur kernel from the photo, then inverts it with a learned denoiser prior"),
+    "teacher": ("Teacher (best, slow)",
+                "estimates the photo's blur: camera shake is inverted with a learned prior, other blur goes to the "
+                "teacher network"),
+    "teacher-net": ("Teacher network", "the large network the student learned from"),
     "unsharp": ("Unsharp mask (classical)", "a classical filter: image + (image - Gaussian blur)"),
 }
 MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
