@@ -20,8 +20,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sharpkd.infer import Sharpener
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
 _END = object()
@@ -146,8 +150,8 @@ def pipeline(frames: Iterator[np.ndarray], process: Callable[[np.ndarray], np.nd
     return n
 
 
-def sharpen_video(sharpener, src: str | Path, dst: str | Path, *, overwrite: bool = False, max_frames: int = 0,
-                  progress: bool = True) -> VideoStats:
+def sharpen_video(sharpener: Sharpener, src: str | Path, dst: str | Path, *, overwrite: bool = False,
+                  max_frames: int = 0, progress: bool = True) -> VideoStats:
     """Sharpen every frame of ``src`` into ``dst`` (same frame size and rate; container by extension)."""
     import cv2
     from tqdm.auto import tqdm
@@ -209,7 +213,7 @@ def sharpen_video(sharpener, src: str | Path, dst: str | Path, *, overwrite: boo
     return VideoStats(n, seconds, w, h, fps)
 
 
-def live(sharpener, source: str | int, *, window: bool = True, mjpeg_port: int = 0, max_frames: int = 0,
+def live(sharpener: Sharpener, source: str | int, *, window: bool = True, mjpeg_port: int = 0, max_frames: int = 0,
          side_by_side: bool = True, on_frame: Callable[[int, float], None] | None = None) -> VideoStats:
     """Sharpen a camera or stream and show it: an OpenCV window, or an MJPEG page on
     http://127.0.0.1:<mjpeg_port>/ when there is no display. Stops on 'q', Ctrl+C or ``max_frames``."""

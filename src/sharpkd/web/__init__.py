@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file
@@ -31,6 +32,9 @@ from sharpkd.imageio import (
     encode_image,
     read_image,
 )
+
+if TYPE_CHECKING:
+    from sharpkd.infer import Sharpener
 
 HERE = Path(__file__).parent
 MODEL_INFO = {
@@ -94,7 +98,7 @@ class WebConfig:
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
 
 
-def _load_sharpeners(cfg: WebConfig) -> dict:
+def _load_sharpeners(cfg: WebConfig) -> dict[str, Sharpener]:
     from sharpkd.infer import CLASSICAL, Sharpener
 
     out = {}
@@ -134,7 +138,7 @@ class AppState:
     page, the work gate and the configuration."""
 
     config: WebConfig
-    models: dict
+    models: dict[str, Sharpener]
     facts: list
     gate: Gate
 
@@ -150,7 +154,7 @@ def state() -> AppState:
     return current_app.extensions["sharpkd"]
 
 
-def create_app(config: WebConfig | None = None, sharpeners: dict | None = None) -> Flask:
+def create_app(config: WebConfig | None = None, sharpeners: dict[str, Sharpener] | None = None) -> Flask:
     """The Flask app. ``sharpeners`` (name -> Sharpener) replaces loading the shipped models."""
     cfg = config or WebConfig()
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
