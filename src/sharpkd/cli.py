@@ -378,9 +378,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model:          {args.model}")
     print(f"architecture:   {info['arch']} {json.dumps(info['config'])}")
     print(f"parameters:     {count_params(model):,}")
-    if info["arch"] == "blind":
-        print("MACs per pixel: not counted (iterative: blur estimation + 8 solver iterations with FFDNet; "
-              "about 0.2 M per iteration for the denoiser alone)")
+    if info["arch"] == "blind":  # iterative: only the solver's denoiser passes are counted
+        print(f"MACs per pixel: {macs_per_pixel(model):,.0f} for the FFDNet passes of the two solver runs on "
+              "camera shake (the blur estimates, FFTs and the network route are not counted)")
     else:
         print(f"MACs per pixel: {macs_per_pixel(model):,.0f}")
     init = (info.get("train_config") or {}).get("init")

@@ -16,23 +16,13 @@ from typing import overload
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
 from sharpkd.backends import BACKENDS, CLASSICAL, Backend, OnnxBackend, TorchBackend, UnsharpMask, resolve
 from sharpkd.imageio import LoadedImage
+from sharpkd.models.blocks import pad_to_multiple
 
 __all__ = ["BACKENDS", "CLASSICAL", "MIN_TILE", "OnnxBackend", "Sharpener", "UnsharpMask", "run_padded", "run_tiled"]
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (B, C, H, W) on the bottom/right to multiples of ``multiple``; returns (padded, (H, W))."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
 
 
 @torch.inference_mode()

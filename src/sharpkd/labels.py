@@ -15,6 +15,7 @@ the teacher's output for the output-distillation term.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -87,10 +88,9 @@ def label_photos(teacher, teacher_name: str, photos: Sequence[Photo], out_dir: s
                              max_side=max_side)
         if arrays is None:
             continue
-        fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz", dir=out)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, shard)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        _atomic_write(shard, buf.getvalue())
         done += 1
     return {**settings, "shards": done}
 

@@ -210,6 +210,26 @@ def resize_kernel(k: torch.Tensor, size: int) -> torch.Tensor:
     return clean_kernel(out, 0.0)
 
 
+def contrast_stretch(grey: torch.Tensor) -> tuple[float, float]:
+    """(offset, scale) that map the grey image's 1st-99th percentiles to [0, 1] (``lam`` is relative
+    to contrast)."""
+    lo, hi = torch.quantile(grey.flatten()[:: max(1, grey.numel() // 100_000)],
+                            torch.tensor([0.01, 0.99], dtype=grey.dtype))
+    return float(lo), max(float(hi - lo), 1e-3)
+
+
+def photo_mask(padded_shape: tuple[int, int], image_shape: tuple[int, int], pad: int, margin: int) -> torch.Tensor:
+    """1 on the photo inside a padded array (less ``margin`` more pixels on every side, unless the photo
+    is too small for that), 0 on the band the FFT padding added: the kernel step fits only there."""
+    hp, wp = padded_shape
+    m = pad + 1 + margin
+    if min(image_shape) - 2 * (m - pad) < 16:  # small image at a coarse level: keep what there is
+        m = pad + 1
+    inside = torch.zeros(hp, wp, dtype=torch.float64)
+    inside[m : hp - m, m : wp - m] = 1
+    return inside
+
+
 def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | None = None,
                     *, kernel_size: int | None = None) -> np.ndarray:
     """Estimate the blur kernel of a photo. ``image``: (H, W, 3) uint8/float or (3, H, W) /
@@ -223,9 +243,8 @@ def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | N
         raise ValueError(f"kernel_size must be odd and >= 3, got {ks_final}")
     grey = central_crop(to_grey(image), cfg.max_side)
     if cfg.normalize:
-        lo, hi = torch.quantile(grey.flatten()[:: max(1, grey.numel() // 100_000)], torch.tensor([0.01, 0.99],
-                                                                                                  dtype=grey.dtype))
-        grey = (grey - lo) / max(float(hi - lo), 1e-3)
+        lo, scale = contrast_stretch(grey)
+        grey = (grey - lo) / scale
     h0, w0 = grey.shape
     if min(h0, w0) < 2 * ks_final:
         raise ValueError(f"image {h0}x{w0} too small to estimate a {ks_final}x{ks_final} kernel")
@@ -241,18 +260,12 @@ def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | N
             k[c, c - 1 : c + 1] = 0.5  # a tiny blur: the L0 step needs something to deblur
         else:
             if cfg.center_levels:
-                from sharpkd.degrade import center_kernel
-
                 k = torch.from_numpy(center_kernel(k.numpy()))
             k = resize_kernel(k, ks)
         pad = ks
         yp = pad_for_fft(y[None, None], pad)[0, 0]
         hp, wp = yp.shape
-        inside = torch.zeros(hp, wp, dtype=torch.float64)
-        m = pad + 1 + int(cfg.margin * ks)
-        if min(y.shape) - 2 * (m - pad) < 16:  # small image at a coarse level: keep what there is
-            m = pad + 1
-        inside[m : hp - m, m : wp - m] = 1
+        inside = photo_mask((hp, wp), tuple(y.shape), pad, int(cfg.margin * ks))
         dxo, dyo = gradient_otfs(hp, wp)
         lam, threshold = cfg.lam, None
         for _ in range(cfg.iters):
@@ -334,7 +347,7 @@ def nearest_gaussian(k: np.ndarray, sigmas: np.ndarray | None = None) -> tuple[f
 
 
 def refine_kernel(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor | np.ndarray, kernel: np.ndarray,
-                  config: EstimateConfig | None = None, edge_pixels: float = 0.0) -> np.ndarray:
+                  config: EstimateConfig | None = None) -> np.ndarray:
     """One kernel update at full resolution against a better latent image than the L0 cartoon, e.g. the
     solver's output with the current estimate (``latent``, same size as ``blurred``). The deconvolved
     photo has the true edges' positions and contrasts, so a least-squares fit of its gradients to the
@@ -346,20 +359,13 @@ def refine_kernel(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor | np.
     y = central_crop(to_grey(blurred), cfg.max_side)
     x = central_crop(to_grey(latent), cfg.max_side)
     if cfg.normalize:  # the same stretch for both, from the blurred photo
-        lo, hi = torch.quantile(y.flatten()[:: max(1, y.numel() // 100_000)], torch.tensor([0.01, 0.99],
-                                                                                           dtype=y.dtype))
-        y, x = (y - lo) / max(float(hi - lo), 1e-3), (x - lo) / max(float(hi - lo), 1e-3)
+        lo, scale = contrast_stretch(y)
+        y, x = (y - lo) / scale, (x - lo) / scale
     ks = kernel.shape[0]
     yp = pad_for_fft(y[None, None], ks)[0, 0]
     xp = pad_for_fft(x[None, None], ks)[0, 0]
-    hp, wp = yp.shape
-    inside = torch.zeros(hp, wp, dtype=torch.float64)
-    m = ks + 1 + int(cfg.margin * ks)
-    inside[m : hp - m, m : wp - m] = 1
-    if edge_pixels > 0:
-        gx, gy, _ = salient_edges(xp, inside, int(edge_pixels * ks), None)
-    else:
-        gx, gy = grad(xp)
+    inside = photo_mask(tuple(yp.shape), tuple(y.shape), ks, int(cfg.margin * ks))
+    gx, gy = grad(xp)
     k0 = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float64))
     k = clean_kernel(kernel_step((gx, gy), yp, k0, cfg.gamma, inside, steps=cfg.kernel_cg_steps))
     return center_kernel(remove_small_blobs(k.numpy()))

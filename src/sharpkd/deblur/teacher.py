@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sharpkd.deblur.denoiser import FFDNet
 from sharpkd.deblur.estimate import (
@@ -42,6 +41,7 @@ from sharpkd.deblur.estimate import (
 )
 from sharpkd.deblur.solve import estimate_noise, hqs_deconvolve
 from sharpkd.degrade import gaussian_kernel
+from sharpkd.models.blocks import pad_to_multiple
 from sharpkd.models.teacher import NAFTeacher, NAFTeacherConfig
 
 
@@ -166,12 +166,8 @@ class BlindTeacher(nn.Module):
         return refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=side))
 
     def _network(self, img: torch.Tensor) -> torch.Tensor:
-        m = int(self.network.config.multiple)
-        h, w = img.shape[-2:]
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            img = F.pad(img, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-        return self.network(img)[..., :h, :w].clamp(0, 1)
+        padded, (h, w) = pad_to_multiple(img, int(self.network.config.multiple))
+        return self.network(padded)[..., :h, :w].clamp(0, 1)
 
     def macs_per_pixel(self, size: int = 64) -> float:
         """Multiply-accumulates per pixel of the solver's denoiser calls (``iters`` FFDNet passes per

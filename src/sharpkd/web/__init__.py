@@ -188,10 +188,6 @@ def upload(field_name: str = "image") -> LoadedImage:
         raise ApiError(415, str(e)) from None
     except ImageReadError as e:
         raise ApiError(400, str(e)) from None
-    if img.rgb.shape[0] * img.rgb.shape[1] > st.max_pixels:
-        h, w = img.rgb.shape[:2]
-        raise ApiError(413, f"the image is {w}x{h}; this server takes at most {st.config.max_megapixels:g} "
-                            "megapixels")
     return img
 
 
