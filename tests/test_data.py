@@ -109,3 +109,11 @@ def test_limit_size_reduces_only_large_photos_and_keeps_aspect():
     # a flat photo stays flat (no ringing or colour shift from the resampling)
     flat = Photo("flat", np.full((400, 100, 3), (10, 128, 240), dtype=np.uint8))
     assert np.array_equal(np.unique(limit_size(flat, 100).pixels.reshape(-1, 3), axis=0), [[10, 128, 240]])
+
+
+def test_holdout_split_always_leaves_photos_to_train_on():
+    """Two photos whose name hashes both fall in the validation fraction: one still trains (CI once
+    hit this with the temporary folder's path in the names)."""
+    photos = [Photo(f"p{i}.png", np.zeros((4, 4, 3), np.uint8)) for i in range(2)]
+    tr, va = split_holdout(photos, 1.0)  # every hash is below 1.0
+    assert len(tr) == 1 and len(va) == 1

@@ -159,6 +159,8 @@ def split_holdout(photos: Sequence[Photo], val_fraction: float = 0.1) -> tuple[l
     is_val = [s < val_fraction for s in score]
     if not any(is_val):
         is_val[int(np.argmin(score))] = True
+    if all(is_val):  # e.g. two photos whose hashes both fall below val_fraction
+        is_val[int(np.argmax(score))] = False
     train = [p for p, v in zip(photos, is_val, strict=True) if not v]
     val = [p for p, v in zip(photos, is_val, strict=True) if v]
     return train, val
