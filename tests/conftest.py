@@ -1,5 +1,11 @@
 """Shared fixtures: seeded, CPU-only, tiny odd-sized inputs."""
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +68,30 @@ def perturbed():
         return model.eval()
 
     return make
+
+
+@contextlib.contextmanager
+def running_server(*args: str, env: dict | None = None):
+    """`sharpkd serve ARGS` on a free loopback port; yields its base URL once /healthz answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sharpkd", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                raise RuntimeError(f"sharpkd serve exited: {proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("sharpkd serve did not come up in 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -7,17 +7,15 @@ missing; in CI (``CI`` set) a missing browser is a failure, not a skip.
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
+
+from conftest import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -36,28 +34,8 @@ def _need(thing: str) -> None:
 @pytest.fixture(scope="module")
 def server():
     """`sharpkd serve` on a free loopback port, for the whole module."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "sharpkd.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            if proc.poll() is not None:
-                raise RuntimeError(f"sharpkd serve exited: {proc.stdout.read()}")
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("sharpkd serve did not come up in 60 s")
+    with running_server() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -233,3 +233,18 @@ def test_a_malformed_png_in_a_batch_fails_alone(tmp_path, photo, capsys):
     err = capsys.readouterr().err
     assert "bad.png" in err and "Traceback" not in err and "1 failed" in err
     assert (tmp_path / "out" / "good.png").exists() and not (tmp_path / "out" / "bad.png").exists()
+
+
+def test_overlong_output_names_fifos_and_megapixel_limit_are_clear_errors(tmp_path, images, capsys):
+    import os
+
+    src = str(images / "a.png")  # 37 x 53
+    assert main(["-q", "sharpen", src, "-o", str(tmp_path / ("y" * 252 + ".png"))]) == 2
+    assert "output name too long (256 bytes" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "fifo.png")
+    assert main(["-q", "sharpen", str(tmp_path / "fifo.png"), "-o", str(tmp_path / "f.png")]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    out = tmp_path / "m.png"
+    assert main(["-q", "sharpen", src, "-o", str(out), "--max-megapixels", "0.001"]) != 0
+    assert "larger than 1,000 pixels" in capsys.readouterr().err and not out.exists()
+    assert main(["-q", "sharpen", src, "-o", str(out), "--max-megapixels", "0.002"]) == 0 and out.exists()

@@ -113,3 +113,30 @@ def test_widened_inputs_start_from_the_old_network(arch, first, skip):
         # and the bank reaches the output once those weights move
         w[:, skip:].normal_(0, 0.05)
         assert not torch.allclose(dst(x), src(x), atol=1e-3)
+
+
+def test_reparameterised_student_collapses_to_the_same_plain_network(tmp_path):
+    from sharpkd.checkpoint import build_preset, load_model, save_model
+
+    _, rep = build_preset("student-x4r")
+    with torch.no_grad():
+        for p in rep.parameters():
+            p.normal_(0, 0.05)  # every branch carries signal, the zero-initialised tail included
+    rep.eval()
+    x = torch.rand(2, 3, 40, 56)  # the borders matter: every branch must pad like one 3x3 convolution
+    plain = rep.deploy()
+    assert plain.config.rep == 0 and all(type(m).__name__ != "RepConv" for m in plain.modules())
+    assert torch.allclose(rep(x), plain(x), atol=1e-5)
+    _, x4 = build_preset("student-x4")
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in x4.state_dict().items()}
+    # model files hold the collapsed network
+    loaded, info = load_model(save_model(tmp_path / "m.safetensors", rep))
+    assert info["config"]["rep"] == 0 and torch.allclose(loaded(x), rep(x), atol=1e-5)
+
+
+def test_fresh_reparameterised_student_is_the_identity():
+    from sharpkd.checkpoint import build_preset
+
+    _, rep = build_preset("student-x4r")
+    x = torch.rand(1, 3, 32, 48)
+    assert torch.equal(rep.eval()(x), x)

@@ -185,7 +185,7 @@ def float_tiff(photo) -> bytes:
 
 
 @pytest.mark.parametrize("case, status", [
-    ("no file", 400), ("empty", 400), ("random bytes", 400), ("truncated png", 400), ("bomb", 400),
+    ("no file", 400), ("empty", 400), ("random bytes", 400), ("truncated png", 400), ("bomb", 413),
     ("animated gif", 415), ("float tiff", 415), ("unknown model", 400), ("bad format", 400),
 ])
 def test_bad_uploads_get_json_errors(client, photo, case, status):
@@ -324,3 +324,23 @@ def test_form_limits_are_reported_as_what_they_are(photo):
     big = create_app(WebConfig(models=("unsharp",), max_upload_mb=0.01)).test_client()
     r = post(big, "/api/sharpen", png_bytes(np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)))
     assert r.status_code == 413 and "0.01 MB" in r.json["error"]
+
+
+@pytest.mark.parametrize("field, value", [("response", "xml"), ("scores", "abc"), ("preview", "2")])
+def test_unknown_option_values_are_400_not_ignored(client, photo, field, value):
+    r = post(client, "/api/sharpen", png_bytes(photo), **{field: value})
+    assert r.status_code == 400 and r.is_json and field in r.json["error"]
+
+
+@pytest.mark.parametrize("side", [30000, 65535])
+def test_headers_declaring_hundreds_of_megapixels_are_413(client, side):
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    r = post(client, "/api/sharpen", png)
+    assert r.status_code == 413 and r.is_json

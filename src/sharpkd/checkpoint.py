@@ -67,8 +67,11 @@ def arch_of(model: nn.Module) -> str:
 
 
 def save_model(path: str | Path, model: nn.Module, info: dict | None = None, half: bool = False) -> Path:
-    """Write weights + description atomically (temporary file, then rename)."""
+    """Write weights + description atomically (temporary file, then rename). A network trained with
+    re-parameterisable branches is written collapsed (its ``deploy()`` form)."""
     path = Path(path)
+    if hasattr(model, "deploy"):
+        model = model.deploy()
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": 1, "arch": arch_of(model), "config": config_to_dict(model.config), **(info or {})}
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()

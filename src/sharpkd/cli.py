@@ -11,6 +11,7 @@ from pathlib import Path
 from sharpkd.backends import BACKENDS
 from sharpkd.bench import METHODS
 from sharpkd.degrade import BLUR_KINDS
+from sharpkd.imageio import MAX_PIXELS
 from sharpkd.infer import ENSEMBLE_SIZES
 from sharpkd.models import PRESETS
 
@@ -35,6 +36,8 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
 
     if not 1 <= args.quality <= 100:
         raise UserError("--quality must be between 1 and 100")
+    if not args.max_megapixels > 0:
+        raise UserError("--max-megapixels must be positive")
     ext = OUTPUT_FORMATS.get(args.format or "")
     jobs = plan_outputs(args.inputs, args.output, IMAGE_EXTENSIONS, recursive=args.recursive, extension=ext)
     todo = [(s, d) for s, d in jobs if args.overwrite or not d.exists()]
@@ -50,7 +53,7 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for src, dst in tqdm(todo, desc="sharpen", unit="img", disable=len(todo) < 2 or args.quiet):
         try:
-            img = read_image(src, first_frame=args.first_frame)
+            img = read_image(src, first_frame=args.first_frame, max_pixels=int(args.max_megapixels * 1e6))
             if args.save_kernel:
                 out = sharpen_saving_kernel(sharpener, img, Path(args.save_kernel), dst.name)
             else:
@@ -120,10 +123,18 @@ def plan_outputs(inputs: list[str], output: str, exts: set[str], recursive: bool
             files.extend((f, f.relative_to(p) if recursive else Path(f.name)) for f in found)
         elif p.is_file():
             files.append((p, Path(p.name)))
+        elif p.exists():  # a FIFO, a device, a socket: never opened (reading one could block or never end)
+            raise UserError(f"{p} is not a regular file or folder")
         else:
             raise UserError(f"no such file or folder: {p}")
     out = Path(output)
     from sharpkd.imageio import FORMATS
+
+    name_max = 255  # bytes per name on Linux, macOS and Windows file systems alike
+    too_long = [part for part in out.parts if len(os.fsencode(part)) > name_max]
+    if too_long:
+        raise UserError(f"output name too long ({len(os.fsencode(too_long[0]))} bytes; at most {name_max} "
+                        f"per file or folder name): {too_long[0][:40]}...")
 
     one_file = len(files) == 1 and Path(inputs[0]).is_file()
     as_folder = out.is_dir() or output.endswith(("/", os.sep))
@@ -481,6 +492,9 @@ def add_sharpen(sub) -> None:
                    help="output format (default: the input's)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100")
     p.add_argument("--first-frame", action="store_true", help="sharpen the first frame of animated images")
+    p.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
+                   help="refuse images larger than this, from their header before decoding (files from "
+                        "others can declare huge sizes in a few bytes)")
     p.add_argument("--save-kernel", metavar="FOLDER",
                    help="blind teacher: also save each photo's estimated blur kernel as NAME.kernel.png (and .npy)")
     p.set_defaults(func=cmd_sharpen)

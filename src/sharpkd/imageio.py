@@ -105,6 +105,10 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
                     info["exif"] = exif.tobytes()
     except ImageReadError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard fires while opening headers that declare several hundred megapixels
+        raise ImageTooLargeError(f"{name}: declares more than {max_pixels:,} pixels (far more: Pillow refused "
+                                 "to open it)") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{name}: cannot read image (not an image file, or not one of the supported formats: "
                              f"{', '.join(READ_FORMATS)})") from None

@@ -28,6 +28,8 @@ PRESETS = {
     "student-x4": ("student", StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1)),
     "student-x4d": ("student", StudentConfig(unshuffle=4, width=32, low_width=32, low_blocks=3)),
     "student-n": ("student", StudentConfig(unshuffle=2, width=24, low_width=48)),
+    # student-x4 trained with re-parameterisable convolutions (collapsed to student-x4 for inference)
+    "student-x4r": ("student", StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1, rep=2)),
 }
 
 __all__ = ["ARCHS", "BlindTeacher", "BlindTeacherConfig", "PRESETS", "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher",

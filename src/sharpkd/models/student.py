@@ -12,13 +12,13 @@ Input and output: RGB in [0, 1], shape (B, 3, H, W), H and W multiples of ``conf
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sharpkd.models.blocks import ResBlock
+from sharpkd.models.blocks import ResBlock, conv3x3, fuse_rep
 from sharpkd.models.wiener import WienerBank, with_bank
 
 
@@ -32,6 +32,9 @@ class StudentConfig:
     # Gaussian widths of a Wiener-deconvolution bank whose outputs join the input (empty: none)
     wiener: tuple[float, ...] = ()
     wiener_lam: float = 3e-3
+    # train the 3x3 convolutions as re-parameterisable branches with this expansion (0: plain);
+    # model files always hold the collapsed, plain network (see Student.deploy)
+    rep: int = 0
 
     @property
     def multiple(self) -> int:
@@ -46,18 +49,31 @@ class Student(nn.Module):
         self.bank = WienerBank(config.wiener, config.wiener_lam) if config.wiener else None
         in_channels = 3 * (1 + len(config.wiener))  # the image, then each bank output
         self.unshuffle = nn.PixelUnshuffle(s)
-        self.head = nn.Conv2d(in_channels * s * s, w, 3, padding=1)
-        self.enc = nn.Sequential(*[ResBlock(w) for _ in range(config.high_blocks)])
+        r = config.rep
+        self.head = conv3x3(in_channels * s * s, w, r)
+        self.enc = nn.Sequential(*[ResBlock(w, r) for _ in range(config.high_blocks)])
         self.down = nn.Conv2d(w, lw, 2, stride=2)
-        self.low = nn.Sequential(*[ResBlock(lw) for _ in range(config.low_blocks)])
+        self.low = nn.Sequential(*[ResBlock(lw, r) for _ in range(config.low_blocks)])
         self.up = nn.Sequential(nn.Conv2d(lw, 4 * w, 1), nn.PixelShuffle(2))
-        self.dec = nn.Sequential(*[ResBlock(w) for _ in range(config.high_blocks)])
-        self.tail = nn.Conv2d(w, 3 * s * s, 3, padding=1)
+        self.dec = nn.Sequential(*[ResBlock(w, r) for _ in range(config.high_blocks)])
+        self.tail = conv3x3(w, 3 * s * s, r)
         self.shuffle = nn.PixelShuffle(s)
-        nn.init.zeros_(self.tail.weight)  # start as the identity
-        nn.init.zeros_(self.tail.bias)
+        if r:
+            self.tail.zero_()  # start as the identity
+        else:
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
         self.feature_channels = lw
         self.feature_stride = 2 * s
+
+    def deploy(self) -> Student:
+        """The same function as a plain network (every re-parameterisable convolution collapsed);
+        ``self`` when there is nothing to collapse."""
+        if not self.config.rep:
+            return self
+        plain = fuse_rep(self)
+        plain.config = replace(self.config, rep=0)
+        return plain
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         z = with_bank(self.bank, x)

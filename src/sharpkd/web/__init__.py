@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -199,9 +200,16 @@ def model_name(default: str | None = None) -> str:
     return name
 
 
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def flag(name: str, default: bool = False) -> bool:
     v = request.form.get(name, request.args.get(name))
-    return default if v is None else v.lower() in ("1", "true", "yes", "on")
+    if v is None:
+        return default
+    if v.lower() not in TRUE + FALSE:
+        raise ApiError(400, f"{name} must be 1 or 0")
+    return v.lower() in TRUE
 
 
 SSIM_MIN_SIDE = 11  # SSIM's Gaussian window (sigma 1.5) is 11 x 11: smaller images have no score
@@ -279,17 +287,21 @@ def api_sharpen():
     fmt = request.form.get("format", "same").lower()
     if fmt not in ("same", "png"):
         raise ApiError(400, "format must be 'same' or 'png'")
-    want_json = request.form.get("response", "image") == "json"
+    response = request.form.get("response", "image")
+    if response not in ("image", "json"):
+        raise ApiError(400, "response must be 'image' or 'json'")
+    want_json = response == "json"
+    want_scores, want_preview = flag("scores", default=want_json), flag("preview")  # checked before any work
     with state().gate:  # admitted before decoding, so waiting requests hold only their compressed upload
         img = upload()
         out_fmt = "PNG" if fmt == "png" or img.format not in MIME else img.format  # e.g. a GIF comes back as PNG
         out, seconds = sharpen(name, img)
         scores = {}
-        if flag("scores", default=want_json):
+        if want_scores:
             scores["edge_width_before_px"] = edge_width(img.rgb)
             scores["edge_width_after_px"] = edge_width(out.rgb)
         data = encode_image(out, out_fmt)
-        preview = _b64(encode_image(img, "PNG")) if want_json and flag("preview") else None
+        preview = _b64(encode_image(img, "PNG")) if want_json and want_preview else None
     return _sharpen_response(name, out, out_fmt, data, seconds, scores, preview, want_json)
 
 
@@ -425,12 +437,35 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         return False
 
 
+def _json_error_channel():
+    """A waitress channel class whose own error answers (a body far over the limit, a malformed request
+    line or headers: refused before the app sees them) are JSON like the app's, with the same
+    security headers, instead of waitress's plain text."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            e = self.request.error
+            body = json.dumps({"error": f"{e.reason}: {e.body}", "status": e.code}).encode()
+            self.status = f"{e.code} {e.reason}"
+            self.response_headers.extend([("Content-Type", "application/json"), *SECURITY_HEADERS.items()])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonErrorChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return JsonErrorChannel
+
+
 def serve(cfg: WebConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the app with waitress (a production WSGI server)."""
     import os
 
     import torch
-    from waitress import serve as waitress_serve
+    from waitress import create_server
 
     limit_malloc_arenas()
     # the CPU threads are shared by the requests computing at once
@@ -439,13 +474,19 @@ def serve(cfg: WebConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     print(f"sharpkd web app on http://{host}:{port}/ (models: {', '.join(cfg.models)}; "
           f"{cfg.workers} worker(s), queue {cfg.queue}, uploads up to {cfg.max_upload_mb:g} MB)", flush=True)
     # enough connection threads for the admitted requests plus a few for pages and health checks
-    # the app refuses bodies over the limit itself, as JSON (from Content-Length, before reading them);
-    # waitress's own cut-off (a plain-text 413) only stops bodies far beyond it
+    # the app refuses bodies over the limit itself (from Content-Length, before reading them); waitress's
+    # own cut-off stops bodies far beyond it before they are buffered, answering JSON too (above)
     # idle or half-sent connections cost no thread (waitress reads requests asynchronously) but count
     # against its connection limit (100 by default): allow more, and drop the silent ones after 30 s
-    waitress_serve(app, host=host, port=port, threads=cfg.workers + cfg.queue + 4, ident="sharpkd",
-                   max_request_body_size=4 * int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024,
-                   connection_limit=1000, channel_timeout=30, cleanup_interval=10)
+    server = create_server(app, host=host, port=port, threads=cfg.workers + cfg.queue + 4, ident="sharpkd",
+                           max_request_body_size=4 * int(cfg.max_upload_mb * 1024 * 1024) + 1024 * 1024,
+                           connection_limit=1000, channel_timeout=30, cleanup_interval=10)
+    channel = _json_error_channel()
+    # one listening socket: the server itself; several (e.g. IPv4 and IPv6): a map of them
+    for listener in [server, *getattr(server, "map", {}).values()]:
+        if hasattr(listener, "channel_class"):
+            listener.channel_class = channel
+    server.run()
 
 
 __all__ = ["ApiError", "AppState", "Gate", "WebConfig", "bp", "create_app", "serve"]
