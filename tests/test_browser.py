@@ -73,7 +73,7 @@ def wait_js(page, expression: str, timeout: float = 120.0) -> None:
 
 def test_upload_sharpen_slide_and_download(server, browser, tmp_path):
     w, h = Image.open(EXAMPLE).size
-    page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     console_errors = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.goto(server + "/")
@@ -115,7 +115,7 @@ def test_upload_sharpen_slide_and_download(server, browser, tmp_path):
 
 
 def test_compare_all_and_demo_mode(server, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(server + "/")
     page.set_input_files("#file", str(EXAMPLE))
     page.click("#compare")

@@ -37,6 +37,17 @@ def test_labels_are_the_teachers_output_on_the_whole_photo_and_resume_identicall
     x = torch.from_numpy(z["blurred"][:1]).float() / 255
     own = (teacher.sharpen_tensor(x)[0] * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
     assert np.abs(own[:, 6:-6, 6:-6].astype(int) - z["label"][0, :, 6:-6, 6:-6]).max() <= 1
+    # more rounds extend the folder: the first round's shards stay, the new ones carry other blurs
+    more = label_photos(teacher, "unsharp", photos, tmp_path / "a", per_photo=3, patch=32, rounds=2, progress=False)
+    assert more["shards"] == 6 and more["rounds"] == 2
+    assert np.array_equal(np.load(tmp_path / "a" / "shard-00000.npz")["blurred"],
+                          np.load(tmp_path / "b" / "shard-00000.npz")["blurred"])
+    r0, r1 = np.load(tmp_path / "a" / "shard-00000.npz"), np.load(tmp_path / "a" / "shard-00003.npz")
+    assert not np.array_equal(r0["blurred"], r1["blurred"])  # photo 0 again, another blur and other crops
+    assert len(LabelCache(tmp_path / "a")) == 18
+    # fewer rounds asked later never forget the labelled ones
+    assert label_photos(teacher, "unsharp", photos, tmp_path / "a", per_photo=3, patch=32,
+                        progress=False)["shards"] == 6
     # other settings in the same folder are refused, not mixed in
     with pytest.raises(ValueError, match="other settings"):
         label_photos(teacher, "unsharp", photos, tmp_path / "a", per_photo=5, patch=32, progress=False)

@@ -106,3 +106,19 @@ def test_combined_loss_reports_each_part():
     assert pred.grad is not None
     with pytest.raises(ValueError):
         combined_loss(LossWeights(kd_out=1.0), pred, sharp)
+
+
+def test_cheaper_perceptual_term_fewer_taps_and_every_kth_step():
+    from sharpkd.losses import perceptual, vgg16_features
+    from sharpkd.train import TrainConfig, check_config
+
+    vgg = vgg16_features()
+    x, y = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
+    assert [f.shape[1] for f in vgg(x, 1)] == [64] and [f.shape[1] for f in vgg(x, 2)] == [64, 128]
+    one, three = perceptual(x, y, vgg, taps=1), perceptual(x, y, vgg, taps=3)
+    assert torch.isclose(one, (vgg(x, 1)[0] - vgg(y, 1)[0]).abs().mean()) and not torch.isclose(one, three)
+    cfg = TrainConfig(stage="student", distill=False, w_perceptual=0.01, perceptual_every=4, perceptual_taps=1)
+    assert [cfg.loss_weights(s).perceptual for s in range(5)] == [0.01, 0, 0, 0, 0.01]
+    assert cfg.loss_weights(0).perceptual_taps == 1
+    with pytest.raises(ValueError, match="perceptual-every"):
+        check_config(TrainConfig(stage="student", distill=False, perceptual_every=0), 1)

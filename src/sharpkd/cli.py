@@ -237,6 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                       val_every=args.val_every, ckpt_every=args.val_every, log_every=args.log_every, ema=args.ema,
                       w_rec=args.w_rec, recon=args.recon, w_perceptual=args.w_perceptual, w_kd_out=args.w_kd_out,
+                      perceptual_every=args.perceptual_every, perceptual_taps=args.perceptual_taps,
                       w_kd_feat=args.w_kd_feat, init=args.init or "", kd_extra=args.kd_extra, amp=args.amp,
                       channels_last=args.channels_last, compile=args.compile,
                       kd_extra_data=args.kd_extra_data or [], max_side=args.max_side, kd_cache=args.kd_cache or "",
@@ -269,8 +270,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from sharpkd.infer import Sharpener
     from sharpkd.labels import label_photos
 
-    if args.per_photo < 1 or args.patch_size < 16:
-        raise UserError("--per-photo must be at least 1 and --patch-size at least 16")
+    if args.per_photo < 1 or args.patch_size < 16 or args.rounds < 1:
+        raise UserError("--per-photo and --rounds must be at least 1 and --patch-size at least 16")
     for d in args.data or []:
         if not Path(d).exists():
             raise UserError(f"no such data folder: {d}")
@@ -286,7 +287,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         degrade = DegradeConfig(kinds=tuple(mix), kind_probs=tuple(mix.values()))
         res = label_photos(teacher, args.teacher, train_photos, args.out, per_photo=args.per_photo,
                            patch=args.patch_size, degrade=degrade, seed=args.seed, max_side=args.max_side,
-                           progress=not args.quiet)
+                           rounds=args.rounds, progress=not args.quiet)
     except ValueError as e:
         raise UserError(str(e)) from e
     print(f"{res['shards']} of {len(train_photos)} photos labelled by {args.teacher} in {args.out} "
@@ -544,6 +545,10 @@ def add_train(sub) -> None:
                    help="reconstruction loss (psnr: minus the per-image PSNR / 100)")
     p.add_argument("--w-rec", type=float, default=1.0, help="weight of the reconstruction loss (ground truth)")
     p.add_argument("--w-perceptual", type=float, default=0.0, help="weight of the VGG16 perceptual loss")
+    p.add_argument("--perceptual-every", type=int, default=1, metavar="K",
+                   help="compute the perceptual term on every K-th step only (it dominates a CPU step)")
+    p.add_argument("--perceptual-taps", type=int, default=3, choices=[1, 2, 3],
+                   help="VGG16 layers compared: 1 relu1_2, 2 adds relu2_2, 3 adds relu3_3 (fewer: cheaper)")
     p.add_argument("--w-kd-out", type=float, default=1.0, help="weight of output distillation")
     p.add_argument("--w-kd-feat", type=float, default=0.1, help="weight of feature distillation")
     p.add_argument("--jpeg-prob", type=float, default=0.0, help="share of training patches JPEG-compressed")
@@ -571,6 +576,9 @@ def add_label(sub) -> None:
                    "split is left out")
     p.add_argument("--out", required=True, help="label folder (resumable: existing shards are kept)")
     p.add_argument("--per-photo", type=int, default=8, help="patches cut from each labelled photo")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="label every photo this many times, each with another random blur (a folder made with "
+                        "fewer rounds is extended)")
     p.add_argument("--patch-size", type=int, default=128)
     p.add_argument("--max-side", type=int, default=768, help="reduce photos to this longer side first (0: keep)")
     p.add_argument("--blur-mix", default="gaussian=0.45,defocus=0.2,motion=0.35",

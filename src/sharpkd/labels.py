@@ -61,9 +61,11 @@ def label_photo(teacher, photo: Photo, index: int, *, per_photo: int, patch: int
 
 def label_photos(teacher, teacher_name: str, photos: Sequence[Photo], out_dir: str | Path, *, per_photo: int = 8,
                  patch: int = 128, degrade: DegradeConfig | None = None, seed: int = 0, max_side: int = 768,
-                 progress: bool = True) -> dict:
+                 rounds: int = 1, progress: bool = True) -> dict:
     """Label every photo into ``out_dir`` (resumable); returns the manifest. ``teacher``: a
-    :class:`sharpkd.infer.Sharpener`."""
+    :class:`sharpkd.infer.Sharpener`. With ``rounds`` > 1 every photo is labelled that many times,
+    each time with another random degradation (round r of photo i is shard ``r * len(photos) + i``,
+    so a folder made with fewer rounds is kept and extended)."""
     from tqdm.auto import tqdm
 
     degrade = degrade or DegradeConfig()
@@ -77,9 +79,11 @@ def label_photos(teacher, teacher_name: str, photos: Sequence[Photo], out_dir: s
         if {k: old.get(k) for k in settings} != json.loads(json.dumps(settings)):
             raise ValueError(f"{out} holds labels made with other settings (teacher, photos, patches or "
                              "degradations); choose another folder")
-    _atomic_write(manifest_path, (json.dumps(settings, indent=1) + "\n").encode())
+    rounds = max(rounds, old.get("rounds", 1) if manifest_path.exists() else 1)  # never forget labelled rounds
+    _atomic_write(manifest_path, (json.dumps({**settings, "rounds": rounds}, indent=1) + "\n").encode())
     done = 0
-    for i, photo in enumerate(tqdm(photos, desc="label", unit="photo", disable=not progress)):
+    todo = [(r * len(photos) + i, photo) for r in range(rounds) for i, photo in enumerate(photos)]
+    for i, photo in tqdm(todo, desc="label", unit="photo", disable=not progress):
         shard = out / f"shard-{i:05d}.npz"
         if shard.exists():
             done += 1
@@ -92,7 +96,7 @@ def label_photos(teacher, teacher_name: str, photos: Sequence[Photo], out_dir: s
         np.savez(buf, **arrays)
         _atomic_write(shard, buf.getvalue())
         done += 1
-    return {**settings, "shards": done}
+    return {**settings, "rounds": rounds, "shards": done}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

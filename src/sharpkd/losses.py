@@ -66,14 +66,15 @@ class VGG16Features(nn.Module):
         self.eval()
         self.register_buffer("mean", torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, rgb: torch.Tensor, taps: int = 3) -> list[torch.Tensor]:
+        """The first ``taps`` of relu1_2, relu2_2, relu3_3 (fewer taps: the deeper layers are not run)."""
         x = rgb.flip(1) * 255.0 - self.mean  # Caffe convention: BGR, 0..255, mean removed
         feats = []
         for name, _, _ in self.LAYERS:
             x = F.relu(self.convs[name](x))
             if name in self.TAPS:
                 feats.append(x)
-                if len(feats) == len(self.TAPS):
+                if len(feats) == min(taps, len(self.TAPS)):
                     break
                 if name != "conv3_3":
                     x = F.max_pool2d(x, 2)
@@ -86,13 +87,14 @@ def vgg16_features() -> VGG16Features:
     return VGG16Features()
 
 
-def perceptual(pred: torch.Tensor, target: torch.Tensor, vgg: VGG16Features | None = None) -> torch.Tensor:
-    """Mean over relu1_2/relu2_2/relu3_3 of the mean absolute feature difference (Caffe scale,
-    so values are in the tens for clearly different images)."""
+def perceptual(pred: torch.Tensor, target: torch.Tensor, vgg: VGG16Features | None = None,
+               taps: int = 3) -> torch.Tensor:
+    """Mean over relu1_2/relu2_2/relu3_3 (the first ``taps`` of them) of the mean absolute feature
+    difference (Caffe scale, so values are in the tens for clearly different images)."""
     vgg = vgg or vgg16_features().to(pred.device)
-    fp = vgg(pred)
+    fp = vgg(pred, taps)
     with torch.no_grad():
-        ft = vgg(target)
+        ft = vgg(target, taps)
     return torch.stack([l1(a, b) for a, b in zip(fp, ft, strict=True)]).mean()
 
 
@@ -126,6 +128,7 @@ class LossWeights:
     kd_out: float = 0.0
     kd_feat: float = 0.0
     recon: str = "charbonnier"
+    perceptual_taps: int = 3  # VGG16 layers compared: 1 relu1_2, 2 + relu2_2, 3 + relu3_3
 
 
 def combined_loss(w: LossWeights, pred: torch.Tensor, sharp: torch.Tensor, *,
@@ -141,7 +144,7 @@ def combined_loss(w: LossWeights, pred: torch.Tensor, sharp: torch.Tensor, *,
     parts: dict[str, torch.Tensor] = {"rec": RECONSTRUCTION[w.recon](pred[:n], sharp)}
     total = w.rec * parts["rec"]
     if w.perceptual > 0:
-        parts["perceptual"] = perceptual(pred[:n], sharp)
+        parts["perceptual"] = perceptual(pred[:n], sharp, taps=w.perceptual_taps)
         total = total + w.perceptual * parts["perceptual"]
     if w.kd_out > 0:
         if teacher_out is None:

@@ -63,6 +63,8 @@ class TrainConfig:
     recon: str = "charbonnier"
     w_rec: float = 1.0
     w_perceptual: float = 0.0
+    perceptual_every: int = 1  # the perceptual term on every k-th step only (its VGG16 passes dominate a CPU step)
+    perceptual_taps: int = 3  # VGG16 layers compared: 1 relu1_2, 2 + relu2_2, 3 + relu3_3 (fewer: cheaper)
     w_kd_out: float = 1.0
     w_kd_feat: float = 0.1
     val_fraction: float = 0.1
@@ -80,11 +82,13 @@ class TrainConfig:
     compile: bool = False  # torch.compile the trained network
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
-    def loss_weights(self) -> LossWeights:
+    def loss_weights(self, step: int | None = None) -> LossWeights:
+        """The loss weights (at ``step``: the perceptual term is off between its every-k-th steps)."""
         kd = self.stage == "student" and self.distill
         # cached labels carry the teacher's output only: features need a live teacher as well
         feat = kd and (bool(self.teacher) or not self.kd_cache)
-        return LossWeights(rec=self.w_rec, perceptual=self.w_perceptual, recon=self.recon,
+        perc = self.w_perceptual if step is None or step % max(1, self.perceptual_every) == 0 else 0.0
+        return LossWeights(rec=self.w_rec, perceptual=perc, recon=self.recon, perceptual_taps=self.perceptual_taps,
                            kd_out=self.w_kd_out if kd else 0.0, kd_feat=self.w_kd_feat if feat else 0.0)
 
 
@@ -176,6 +180,8 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
         raise ValueError(f"amp must be off, bf16 or fp16, got {cfg.amp!r}")
     if (cfg.amp != "off" or cfg.channels_last) and cfg.device != "cuda":
         raise ValueError("--amp and --channels-last are CUDA options")
+    if cfg.perceptual_every < 1 or cfg.perceptual_taps not in (1, 2, 3):
+        raise ValueError("--perceptual-every must be at least 1 and --perceptual-taps 1, 2 or 3")
     if cfg.batch_size < 1 or cfg.kd_extra < 0 or cfg.steps < 1:
         raise ValueError("batch size and steps must be at least 1, kd_extra at least 0")
     if cfg.batch_size % world or cfg.kd_extra % world:
@@ -429,7 +435,7 @@ def train_step(run: Run) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         if label is not None:  # the cached label is the (slow) teacher's output for this very input
             t_out = label
         pred, s_feat = run.net(blurred, return_features=True)
-        loss, parts = combined_loss(cfg.loss_weights(), pred.float(), sharp,
+        loss, parts = combined_loss(cfg.loss_weights(run.step), pred.float(), sharp,
                                     teacher_out=None if t_out is None else t_out.float(),
                                     student_feat=None if s_feat is None else s_feat.float(),
                                     teacher_feat=None if t_feat is None else t_feat.float(),
