@@ -91,3 +91,11 @@ def test_student_distils_from_a_label_cache_without_a_live_teacher(tmp_path, cap
     train_recs = [r for r in log if r["event"] == "train"]
     assert train_recs and all("kd_out" in r and "kd_feat" not in r for r in train_recs)
     assert main(["-q", "train", "student", "--kd-cache", str(tmp_path / "none"), "--out", str(tmp_path / "r2")]) == 2
+    # the ablation twin: the same cached patches, ground truth only
+    twin = tmp_path / "twin"
+    assert main(["-q", "train", "student", "--no-distill", "--kd-cache", str(labels), "--data", str(data),
+                 "--out", str(twin), "--steps", "2", "--batch-size", "2", "--patch-size", "48", "--val-every", "2",
+                 "--log-every", "1"]) == 0
+    assert read_info(twin)["distilled"] is False and read_info(twin)["teacher"] == ""
+    log = [json.loads(line) for line in (twin / "log.jsonl").read_text().splitlines()]
+    assert all("kd_out" not in r for r in log if r["event"] == "train")

@@ -291,7 +291,7 @@ def test_security_headers_and_dns_rebinding_guard(photo):
     r = client.get("/")
     csp = r.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp and "unsafe-inline" not in csp
-    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "same-origin"
     assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200
     # a rebound name pointing at the loopback server is refused, as JSON
     r = client.get("/healthz", headers={"Host": "attacker.example:8000"})
@@ -299,6 +299,8 @@ def test_security_headers_and_dns_rebinding_guard(photo):
     # a cross-site form post from another origin is refused; the page's own origin is fine
     bad = post(client, "/api/sharpen", png_bytes(photo), headers={"Origin": "http://evil.example"})
     assert bad.status_code == 403
+    # so is an opaque origin (a sandboxed frame or a file: page on any site)
+    assert post(client, "/api/sharpen", png_bytes(photo), headers={"Origin": "null"}).status_code == 403
     ok = post(client, "/api/sharpen", png_bytes(photo), headers={"Origin": "http://localhost"})
     assert ok.status_code == 200
     # a public server (no host list) answers to any name

@@ -531,7 +531,8 @@ def add_train(sub) -> None:
     p.add_argument("--kd-cache", metavar="DIR",
                    help="student: train on patches a teacher labelled once (`sharpkd label`): ground truth "
                         "for reconstruction, the cached teacher output for distillation; --teacher is then "
-                        "optional (a live network teacher adds feature distillation)")
+                        "optional (a live network teacher adds feature distillation); with --no-distill the "
+                        "same patches with their ground truth only (the ablation's twin)")
     p.add_argument("--max-side", type=int, default=0, metavar="PX",
                    help="reduce training photos larger than this (Lanczos) so that their pixels carry crisp detail "
                         "and they do not dominate the patch draw (0: full size)")

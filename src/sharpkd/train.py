@@ -188,8 +188,10 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
         raise ValueError(f"--batch-size {cfg.batch_size} (and --kd-extra) must divide evenly over {world} ranks")
     if cfg.kd_extra > 0 and (cfg.stage != "student" or not cfg.distill):
         raise ValueError("kd_extra needs a distilled student (the teacher labels the extra patches)")
-    if cfg.kd_cache and (cfg.stage != "student" or not cfg.distill or cfg.kd_extra):
-        raise ValueError("kd_cache is for distilling a student (and replaces kd_extra)")
+    # with --no-distill a label cache is still a set of training patches: the ablation twin of a distilled
+    # run sees the same patches and only loses the teacher's term
+    if cfg.kd_cache and (cfg.stage != "student" or cfg.kd_extra):
+        raise ValueError("kd_cache is for training a student (and replaces kd_extra)")
     kd = cfg.loss_weights()
     if (kd.kd_out > 0 or kd.kd_feat > 0) and not cfg.teacher and not cfg.kd_cache:
         raise ValueError("the student stage needs --teacher MODEL or --kd-cache DIR (or --no-distill)")
@@ -393,8 +395,8 @@ def save_checkpoint(run: Run) -> None:
             "hardware": hardware(), "data": cfg.data or ["scikit-image sample photos"],
             "command": run.history[0]["command"], "history": run.history,
             "val_psnr": run.val_psnr, "val_blurred_psnr": run.blurred_psnr,
-            "distilled": bool(run.teacher is not None or run.cache is not None),
-            "teacher": cfg.teacher or (run.cache.manifest.get("teacher", "") if run.cache else ""),
+            "distilled": bool(run.teacher is not None or (run.cache is not None and cfg.distill)),
+            "teacher": cfg.teacher or (run.cache.manifest.get("teacher", "") if run.cache and cfg.distill else ""),
             "train_config": dataclasses.asdict(cfg)}
     save_model(run.out / "model.safetensors", run.ema if run.ema is not None else run.model, info)
 

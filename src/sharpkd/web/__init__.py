@@ -356,7 +356,9 @@ SECURITY_HEADERS = {
                                "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin rather than no-referrer: under no-referrer browsers send "Origin: null" with the page's own
+    # POSTs, and null must be refused (sandboxed frames and file: pages on any site send it too)
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
@@ -377,10 +379,10 @@ def check_host_and_origin():
     if allowed and host not in allowed:
         raise ApiError(403, "this server does not answer to that host name")
     origin = request.headers.get("Origin")
-    if request.method == "POST" and origin and origin != "null":
+    if request.method == "POST" and origin:
         from urllib.parse import urlsplit
 
-        if urlsplit(origin).netloc.lower() != request.host.lower():
+        if origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower():
             raise ApiError(403, "cross-site requests are not accepted")
 
 
