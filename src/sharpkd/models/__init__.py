@@ -28,6 +28,8 @@ PRESETS = {
     "student-x4": ("student", StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1)),
     "student-x4d": ("student", StudentConfig(unshuffle=4, width=32, low_width=32, low_blocks=3)),
     "student-n": ("student", StudentConfig(unshuffle=2, width=24, low_width=48)),
+    # the real-time student: the student's layout, half its width at 1/2 resolution (102k weights, 8,736 MACs/px)
+    "student-s": ("student", StudentConfig(unshuffle=2, width=16, low_width=48)),
     # student-x4 trained with re-parameterisable convolutions (collapsed to student-x4 for inference)
     "student-x4r": ("student", StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1, rep=2)),
 }

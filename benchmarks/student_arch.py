@@ -1,0 +1,123 @@
+"""Learning curves of real-time student layouts: hold-out gain per training step, and frame rate.
+
+    python benchmarks/student_arch.py train --steps 6000 [NAME ...]   # one 1-thread run per layout
+    python benchmarks/student_arch.py report --out docs/student_arch   # curves + ONNX Runtime FPS
+
+Every layout is trained the same way (ground truth only, same photos, degradations, seed, batch and
+schedule; ``--data ../shared/datasets/train``), so the curves compare the architectures, not the
+teacher. ``report`` reads each run's validation log and times the exported network (fp32, ONNX
+Runtime, 2 threads, batch 1, 640x480, median of 20 after warm-up): run it with nothing else running.
+The layouts: the present student, thinner and 1/4-resolution variants, and student-x4 trained with
+re-parameterisable convolutions (``rep``: collapsed into plain ones before export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from sharpkd.models import StudentConfig
+
+LAYOUTS = {
+    "student": StudentConfig(),
+    "x2-16-48": StudentConfig(unshuffle=2, width=16, low_width=48),  # preset student-s
+    "x4": StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1),  # preset student-x4
+    "x4-rep": StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1, rep=2),  # preset student-x4r
+    "x4-24-64": StudentConfig(unshuffle=4, width=24, low_width=64, low_blocks=1),
+    "x4-24-64-hb2": StudentConfig(unshuffle=4, width=24, low_width=64, low_blocks=1, high_blocks=2),
+    "x4-24-48-lb2": StudentConfig(unshuffle=4, width=24, low_width=48, low_blocks=2),
+    "x4-16-72": StudentConfig(unshuffle=4, width=16, low_width=72, low_blocks=1),
+    "x4-32-64-hb0": StudentConfig(unshuffle=4, width=32, low_width=64, low_blocks=1, high_blocks=0),
+}
+
+
+def train(names: list[str], steps: int, root: Path, data: str) -> None:
+    import torch
+
+    from sharpkd.models import PRESETS
+    from sharpkd.train import TrainConfig
+    from sharpkd.train import train as run_training
+
+    torch.set_num_threads(1)
+    for name in names:
+        out = root / name
+        if (out / "model.safetensors").exists():
+            continue
+        PRESETS[f"arch-{name}"] = ("student", LAYOUTS[name])  # a preset for this process only
+        cfg = TrainConfig(stage="student", arch=f"arch-{name}", out=str(out), data=[data], distill=False,
+                          steps=steps, val_every=1000, threads=1, seed=0)
+        run_training(cfg, progress=False)
+        print(f"trained {name}", flush=True)
+
+
+def fps(config: StudentConfig, size: tuple[int, int] = (640, 480), runs: int = 20) -> float:
+    import numpy as np
+
+    from sharpkd.backends import OnnxBackend
+    from sharpkd.export import export_onnx
+    from sharpkd.models import Student
+
+    model = Student(config=config).eval()
+    model = model.deploy()
+    with tempfile.TemporaryDirectory() as d:
+        backend = OnnxBackend(export_onnx(model, Path(d) / "m.onnx"), threads=2)
+        x = np.random.default_rng(0).random((1, 3, size[1], size[0]), dtype=np.float32)
+        for _ in range(3):
+            backend.session.run(None, {"image": x})
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            backend.session.run(None, {"image": x})
+            times.append(time.perf_counter() - t)
+    return 1 / statistics.median(times)
+
+
+def report(root: Path, out: Path) -> None:
+    from sharpkd.checkpoint import count_params, macs_per_pixel
+    from sharpkd.models import Student
+
+    rows = []
+    for name, config in LAYOUTS.items():
+        log = root / name / "log.jsonl"
+        if not log.exists():
+            continue
+        recs = [json.loads(line) for line in log.read_text().splitlines()]
+        curve = {r["step"]: round(r["val_gain"], 3) for r in recs if r.get("event") == "val"}
+        train_s = max((r["elapsed_s"] for r in recs if r.get("event") == "train"), default=0)
+        net = Student(config=config).deploy()
+        rows.append({"layout": name, "config": {k: v for k, v in vars(config).items() if k != "wiener"},
+                     "params": count_params(net), "macs_per_pixel": round(macs_per_pixel(net)),
+                     "curve": curve, "train_s": train_s, "fps_onnx_fp32_640x480": round(fps(config), 1)})
+        print(rows[-1], flush=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    steps = sorted({s for r in rows for s in r["curve"]})
+    lines = ["| layout | params | MACs/px | FPS fp32 640x480 | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---|---|---|" + "---|" * len(steps)]
+    for r in rows:
+        lines.append(f"| {r['layout']} | {r['params']:,} | {r['macs_per_pixel']:,} | {r['fps_onnx_fp32_640x480']} | "
+                     + " | ".join(f"{r['curve'].get(s, '-')}" for s in steps) + " |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["train", "report"])
+    ap.add_argument("names", nargs="*", help=f"layouts (default: all): {', '.join(LAYOUTS)}")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--runs", default="runs/arch6000", help="folder of the training runs")
+    ap.add_argument("--data", default="../shared/datasets/train")
+    ap.add_argument("--out", default="docs/student_arch")
+    args = ap.parse_args()
+    if args.action == "train":
+        train(args.names or list(LAYOUTS), args.steps, Path(args.runs), args.data)
+    else:
+        report(Path(args.runs), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
