@@ -18,6 +18,12 @@ from sharpkd.evaluate import results_table
 
 def card(name: str, model, info: dict, eval_rows: list[dict] | None, protocol_version: int = 1) -> str:
     tc = info.get("train_config", {})
+    patches, feat = f"{tc.get('patch_size')}^2 patches", tc.get("w_kd_feat")
+    if tc.get("kd_cache"):  # the batches came from a label cache: its patches, and no features without a live teacher
+        manifest = Path(tc["kd_cache"]) / "labels.json"
+        size = json.loads(manifest.read_text()).get("patch") if manifest.exists() else None
+        patches = f"{size or '?'}^2 patches from the label cache `{tc['kd_cache']}`"
+        feat = feat if tc.get("teacher") else "0 (no live teacher)"
     lines = [f"# Model card: `{name}`", "",
              f"- file: `src/sharpkd/weights/{name}.safetensors` ({info.get('dtype', 'float32')} weights)",
              f"- architecture: `{info['arch']}` preset `{info.get('preset', '?')}`, "
@@ -33,12 +39,11 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None, protocol_ve
                if tc.get("init") else []),
              *([f"- weights averaged over {len(info['averaged_from'])} runs: `{info.get('average_command', '')}` "
                 "(the training details below are those of the first)"] if info.get("averaged_from") else []),
-             f"- steps: {info.get('steps')}; batch {tc.get('batch_size')} x {tc.get('patch_size')}^2 patches; "
+             f"- steps: {info.get('steps')}; batch {tc.get('batch_size')} x {patches}; "
              f"lr {tc.get('lr')} (warm-up + cosine), EMA {tc.get('ema')}",
              f"- loss weights: reconstruction ({tc.get('recon')}) {tc.get('w_rec')}, "
              f"perceptual {tc.get('w_perceptual')}"
-             + (f", distillation output {tc.get('w_kd_out')}, features {tc.get('w_kd_feat')}" if info.get("distilled")
-                else ""),
+             + (f", distillation output {tc.get('w_kd_out')}, features {feat}" if info.get("distilled") else ""),
              f"- data: {', '.join(info.get('data', []))} (about 10 % of the photos held out for validation)",
              f"- degradations: `{json.dumps(tc.get('degrade', {}))}`",
              f"- wall time: {info.get('wall_time_s', 0) / 60:.1f} min of training on {info.get('hardware')}",
