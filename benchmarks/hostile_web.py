@@ -77,11 +77,10 @@ def bomb_gif(w: int, h: int) -> bytes:
     return b"GIF89a" + d + b"\x00\x00\x00" + b",\x00\x00\x00\x00" + d + b"\x00\x02\x02D\x01\x00;"
 
 
-def patched(data: bytes, marker: bytes, offset: int, fmt: str, w: int, h: int) -> bytes:
-    """``data`` with the width/height after ``marker`` (+offset) replaced."""
+def patched(data: bytes, marker: bytes, offset: int, fmt: str, *values: int) -> bytes:
+    """``data`` with the fields at ``offset`` after ``marker`` replaced by ``values`` packed as ``fmt``."""
     i = data.index(marker) + offset
-    return data[:i] + struct.pack(fmt, h, w) + data[i + struct.calcsize(fmt):] if fmt == ">HH" else \
-        data[:i] + struct.pack(fmt, w, h) + data[i + struct.calcsize(fmt):]
+    return data[:i] + struct.pack(fmt, *values) + data[i + struct.calcsize(fmt):]
 
 
 def bomb_webp(webp: bytes, w: int, h: int) -> bytes:
@@ -105,8 +104,8 @@ def bombs(small: np.ndarray) -> dict[str, tuple[str, bytes, str]]:
             out[f"bomb gif {tag}"] = ("b.gif", bomb_gif(w, h), "image/gif")
         out[f"bomb png gray {tag}"] = ("b.png", bomb_png(w, h), "image/png")
         out[f"bomb png palette {tag}"] = ("b.png", bomb_png(w, h, 3), "image/png")
-        if max(w, h) <= 65535:
-            out[f"bomb jpeg {tag}"] = ("b.jpg", patched(jpeg, b"\xff\xc0", 5, ">HH", w, h), "image/jpeg")
+        if max(w, h) <= 65535:  # a JPEG frame header stores the height first
+            out[f"bomb jpeg {tag}"] = ("b.jpg", patched(jpeg, b"\xff\xc0", 5, ">HH", h, w), "image/jpeg")
         out[f"bomb bmp {tag}"] = ("b.bmp", patched(bmp, b"BM", 18, "<ii", w, h), "image/bmp")
         if max(w, h) <= 16384:  # the VP8L header holds 14-bit sizes
             out[f"bomb webp {tag}"] = ("b.webp", bomb_webp(webp, w, h), "image/webp")

@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sharpkd.models import StudentConfig
+from sharpkd.models import PRESETS, StudentConfig
 
 LAYOUTS = {
-    "student": StudentConfig(),
-    "x2-16-48": StudentConfig(unshuffle=2, width=16, low_width=48),  # preset student-s
-    "x4": StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1),  # preset student-x4
-    "x4-rep": StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1, rep=2),  # preset student-x4r
+    "student": PRESETS["student"][1],
+    "x2-16-48": PRESETS["student-s"][1],
+    "x4": PRESETS["student-x4"][1],
+    "x4-rep": PRESETS["student-x4r"][1],
     "x4-24-64": StudentConfig(unshuffle=4, width=24, low_width=64, low_blocks=1),
     "x4-24-64-hb2": StudentConfig(unshuffle=4, width=24, low_width=64, low_blocks=1, high_blocks=2),
     "x4-24-48-lb2": StudentConfig(unshuffle=4, width=24, low_width=48, low_blocks=2),
@@ -38,7 +38,6 @@ LAYOUTS = {
 def train(names: list[str], steps: int, root: Path, data: str) -> None:
     import torch
 
-    from sharpkd.models import PRESETS
     from sharpkd.train import TrainConfig
     from sharpkd.train import train as run_training
 
@@ -61,8 +60,7 @@ def fps(config: StudentConfig, size: tuple[int, int] = (640, 480), runs: int = 2
     from sharpkd.export import export_onnx
     from sharpkd.models import Student
 
-    model = Student(config=config).eval()
-    model = model.deploy()
+    model = Student(config=config).eval().deploy()
     with tempfile.TemporaryDirectory() as d:
         backend = OnnxBackend(export_onnx(model, Path(d) / "m.onnx"), threads=2)
         x = np.random.default_rng(0).random((1, 3, size[1], size[0]), dtype=np.float32)
@@ -82,10 +80,8 @@ def report(root: Path, out: Path) -> None:
 
     rows = []
     for name, config in LAYOUTS.items():
-        log = root / name / "log.jsonl"
-        if not log.exists():
-            continue
-        recs = [json.loads(line) for line in log.read_text().splitlines()]
+        log = root / name / "log.jsonl"  # a layout not trained (yet) still gets its size and speed
+        recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         curve = {r["step"]: round(r["val_gain"], 3) for r in recs if r.get("event") == "val"}
         train_s = max((r["elapsed_s"] for r in recs if r.get("event") == "train"), default=0)
         net = Student(config=config).deploy()

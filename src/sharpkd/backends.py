@@ -78,8 +78,8 @@ class OnnxBackend:
         if threads:
             opts.intra_op_num_threads = threads
         # no busy-waiting between runs: ONNX Runtime's spinning threads and PyTorch's (the pre- and
-        # post-processing around each run) otherwise fight over the same cores; measured on 2 cores at
-        # 640x480: 19.4 -> 24.5 FPS for the student (model alone: 25.4 either way)
+        # post-processing around each run) otherwise fight over the same cores (docs/realtime.md:
+        # `sharpkd bench` on 2 cores, the 139k-weight student at 640x480, 15.5 -> 25.0 FPS)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -74,12 +74,11 @@ def label_photos(teacher, teacher_name: str, photos: Sequence[Photo], out_dir: s
     settings = {"teacher": teacher_name, "per_photo": per_photo, "patch": patch, "seed": seed, "max_side": max_side,
                 "degrade": asdict(degrade), "photos": [p.name for p in photos]}
     manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if {k: old.get(k) for k in settings} != json.loads(json.dumps(settings)):
-            raise ValueError(f"{out} holds labels made with other settings (teacher, photos, patches or "
-                             "degradations); choose another folder")
-    rounds = max(rounds, old.get("rounds", 1) if manifest_path.exists() else 1)  # never forget labelled rounds
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if old and {k: old.get(k) for k in settings} != json.loads(json.dumps(settings)):
+        raise ValueError(f"{out} holds labels made with other settings (teacher, photos, patches or "
+                         "degradations); choose another folder")
+    rounds = max(rounds, old.get("rounds", 1))  # never forget labelled rounds
     _atomic_write(manifest_path, (json.dumps({**settings, "rounds": rounds}, indent=1) + "\n").encode())
     done = 0
     todo = [(r * len(photos) + i, photo) for r in range(rounds) for i, photo in enumerate(photos)]

@@ -79,9 +79,7 @@ def conv3x3(cin: int, cout: int, rep: int = 0) -> nn.Module:
 
 
 def fuse_rep(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with every :class:`RepConv` replaced by its collapsed convolution."""
-    if isinstance(module, RepConv):
-        return module.fused()
+    """A copy of ``module`` with every :class:`RepConv` inside it replaced by its collapsed convolution."""
     module = copy.deepcopy(module)
     for _, child in list(module.named_modules()):
         for cname, sub in list(child.named_children()):
