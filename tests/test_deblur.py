@@ -180,21 +180,54 @@ def test_blind_teacher_takes_round_blur_as_gaussian(crop, ffdnet):
     assert est.route == "gaussian"
 
 
-def test_shipped_blind_teacher_leaves_round_blur_to_its_network(crop):
-    """The shipped file routes a round blur to the network teacher it carries: the same output as
-    the network teacher itself."""
+def test_shipped_blind_teacher_deconvolves_round_blur_its_network_explains():
+    """The shipped file fits a Gaussian against its network's output and deconvolves round blur with
+    it (route ``round``), beating the network alone; with the round route switched off, round blur
+    goes to the network: exactly the network teacher's output."""
+    import dataclasses
+
+    import skimage.data
+
     from sharpkd.checkpoint import load_model
     from sharpkd.degrade import gaussian_kernel
+    from sharpkd.infer import run_padded
 
     blind, _ = load_model("teacher")
     network, _ = load_model("teacher-net")
+    crop = np.ascontiguousarray(skimage.data.astronaut()[100:260, 120:280])  # 160 px: enough edges to estimate
     x = to_t(protocol_degrade(crop, gaussian_kernel(2.0), 2))
+    expected = run_padded(network, x, network.config.multiple)
+    est = blind.estimate(x)[0]
+    assert est.route == "round" and 1.4 <= kernel_sigma(est.kernel) <= 2.1
+    assert psnr(crop, to_u8(blind.restore(x, [est]))) > psnr(crop, to_u8(expected)) + 0.5
+
+    blind.config = dataclasses.replace(blind.config, round_anisotropy=0.0)
     est = blind.estimate(x)[0]
     assert est.route == "network"
-    from sharpkd.infer import run_padded
-
-    expected = run_padded(network, x, network.config.multiple)
     assert torch.allclose(blind.restore(x, [est]), expected, atol=1e-5)
+
+
+def kernel_sigma(k: np.ndarray) -> float:
+    from sharpkd.deblur.estimate import kernel_spread
+
+    return kernel_spread(k)
+
+
+def test_gaussian_width_fit_recovers_the_width_and_flags_other_blur():
+    """fit_gaussian_width with the sharp image as the latent: the true width, a residual at the noise
+    level; a camera-shake blur leaves a residual several times larger."""
+    import skimage.data
+
+    from sharpkd.deblur.estimate import fit_gaussian_width
+    from sharpkd.degrade import gaussian_kernel
+
+    sharp = skimage.data.astronaut()[100:260, 120:280]
+    noise_rms = np.sqrt(2) * np.sqrt(1 / 3) / 255  # grey gradient of 1/255 RGB noise, before rounding
+    for sigma in (1.0, 2.5):
+        width, resid = fit_gaussian_width(protocol_degrade(sharp, gaussian_kernel(sigma), 0), sharp)
+        assert width == pytest.approx(sigma, abs=0.1) and resid < 2 * noise_rms
+    _, resid = fit_gaussian_width(protocol_degrade(sharp, make_kernel("motion", length=15, seed=3, size=21), 0), sharp)
+    assert resid > 4 * noise_rms
 
 
 def test_refining_against_a_sharp_latent_tightens_a_thick_kernel():
@@ -228,5 +261,5 @@ def test_cli_saves_the_kernel_and_the_route(tmp_path, crop):
                  "--save-kernel", str(tmp_path / "k")]) == 0
     k = np.load(tmp_path / "k" / "o.png.kernel.npy")
     report = json.loads((tmp_path / "k" / "o.png.kernel.json").read_text())
-    assert k.sum() == pytest.approx(1) and report["route"] in ("shake", "network") and report["noise_255"] > 0
+    assert k.sum() == pytest.approx(1) and report["route"] in ("shake", "round", "network") and report["noise_255"] > 0
     assert Image.open(tmp_path / "k" / "o.png.kernel.png").size == (k.shape[1] * 8, k.shape[0] * 8)

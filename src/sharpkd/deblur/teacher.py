@@ -35,6 +35,7 @@ from sharpkd.deblur.estimate import (
     anisotropy,
     edge_sigma,
     estimate_kernel,
+    fit_gaussian_width,
     kernel_match,
     kernel_spread,
     refine_kernel,
@@ -72,6 +73,15 @@ class BlindTeacherConfig:
     first_noise: float = 6 / 255  # noise floor of the first (conservative) deconvolution
     shake_noise: float = 3 / 255  # noise floor of the final deconvolution, with the refined kernel
     network: dict | None = None  # NAFTeacherConfig fields of the network for everything else (None: none)
+    # round blur (with a network): what is not camera shake is deconvolved with a Gaussian when the L0
+    # estimate is round (anisotropy below round_anisotropy; 0: never, the network takes it all) and a
+    # Gaussian re-blur of the network's output explains the photo: width fitted by least squares
+    # (fit_gaussian_width), gradient residual at most round_residual x the noise's (sqrt(2) x noise).
+    # The network's output is a far better latent image than the L0 cartoon.
+    round_anisotropy: float = 1.4
+    round_residual: float = 1.2
+    min_round_width: float = 0.5  # narrower fits: the photo is nearly sharp, the network handles it
+    round_noise: float = 1 / 255  # noise floor of the round-blur deconvolution
 
 
 @dataclass
@@ -120,7 +130,7 @@ class BlindTeacher(nn.Module):
                                        max_side=cfg.estimate_side)
                 agreement = kernel_match(k, estimate_kernel(img, check))
             if agreement < cfg.min_agreement:
-                return BlurEstimate(k, noise, "network", agreement)
+                return self._round_or_network(img, k, noise, agreement)
             return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
         width = edge_sigma(img)
         if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
@@ -130,6 +140,24 @@ class BlindTeacher(nn.Module):
             k = gaussian_kernel(max(sigma, 0.3), min(ks, 2 * math.ceil(3 * max(sigma, 0.3)) + 1))
             return BlurEstimate(k, noise, "gaussian")
         return BlurEstimate(k, noise, "shake")
+
+    def _round_or_network(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
+        """Round blur that a Gaussian re-blur of the network's output explains: that Gaussian, to be
+        deconvolved (route ``round``); anything else: the network."""
+        cfg = self.config
+        if cfg.round_anisotropy > 0 and anisotropy(k) < cfg.round_anisotropy:
+            crop = self._central(img[None])
+            width, residual = fit_gaussian_width(crop[0], self._network(crop)[0])
+            if width >= cfg.min_round_width and residual <= cfg.round_residual * math.sqrt(2) * noise:
+                return BlurEstimate(gaussian_kernel(width), noise, "round", agreement)
+        return BlurEstimate(k, noise, "network", agreement)
+
+    def _central(self, img: torch.Tensor) -> torch.Tensor:
+        """The central crop (at most ``estimate_side`` square) that kernels are estimated on."""
+        h, w = img.shape[-2:]
+        side = self.config.estimate_side
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        return img[..., y0 : y0 + min(h, side), x0 : x0 + min(w, side)]
 
     @torch.no_grad()
     def restore(self, x: torch.Tensor, estimates: list[BlurEstimate]) -> torch.Tensor:
@@ -142,6 +170,8 @@ class BlindTeacher(nn.Module):
                 outs.append(img.clamp(0, 1))
             elif est.route == "shake" and self.network is not None:
                 outs.append(self._solve(img, est.kernel, max(est.noise, self.config.shake_noise)))
+            elif est.route == "round":
+                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise)))
             else:
                 outs.append(self._solve(img, est.kernel, est.noise))
         return torch.cat(outs)
@@ -156,14 +186,11 @@ class BlindTeacher(nn.Module):
         against that result: a far better latent image than the L0 stage's. Part of the estimate, so
         every tile of a large photo is later deconvolved with the same kernel."""
         cfg = self.config
-        h, w = img.shape[-2:]
-        side = cfg.estimate_side
-        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-        crop = img[None, :, y0 : y0 + min(h, side), x0 : x0 + min(w, side)]
+        crop = self._central(img[None])
         if min(crop.shape[-2:]) < 4 * kernel.shape[0]:
             return kernel
         first = self._solve(crop, kernel, max(noise, cfg.first_noise))
-        return refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=side))
+        return refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=cfg.estimate_side))
 
     def _network(self, img: torch.Tensor) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(img, int(self.network.config.multiple))
