@@ -111,10 +111,12 @@ def test_json_response_has_image_and_scores(client, blurry):
     assert 0 < j["scores"]["edge_width_after_px"] < j["scores"]["edge_width_before_px"]
 
 
-def test_edge_width_ranks_the_models_as_their_psnr_does(app):
-    """The score means something: on a blurred photo the edges are wider than the original's; the
-    teacher narrows them more than the student, the student more than unsharp masking (which mostly
-    adds contrast), in the same order as their PSNR against the original."""
+def test_edge_width_follows_the_restoration(app):
+    """The score means something: on a blurred photo the edges are wider than the original's; both
+    networks narrow them far more than unsharp masking (which mostly adds contrast), towards the
+    original's width, and their PSNR against the original is higher too. (It does not rank teacher and
+    student: the teacher deconvolves round blur with a width fitted short on purpose, which leaves its
+    edges a little wider than the student's while its PSNR is higher.)"""
     import skimage.data
 
     from sharpkd.degrade import gaussian_kernel, protocol_degrade
@@ -130,8 +132,10 @@ def test_edge_width_ranks_the_models_as_their_psnr_does(app):
         out = np.asarray(Image.open(io.BytesIO(base64.b64decode(j["image"]))).convert("RGB"))
         scores[m] = psnr(photo, out)
     before = j["scores"]["edge_width_before_px"]
-    assert widths["teacher"] < widths["student"] < widths["unsharp"] < before
-    assert scores["teacher"] > scores["student"] > scores["unsharp"]
+    assert widths["unsharp"] < before
+    assert max(widths["teacher"], widths["student"]) < min(widths["unsharp"], before) - 0.5
+    assert min(scores["teacher"], scores["student"]) > scores["unsharp"] + 2
+    assert scores["teacher"] > scores["student"]
     flat = post(client, "/api/sharpen", png_bytes(np.full((64, 64, 3), 128, np.uint8)), response="json").json
     assert flat["scores"]["edge_width_before_px"] is None  # no edges, no number
 
