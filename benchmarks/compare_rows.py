@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +22,7 @@ def main() -> None:
     ap.add_argument("a")
     ap.add_argument("b")
     args = ap.parse_args()
-    rows = {r["method"]: r for r in json.load(open(args.results))["rows"]}
+    rows = {r["method"]: r for r in json.loads(Path(args.results).read_text())["rows"]}
     a, b = rows[args.a]["per_image_psnr"], rows[args.b]["per_image_psnr"]
     print(f"| column | images | differ | {args.a} worse | min diff (dB) | max diff (dB) |\n|---|---|---|---|---|---|")
     for col in a:

@@ -45,7 +45,6 @@ def main() -> None:
 
     from sharpkd.data import limit_size, load_photos, split_holdout
     from sharpkd.deblur.estimate import fit_gaussian_width
-    from sharpkd.deblur.solve import estimate_noise
     from sharpkd.degrade import gaussian_kernel, make_kernel, protocol_degrade
     from sharpkd.infer import Sharpener
 
@@ -67,11 +66,11 @@ def main() -> None:
             sharp = torch.from_numpy(sharp_np).permute(2, 0, 1)[None].float() / 255
             y = torch.from_numpy(protocol_degrade(sharp_np, k, 777 + n)).permute(2, 0, 1)[None].float() / 255
             base = psnr(y, sharp)
-            noise = max(estimate_noise(y), cfg.min_noise)
             with torch.no_grad():
+                est = teacher.estimate(y)[0]
+                noise = est.noise  # the teacher's own estimate, floored as it floors it
                 z = teacher._network(y)
                 fit, resid = fit_gaussian_width(y[0], z[0])
-                est = teacher.estimate(y)[0]
                 row = {"kind": kind, "photo": n, "blurred": base, "fit": fit,
                        "resid": resid / (math.sqrt(2) * noise), "net": psnr(z, sharp) - base,
                        "hqs_true": psnr(teacher._solve(y, k, max(noise, cfg.round_noise)), sharp) - base,

@@ -189,6 +189,7 @@ def test_shipped_blind_teacher_deconvolves_round_blur_its_network_explains():
     import skimage.data
 
     from sharpkd.checkpoint import load_model
+    from sharpkd.deblur.estimate import kernel_spread
     from sharpkd.degrade import gaussian_kernel
     from sharpkd.infer import run_padded
 
@@ -198,19 +199,13 @@ def test_shipped_blind_teacher_deconvolves_round_blur_its_network_explains():
     x = to_t(protocol_degrade(crop, gaussian_kernel(2.0), 2))
     expected = run_padded(network, x, network.config.multiple)
     est = blind.estimate(x)[0]
-    assert est.route == "round" and 1.4 <= kernel_sigma(est.kernel) <= 2.1
+    assert est.route == "round" and 1.4 <= kernel_spread(est.kernel) <= 2.1
     assert psnr(crop, to_u8(blind.restore(x, [est]))) > psnr(crop, to_u8(expected)) + 0.5
 
     blind.config = dataclasses.replace(blind.config, round_anisotropy=0.0)
     est = blind.estimate(x)[0]
     assert est.route == "network"
     assert torch.allclose(blind.restore(x, [est]), expected, atol=1e-5)
-
-
-def kernel_sigma(k: np.ndarray) -> float:
-    from sharpkd.deblur.estimate import kernel_spread
-
-    return kernel_spread(k)
 
 
 def test_gaussian_width_fit_recovers_the_width_and_flags_other_blur():

@@ -87,8 +87,9 @@ class BlindTeacherConfig:
 @dataclass
 class BlurEstimate:
     """What the teacher found in one photo: the kernel (K, K), sum 1, the noise level in [0, 1], and
-    the route: ``shake`` (deconvolve with the kernel), ``network`` (the network teacher) or
-    ``gaussian`` (deconvolve with a Gaussian from the edge width; files without a network)."""
+    the route: ``shake`` (deconvolve with the kernel), ``round`` (deconvolve with a Gaussian fitted
+    against the network's output), ``network`` (the network teacher) or ``gaussian`` (deconvolve
+    with a Gaussian from the edge width; files without a network)."""
 
     kernel: np.ndarray
     noise: float
