@@ -9,6 +9,9 @@ compare with Kodak24 (generalisation) without touching Kodak24.
 
 ``--max-side PX`` first reduces the hold-out photos (Lanczos) so their longer side is at most PX:
 the same scenes with crisper pixels, closer to typical photos than full-size wallpapers are.
+
+``--set FIELD=VALUE`` (repeatable) overrides a field of the models' config before evaluating, e.g.
+``--set min_shake_spread=0`` to try a routing threshold of the blind teacher without a new file.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--max-side", type=int, default=0, help="reduce the hold-out photos to this longer side first")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field of the models (a float), e.g. min_shake_spread=0")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -43,6 +48,11 @@ def main() -> None:
     print("| model | " + " | ".join(DEGRADATIONS) + " | mean gain |\n|---|" + "---|" * (len(DEGRADATIONS) + 1))
     for m in args.models:
         sh = Sharpener.from_pretrained(m, tile=0)
+        if args.set:
+            import dataclasses
+
+            fields = dict(item.split("=", 1) for item in args.set)
+            sh.model.config = dataclasses.replace(sh.model.config, **{k: float(v) for k, v in fields.items()})
         net = sh.model if isinstance(sh.model, torch.nn.Module) else _Wrap(sh.sharpen_tensor)
         out = validate(net, blurred, sharp, per_image=True)
         kinds = gains_by_kind(out, base)

@@ -1,0 +1,171 @@
+"""Which photos should the blind teacher deconvolve? Routing features and outcomes on training photos.
+
+    python benchmarks/route_study.py --json docs/eval/route_study.json      # collect (about 70 CPU-minutes)
+    python benchmarks/route_study.py --analyze docs/eval/route_study.json   # the rule table, in seconds
+
+Training-pool photos only (never the hold-out photos, never Kodak24): ``--photos`` of them, reduced
+to 768 px, one central crop of ``--crop`` px each, blurred (BENCHMARK.md's noise and rounding) by two
+procedural camera-shake kernels (length 8-25 px) and one Gaussian (sigma 1, 2, 3 or 1.5 in turn).
+Per case it records the teacher's routing features (anisotropy, spread and peak of the L0 estimate,
+agreement with the second estimate, the round route's fitted width and residual, the data residual of
+a conservative deconvolution) and the gain (dB) of every route: HQS with the true kernel (the
+ceiling), with the L0 estimate, with the refined estimate (what the shake route does), with the
+fitted Gaussian (the round route), the network alone, and the shipped teacher.
+
+``--analyze`` replays routing rules on the recorded outcomes: the shipped rule reproduces the
+shipped teacher's figure, and the others show what relaxing each camera-shake gate would gain or cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def psnr(a, b) -> float:
+    import torch
+
+    a = torch.round(a.clamp(0, 1) * 255) / 255
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+def grad_residual(y, x, k: np.ndarray, noise: float) -> float:
+    """RMS of the grey gradients of k * x - y over the interior, over sqrt(2) x noise (1: noise only)."""
+    from scipy.signal import fftconvolve
+
+    from sharpkd.deblur.estimate import to_grey
+
+    d = (fftconvolve(to_grey(x[0]).numpy(), k, mode="same") - to_grey(y[0]).numpy())[32:-32, 32:-32]
+    return float(np.sqrt((np.mean(np.diff(d, axis=0) ** 2) + np.mean(np.diff(d, axis=1) ** 2)) / 2)
+                 / (math.sqrt(2) * noise))
+
+
+def collect(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    from sharpkd.data import limit_size, load_photos, split_holdout
+    from sharpkd.deblur.estimate import (
+        EstimateConfig,
+        anisotropy,
+        estimate_kernel,
+        fit_gaussian_width,
+        kernel_match,
+        kernel_spread,
+        refine_kernel,
+    )
+    from sharpkd.degrade import gaussian_kernel, make_kernel, protocol_degrade
+    from sharpkd.infer import Sharpener
+
+    torch.set_num_threads(args.threads)
+    train, _ = split_holdout(load_photos(args.data))
+    idx = np.random.default_rng(args.seed).choice(len(train), args.photos, replace=False)
+    teacher = Sharpener.from_pretrained("teacher", tile=0).model
+    cfg = teacher.config
+    rows = []
+    for j, i in enumerate(idx):
+        krng = np.random.default_rng(1000 + j)
+        cases = [("motion", make_kernel("motion", length=float(krng.uniform(8, 25)),
+                                        seed=int(krng.integers(1 << 30)), size=31)) for _ in range(2)]
+        cases.append(("gauss", gaussian_kernel([1.0, 2.0, 3.0, 1.5][j % 4])))
+        p = limit_size(train[i], 768)
+        h, w = p.pixels.shape[:2]
+        c = min(args.crop, h, w)
+        s_np = np.ascontiguousarray(p.pixels[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c])
+        sharp = torch.from_numpy(s_np.copy()).permute(2, 0, 1)[None].float() / 255
+        for ci, (kind, k) in enumerate(cases):
+            y = torch.from_numpy(protocol_degrade(s_np, k, 500 + 3 * j + ci)).permute(2, 0, 1)[None].float() / 255
+            base = psnr(y, sharp)
+            with torch.no_grad():
+                est = teacher.estimate(y)[0]
+                noise = est.noise
+                k0 = estimate_kernel(y[0], EstimateConfig(kernel_size=cfg.kernel_size, max_side=cfg.estimate_side))
+                k1 = estimate_kernel(y[0], EstimateConfig(kernel_size=cfg.check_kernel_size, lam=cfg.check_lam,
+                                                          max_side=cfg.estimate_side))
+                z = teacher._network(y)
+                fit, resid = fit_gaussian_width(y[0], z[0])
+
+                def solve(kk, floor, y=y, noise=noise):
+                    return teacher._solve(y, kk, max(noise, floor))
+
+                first = solve(k0, cfg.first_noise)
+                final0 = solve(k0, cfg.shake_noise)
+                kr = refine_kernel(y[0], first[0], k0, EstimateConfig(max_side=cfg.estimate_side))
+                row = {"photo": train[i].name, "kind": kind, "ktrue_spread": kernel_spread(k), "blurred": base,
+                       "route": est.route, "noise": noise, "aniso": anisotropy(k0), "spread": kernel_spread(k0),
+                       "peak": float(k0.max()), "agree": kernel_match(k0, k1), "fit": fit,
+                       "resid": resid / (math.sqrt(2) * noise), "res_first": grad_residual(y, first, k0, noise),
+                       "res_final": grad_residual(y, final0, k0, noise),
+                       "g_true": psnr(solve(k, cfg.shake_noise), sharp) - base, "g_k0": psnr(final0, sharp) - base,
+                       "g_ref": psnr(solve(kr, cfg.shake_noise), sharp) - base,
+                       "g_round": psnr(solve(gaussian_kernel(max(fit, 0.3)), cfg.round_noise), sharp) - base,
+                       "g_net": psnr(z, sharp) - base, "g_teacher": psnr(teacher.restore(y, [est]), sharp) - base,
+                       "match0": kernel_match(k0, k)}
+            rows.append(row)
+            print(" ".join(f"{a}={b:.2f}" if isinstance(b, float) else f"{a}={b}" for a, b in row.items()), flush=True)
+    return rows
+
+
+def analyze(rows: list[dict]) -> None:
+    """Replay routing rules: round route first (as the shipped checks), then a camera-shake gate, else network."""
+
+    def is_round(r):
+        return r["aniso"] < 1.4 and r["fit"] >= 0.5 and r["resid"] <= 1.2
+
+    def gain(r, gate):
+        return r["g_round"] if is_round(r) else r["g_ref"] if gate(r) else r["g_net"]
+
+    def conc(r):
+        return r["peak"] * r["spread"] >= 0.12
+
+    gates = {
+        "shipped: agreement >= 0.9, anisotropy >= 1.5, spread >= 1.5, concentration >= 0.12":
+            lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and r["spread"] >= 1.5 and conc(r),
+        "without the spread gate": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and conc(r),
+        "without the concentration gate": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and r["spread"] >= 1.5,
+        "without either (agreement >= 0.9, anisotropy >= 1.5)": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5,
+        "anisotropy >= 1.4 alone": lambda r: r["aniso"] >= 1.4,
+    }
+    kinds = ("motion", "gauss")
+    count = {k: sum(r["kind"] == k for r in rows) for k in kinds}
+    print(f"cases: {count}\n\n| rule | camera shake | Gaussian | shake photos deconvolved | worst loss vs network |")
+    print("|---|---|---|---|---|")
+    for name, gate in gates.items():
+        m = {k: np.mean([gain(r, gate) for r in rows if r["kind"] == k]) for k in kinds}
+        n = sum(gate(r) and not is_round(r) for r in rows if r["kind"] == "motion")
+        worst = min(gain(r, gate) - r["g_net"] for r in rows)
+        print(f"| {name} | {m['motion']:+.2f} | {m['gauss']:+.2f} | {n}/{count['motion']} | {worst:+.2f} |")
+    print("\nmean gain (dB) of each route applied to every case:\n\n| blur | true kernel | L0 estimate | refined "
+          "| fitted Gaussian | network | shipped teacher | best of estimate/network/Gaussian |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in kinds:
+        sel = [r for r in rows if r["kind"] == k]
+        cols = [np.mean([r[c] for r in sel]) for c in ("g_true", "g_k0", "g_ref", "g_round", "g_net", "g_teacher")]
+        best = np.mean([max(r["g_k0"], r["g_net"], r["g_round"]) for r in sel])
+        print(f"| {k} | " + " | ".join(f"{v:+.2f}" for v in cols) + f" | {best:+.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/datasets/train")
+    ap.add_argument("--photos", type=int, default=24)
+    ap.add_argument("--crop", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the collected rows here")
+    ap.add_argument("--analyze", help="read rows from this JSON instead of collecting")
+    args = ap.parse_args()
+    if args.analyze:
+        rows = json.loads(Path(args.analyze).read_text())["rows"]
+    else:
+        rows = collect(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=0) + "\n")
+    analyze(rows)
+
+
+if __name__ == "__main__":
+    main()
