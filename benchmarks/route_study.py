@@ -112,11 +112,24 @@ def collect(args: argparse.Namespace) -> list[dict]:
 def analyze(rows: list[dict]) -> None:
     """Replay routing rules: round route first (as the shipped checks), then a camera-shake gate, else network."""
 
+    def fits(r):
+        return r["fit"] >= 0.5 and r["resid"] <= 1.2
+
     def is_round(r):
-        return r["aniso"] < 1.4 and r["fit"] >= 0.5 and r["resid"] <= 1.2
+        return r["aniso"] < 1.4 and fits(r)
 
     def gain(r, gate):
-        return r["g_round"] if is_round(r) else r["g_ref"] if gate(r) else r["g_net"]
+        if is_round(r):
+            return r["g_round"]
+        if not gate(r):
+            return r["g_net"]
+        # round_spread_ratio: a shake candidate that a Gaussian of its size explains takes the round route
+        return r["g_round"] if getattr(gate, "ratio", 0) and fits(r) and r["fit"] >= gate.ratio * r["spread"] \
+            else r["g_ref"]
+
+    def with_ratio(gate, ratio=0.8):
+        gate.ratio = ratio
+        return gate
 
     def conc(r):
         return r["peak"] * r["spread"] >= 0.12
@@ -128,6 +141,9 @@ def analyze(rows: list[dict]) -> None:
         "without the concentration gate": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and r["spread"] >= 1.5,
         "without either (agreement >= 0.9, anisotropy >= 1.5)": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5,
         "anisotropy >= 1.4 alone": lambda r: r["aniso"] >= 1.4,
+        "without the concentration gate, round_spread_ratio 0.8":
+            with_ratio(lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and r["spread"] >= 1.5),
+        "without either, round_spread_ratio 0.8": with_ratio(lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5),
     }
     kinds = ("motion", "gauss")
     count = {k: sum(r["kind"] == k for r in rows) for k in kinds}

@@ -208,6 +208,34 @@ def test_shipped_blind_teacher_deconvolves_round_blur_its_network_explains():
     assert torch.allclose(blind.restore(x, [est]), expected, atol=1e-5)
 
 
+def test_round_spread_ratio_offers_elongated_estimates_to_the_round_route(monkeypatch):
+    """With ``round_spread_ratio`` set, a camera-shake candidate whose fitted Gaussian is at least that
+    x the estimate's spread (and explains the photo) takes the round route; a narrower fit, a poor fit
+    or the option off (as shipped) leave it to the shake route."""
+    import dataclasses
+
+    import sharpkd.deblur.teacher as tm
+    from sharpkd.deblur.estimate import kernel_spread
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+
+    line = np.zeros((31, 31))
+    line[15, 9:22] = 1 / 13  # elongated, spread about 2.6 px
+    monkeypatch.setattr(tm, "estimate_kernel", lambda *a, **k: line.copy())
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net))
+    monkeypatch.setattr(teacher, "_refine", lambda img, k, noise: k)
+    x = torch.full((1, 3, 96, 96), 0.5)
+    spread = kernel_spread(line)
+    for ratio, fit, route in ((0.0, (spread, 0.0), "shake"), (0.8, (spread, 0.0), "round"),
+                              (0.8, (0.5 * spread, 0.0), "shake"), (0.8, (spread, 1.0), "shake")):
+        teacher.config = dataclasses.replace(teacher.config, round_spread_ratio=ratio)
+        monkeypatch.setattr(teacher, "_gaussian_fit", lambda img, fit=fit: fit)
+        est = teacher.estimate(x)[0]
+        assert est.route == route, (ratio, fit)
+        if route == "round":
+            assert kernel_spread(est.kernel) == pytest.approx(spread, abs=0.1)
+
+
 def test_gaussian_width_fit_recovers_the_width_and_flags_other_blur():
     """fit_gaussian_width with the sharp image as the latent: the true width, a residual at the noise
     level; a camera-shake blur leaves a residual several times larger."""

@@ -82,6 +82,10 @@ class BlindTeacherConfig:
     round_residual: float = 1.2
     min_round_width: float = 0.5  # narrower fits: the photo is nearly sharp, the network handles it
     round_noise: float = 1 / 255  # noise floor of the round-blur deconvolution
+    # (0: off, as shipped) camera-shake candidates are first offered to the round route when the fitted
+    # Gaussian is at least this x the L0 kernel's spread (Gaussian blur on small crops gives spuriously
+    # elongated estimates; benchmarks/route_study.py, docs/results.md "Routing study")
+    round_spread_ratio: float = 0.0
 
 
 @dataclass
@@ -132,6 +136,11 @@ class BlindTeacher(nn.Module):
                 agreement = kernel_match(k, estimate_kernel(img, check))
             if agreement < cfg.min_agreement:
                 return self._round_or_network(img, k, noise, agreement)
+            if cfg.round_spread_ratio > 0:  # an elongated estimate that a Gaussian of its size explains
+                width, residual = self._gaussian_fit(img)
+                if (width >= max(cfg.min_round_width, cfg.round_spread_ratio * spread)
+                        and residual <= cfg.round_residual * math.sqrt(2) * noise):
+                    return BlurEstimate(gaussian_kernel(width), noise, "round", agreement)
             return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
         width = edge_sigma(img)
         if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
@@ -147,11 +156,16 @@ class BlindTeacher(nn.Module):
         deconvolved (route ``round``); anything else: the network."""
         cfg = self.config
         if cfg.round_anisotropy > 0 and anisotropy(k) < cfg.round_anisotropy:
-            crop = self._central(img[None])
-            width, residual = fit_gaussian_width(crop[0], self._network(crop)[0])
+            width, residual = self._gaussian_fit(img)
             if width >= cfg.min_round_width and residual <= cfg.round_residual * math.sqrt(2) * noise:
                 return BlurEstimate(gaussian_kernel(width), noise, "round", agreement)
         return BlurEstimate(k, noise, "network", agreement)
+
+    def _gaussian_fit(self, img: torch.Tensor) -> tuple[float, float]:
+        """(width, gradient residual) of the Gaussian that best turns the network's output on the
+        central crop back into the photo (:func:`fit_gaussian_width`)."""
+        crop = self._central(img[None])
+        return fit_gaussian_width(crop[0], self._network(crop)[0])
 
     def _central(self, img: torch.Tensor) -> torch.Tensor:
         """The central crop (at most ``estimate_side`` square) that kernels are estimated on."""
