@@ -27,10 +27,12 @@ import numpy as np
 
 
 def psnr(a, b) -> float:
+    """PSNR (dB) of what would be saved to disk (8 bit)."""
     import torch
 
-    a = torch.round(a.clamp(0, 1) * 255) / 255
-    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+    from sharpkd.metrics import batch_psnr
+
+    return float(batch_psnr(torch.round(a.clamp(0, 1) * 255) / 255, b)[0])
 
 
 def grad_residual(y, x, k: np.ndarray, noise: float) -> float:
@@ -118,41 +120,42 @@ def analyze(rows: list[dict]) -> None:
     def is_round(r):
         return r["aniso"] < 1.4 and fits(r)
 
-    def gain(r, gate):
+    def route(r, gate, ratio):
+        """The route a rule takes: round route first, then the camera-shake gate (where a Gaussian of
+        the estimate's size explains the photo and ``ratio`` is set, round again), else the network."""
         if is_round(r):
-            return r["g_round"]
+            return "round"
         if not gate(r):
-            return r["g_net"]
-        # round_spread_ratio: a shake candidate that a Gaussian of its size explains takes the round route
-        return r["g_round"] if getattr(gate, "ratio", 0) and fits(r) and r["fit"] >= gate.ratio * r["spread"] \
-            else r["g_ref"]
-
-    def with_ratio(gate, ratio=0.8):
-        gate.ratio = ratio
-        return gate
+            return "net"
+        return "round" if ratio and fits(r) and r["fit"] >= ratio * r["spread"] else "ref"
 
     def conc(r):
         return r["peak"] * r["spread"] >= 0.12
 
-    gates = {
+    def agreed(r):
+        return r["agree"] >= 0.9 and r["aniso"] >= 1.5
+
+    rules = {  # name: (camera-shake gate, round_spread_ratio)
         "shipped: agreement >= 0.9, anisotropy >= 1.5, spread >= 1.5, concentration >= 0.12":
-            lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and r["spread"] >= 1.5 and conc(r),
-        "without the spread gate": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and conc(r),
-        "without the concentration gate": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and r["spread"] >= 1.5,
-        "without either (agreement >= 0.9, anisotropy >= 1.5)": lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5,
-        "anisotropy >= 1.4 alone": lambda r: r["aniso"] >= 1.4,
-        "without the concentration gate, round_spread_ratio 0.8":
-            with_ratio(lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5 and r["spread"] >= 1.5),
-        "without either, round_spread_ratio 0.8": with_ratio(lambda r: r["agree"] >= 0.9 and r["aniso"] >= 1.5),
+            (lambda r: agreed(r) and r["spread"] >= 1.5 and conc(r), 0),
+        "without the spread gate": (lambda r: agreed(r) and conc(r), 0),
+        "without the concentration gate": (lambda r: agreed(r) and r["spread"] >= 1.5, 0),
+        "without either (agreement >= 0.9, anisotropy >= 1.5)": (agreed, 0),
+        "anisotropy >= 1.4 alone": (lambda r: r["aniso"] >= 1.4, 0),
+        "without the concentration gate, round_spread_ratio 0.8": (lambda r: agreed(r) and r["spread"] >= 1.5, 0.8),
+        "without either, round_spread_ratio 0.8": (agreed, 0.8),
     }
     kinds = ("motion", "gauss")
     count = {k: sum(r["kind"] == k for r in rows) for k in kinds}
-    print(f"cases: {count}\n\n| rule | camera shake | Gaussian | shake photos deconvolved | worst loss vs network |")
+    print(f"cases: {count}\n\n| rule | camera shake | Gaussian | shake cases deconvolved with the estimate "
+          "| worst loss vs network |")
     print("|---|---|---|---|---|")
-    for name, gate in gates.items():
-        m = {k: np.mean([gain(r, gate) for r in rows if r["kind"] == k]) for k in kinds}
-        n = sum(gate(r) and not is_round(r) for r in rows if r["kind"] == "motion")
-        worst = min(gain(r, gate) - r["g_net"] for r in rows)
+    for name, (gate, ratio) in rules.items():
+        routes = [route(r, gate, ratio) for r in rows]
+        gains = np.array([r[f"g_{x}"] for r, x in zip(rows, routes, strict=True)])
+        m = {k: gains[[r["kind"] == k for r in rows]].mean() for k in kinds}
+        n = sum(x == "ref" and r["kind"] == "motion" for r, x in zip(rows, routes, strict=True))
+        worst = min(g - r["g_net"] for r, g in zip(rows, gains, strict=True))
         print(f"| {name} | {m['motion']:+.2f} | {m['gauss']:+.2f} | {n}/{count['motion']} | {worst:+.2f} |")
     print("\nmean gain (dB) of each route applied to every case:\n\n| blur | true kernel | L0 estimate | refined "
           "| fitted Gaussian | network | shipped teacher | best of estimate/network/Gaussian |")

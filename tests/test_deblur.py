@@ -229,7 +229,7 @@ def test_round_spread_ratio_offers_elongated_estimates_to_the_round_route(monkey
     for ratio, fit, route in ((0.0, (spread, 0.0), "shake"), (0.8, (spread, 0.0), "round"),
                               (0.8, (0.5 * spread, 0.0), "shake"), (0.8, (spread, 1.0), "shake")):
         teacher.config = dataclasses.replace(teacher.config, round_spread_ratio=ratio)
-        monkeypatch.setattr(teacher, "_gaussian_fit", lambda img, fit=fit: fit)
+        monkeypatch.setattr(tm, "fit_gaussian_width", lambda blurred, latent, fit=fit: fit)
         est = teacher.estimate(x)[0]
         assert est.route == route, (ratio, fit)
         if route == "round":

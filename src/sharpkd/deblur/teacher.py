@@ -137,10 +137,9 @@ class BlindTeacher(nn.Module):
             if agreement < cfg.min_agreement:
                 return self._round_or_network(img, k, noise, agreement)
             if cfg.round_spread_ratio > 0:  # an elongated estimate that a Gaussian of its size explains
-                width, residual = self._gaussian_fit(img)
-                if (width >= max(cfg.min_round_width, cfg.round_spread_ratio * spread)
-                        and residual <= cfg.round_residual * math.sqrt(2) * noise):
-                    return BlurEstimate(gaussian_kernel(width), noise, "round", agreement)
+                found = self._round(img, noise, agreement, cfg.round_spread_ratio * spread)
+                if found is not None:
+                    return found
             return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
         width = edge_sigma(img)
         if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
@@ -156,16 +155,22 @@ class BlindTeacher(nn.Module):
         deconvolved (route ``round``); anything else: the network."""
         cfg = self.config
         if cfg.round_anisotropy > 0 and anisotropy(k) < cfg.round_anisotropy:
-            width, residual = self._gaussian_fit(img)
-            if width >= cfg.min_round_width and residual <= cfg.round_residual * math.sqrt(2) * noise:
-                return BlurEstimate(gaussian_kernel(width), noise, "round", agreement)
+            found = self._round(img, noise, agreement)
+            if found is not None:
+                return found
         return BlurEstimate(k, noise, "network", agreement)
 
-    def _gaussian_fit(self, img: torch.Tensor) -> tuple[float, float]:
-        """(width, gradient residual) of the Gaussian that best turns the network's output on the
-        central crop back into the photo (:func:`fit_gaussian_width`)."""
+    def _round(self, img: torch.Tensor, noise: float, agreement: float, min_width: float = 0.0) -> BlurEstimate | None:
+        """The round route's estimate, or None: the Gaussian that best turns the network's output on
+        the central crop back into the photo (:func:`fit_gaussian_width`), if it is at least
+        ``min_round_width`` (and ``min_width``) wide and leaves a gradient residual within
+        ``round_residual`` x the noise's."""
+        cfg = self.config
         crop = self._central(img[None])
-        return fit_gaussian_width(crop[0], self._network(crop)[0])
+        width, residual = fit_gaussian_width(crop[0], self._network(crop)[0])
+        if width >= max(cfg.min_round_width, min_width) and residual <= cfg.round_residual * math.sqrt(2) * noise:
+            return BlurEstimate(gaussian_kernel(width), noise, "round", agreement)
+        return None
 
     def _central(self, img: torch.Tensor) -> torch.Tensor:
         """The central crop (at most ``estimate_side`` square) that kernels are estimated on."""
