@@ -17,12 +17,18 @@ from pathlib import Path
 from sharpkd.checkpoint import SHIPPED, build_model, config_to_dict, load_model, save_model
 
 
-def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, half: bool = True) -> Path:
+def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, half: bool = True,
+            overrides: dict[str, float] | None = None) -> Path:
+    """Write the composed teacher; ``overrides`` replaces routing thresholds of the blind config."""
     blind, blind_info = load_model(blind_path)
     net, net_info = load_model(network_path)
     if blind_info.get("arch") != "blind" or net_info.get("arch") != "nafunet":
         raise SystemExit("expected a blind-teacher file and a nafunet teacher file")
     config = {**config_to_dict(blind.config), "network": config_to_dict(net.config)}
+    for key, value in (overrides or {}).items():
+        if key not in config or key == "network":
+            raise SystemExit(f"--set: {key!r} is not a field of the blind teacher's config")
+        config[key] = type(config[key])(value)
     model = build_model("blind", config)
     model.denoiser.load_state_dict(blind.denoiser.state_dict())
     model.network.load_state_dict(net.state_dict())
@@ -44,8 +50,16 @@ def main() -> None:
     ap.add_argument("--network", default=str(SHIPPED["teacher-net"]))
     ap.add_argument("-o", "--out", default=str(SHIPPED["teacher"]))
     ap.add_argument("--fp32", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="set a routing threshold of the blind config, e.g. round_spread_ratio=0.8 (repeatable)")
     args = ap.parse_args()
-    print(f"wrote {compose(args.blind, args.network, args.out, half=not args.fp32)}")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        overrides[key] = float(value)
+    print(f"wrote {compose(args.blind, args.network, args.out, half=not args.fp32, overrides=overrides)}")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,15 @@ def hqs_deconvolve(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, denoiser:
                    cg_steps: int = 8) -> torch.Tensor:
     """Deblur ``y`` (B, C, H, W) blurred by ``kernel``; ``noise``: the noise standard deviation in [0, 1]
     units (estimate it with :func:`estimate_noise` when unknown). Returns (B, C, H, W), clamped."""
+    return hqs_unrolled(y, kernel, denoiser, noise=noise, iters=iters, sigma_max=sigma_max, lam=lam, pad=pad,
+                        cg_steps=cg_steps)
+
+
+def hqs_unrolled(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, denoiser: Denoiser, *, noise: float = 1 / 255,
+                 iters: int = 8, sigma_max: float = 49 / 255, lam: float = 0.23, pad: int | None = None,
+                 cg_steps: int = 8) -> torch.Tensor:
+    """:func:`hqs_deconvolve` with gradients: every step is differentiable, so the denoiser can be
+    trained through the whole unrolled solver (:mod:`sharpkd.deblur.finetune`)."""
     k = torch.as_tensor(kernel, dtype=torch.float32, device=y.device)
     if k.ndim == 2:
         k = k[None]
