@@ -83,3 +83,42 @@ def test_fine_tuning_improves_the_solver_on_its_cases(tmp_path):
     assert np.mean(list(after.values())) > np.mean(list(before.values())) + 0.05
     assert (tmp_path / "denoiser.pt").is_file() and (tmp_path / "log.jsonl").read_text().count("\n") >= 4
     assert not any(p.requires_grad for p in teacher.denoiser.parameters())
+
+
+def test_shake_prior_serves_only_the_final_camera_shake_run(tmp_path):
+    """A file with ``shake_prior`` deconvolves camera shake with its own denoiser and everything else
+    (round blur, the refinement's first run) with the converted one; it saves and loads as one file."""
+    from sharpkd.checkpoint import load_model, save_model
+    from sharpkd.deblur.teacher import BlurEstimate
+    from sharpkd.models import BlindTeacher, BlindTeacherConfig
+
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net, shake_prior=True, iters=2, cg_steps=1))
+    calls = []
+
+    class Tag(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x, sigma):
+            calls.append(self.name)
+            return x
+
+    teacher.denoiser, teacher.shake_denoiser = Tag("converted"), Tag("shake")
+    x = torch.rand(1, 3, 40, 40)
+    k = gaussian_kernel(1.0, 7)
+    teacher.restore(x, [BlurEstimate(k, 0.01, "shake")])
+    assert calls == ["shake", "shake"]
+    calls.clear()
+    teacher.restore(x, [BlurEstimate(k, 0.01, "round")])
+    assert calls == ["converted", "converted"]
+
+    fresh = BlindTeacher(config=BlindTeacherConfig(network=net, shake_prior=True))
+    with torch.no_grad():
+        fresh.shake_denoiser.body[0].weight.add_(1.0)
+    path = save_model(tmp_path / "t.safetensors", fresh, {"stage": "teacher"}, half=False)
+    loaded, _ = load_model(path)
+    assert loaded.config.shake_prior
+    assert torch.equal(loaded.shake_denoiser.body[0].weight, fresh.shake_denoiser.body[0].weight)
+    assert not torch.equal(loaded.denoiser.body[0].weight, loaded.shake_denoiser.body[0].weight)

@@ -18,6 +18,11 @@ Data (training-pool photos only; the hold-out photos form the validation bank, K
 * training samples are random windows of the bank's crops, flipped and rotated with their kernels,
   deconvolved with the estimated kernel (or, for ``true_share`` of them, the true one), L1 loss.
 
+By default (``--shake-only 1``) the tuned copy becomes a second prior used only by the final
+camera-shake run (``BlindTeacherConfig.shake_prior``); round blur and the refinement's first run keep
+the converted FFDNet. Training one prior for both routes (``--shake-only 0``) raised camera shake but
+cost round blur over a dB on the validation bank (docs/results.md, "End-to-end fine-tuning").
+
 Validation: the same routes on the hold-out bank, whole crops, mean gain (dB) per blur kind before
 training and after every ``val_every`` steps; the best checkpoint is kept.
 """
@@ -50,6 +55,7 @@ class FinetuneConfig:
     true_share: float = 0.25  # windows solved with the true kernel rather than the estimate
     val_every: int = 100
     seed: int = 0
+    shake_only: int = 1  # 1: train a separate prior for the final camera-shake run, on camera shake only
 
 
 def _square_crop(pixels: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -121,7 +127,8 @@ def solve(teacher, y: torch.Tensor, kernels: torch.Tensor, kind: str) -> torch.T
     from sharpkd.deblur.solve import hqs_unrolled
 
     cfg = teacher.config
-    return hqs_unrolled(y, kernels, teacher.denoiser, noise=noise_floor(teacher, kind), iters=cfg.iters,
+    prior = teacher.shake_denoiser if kind == "motion" and teacher.shake_denoiser is not None else teacher.denoiser
+    return hqs_unrolled(y, kernels, prior, noise=noise_floor(teacher, kind), iters=cfg.iters,
                         sigma_max=cfg.sigma_max, lam=cfg.lam, cg_steps=cfg.cg_steps)
 
 
@@ -171,7 +178,8 @@ def train(teacher, bank: list[dict], val_bank: list[dict], cfg: FinetuneConfig, 
     from tqdm import tqdm
 
     rng = np.random.default_rng(cfg.seed)
-    den = teacher.denoiser
+    den = teacher.shake_denoiser if teacher.shake_denoiser is not None else teacher.denoiser
+    kinds = ("motion",) if teacher.shake_denoiser is not None else KINDS
     den.train()
     for prm in den.parameters():
         prm.requires_grad_(True)
@@ -184,7 +192,7 @@ def train(teacher, bank: list[dict], val_bank: list[dict], cfg: FinetuneConfig, 
     t0, losses = time.time(), []
     bar = tqdm(range(1, cfg.steps + 1), desc="fine-tune")
     for step in bar:
-        kind = KINDS[int(rng.random() < 1 / 3)]
+        kind = kinds[int(rng.random() < 1 / 3) % len(kinds)]
         y, x, k = sample_batch(bank, kind, cfg, rng)
         loss = F.l1_loss(solve(teacher, y, k, kind), x)
         opt.zero_grad()
@@ -237,6 +245,13 @@ def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: i
     if info.get("arch") != "blind":
         raise SystemExit(f"{teacher_name} is not a blind-teacher file")
     teacher = teacher.float().eval()
+    if cfg.shake_only and teacher.shake_denoiser is None:
+        from sharpkd.checkpoint import build_model, config_to_dict
+
+        tuned = build_model("blind", {**config_to_dict(teacher.config), "shake_prior": True})
+        tuned.load_state_dict(teacher.state_dict(), strict=False)
+        tuned.shake_denoiser.load_state_dict(teacher.denoiser.state_dict())
+        teacher = tuned.float().eval()
     photos = load_photos(data) if Path(data).is_dir() else skimage_photos()
     train_photos, held = split_holdout(photos)
     bank = build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / "bank.pt")

@@ -86,6 +86,10 @@ class BlindTeacherConfig:
     # Gaussian is at least this x the L0 kernel's spread (Gaussian blur on small crops gives spuriously
     # elongated estimates; benchmarks/route_study.py, docs/results.md "Routing study")
     round_spread_ratio: float = 0.0
+    # the final camera-shake deconvolution uses its own FFDNet (``shake_denoiser``), fine-tuned through
+    # the unrolled solver on the estimator's kernels (sharpkd.deblur.finetune); the other solver runs
+    # keep the converted one. False: one denoiser for every run.
+    shake_prior: bool = False
 
 
 @dataclass
@@ -108,6 +112,7 @@ class BlindTeacher(nn.Module):
         super().__init__()
         self.config = config or BlindTeacherConfig()
         self.denoiser = FFDNet()
+        self.shake_denoiser = FFDNet() if self.config.shake_prior else None
         self.network = None
         if self.config.network is not None:
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.config.network.items()}
@@ -189,16 +194,18 @@ class BlindTeacher(nn.Module):
             elif est.kernel.shape == (1, 1):
                 outs.append(img.clamp(0, 1))
             elif est.route == "shake" and self.network is not None:
-                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.shake_noise)))
+                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.shake_noise), shake=True))
             elif est.route == "round":
                 outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise)))
             else:
                 outs.append(self._solve(img, est.kernel, est.noise))
         return torch.cat(outs)
 
-    def _solve(self, img: torch.Tensor, kernel: np.ndarray, noise: float) -> torch.Tensor:
+    def _solve(self, img: torch.Tensor, kernel: np.ndarray, noise: float, shake: bool = False) -> torch.Tensor:
+        """The HQS solver; ``shake``: the final camera-shake run (its own prior when the file has one)."""
         cfg = self.config
-        return hqs_deconvolve(img, kernel, self._denoise, noise=noise, iters=cfg.iters, sigma_max=cfg.sigma_max,
+        prior = self.shake_denoiser if shake and self.shake_denoiser is not None else self.denoiser
+        return hqs_deconvolve(img, kernel, prior, noise=noise, iters=cfg.iters, sigma_max=cfg.sigma_max,
                               lam=cfg.lam, cg_steps=cfg.cg_steps)
 
     def _refine(self, img: torch.Tensor, kernel: np.ndarray, noise: float) -> np.ndarray:
@@ -228,9 +235,6 @@ class BlindTeacher(nn.Module):
         if self.network is not None:  # the route a photo takes decides; report the deconvolution's (larger) cost
             macs *= 2  # two solver runs for camera shake
         return macs
-
-    def _denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return self.denoiser(x, sigma)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
