@@ -122,3 +122,17 @@ def test_shake_prior_serves_only_the_final_camera_shake_run(tmp_path):
     assert loaded.config.shake_prior
     assert torch.equal(loaded.shake_denoiser.body[0].weight, fresh.shake_denoiser.body[0].weight)
     assert not torch.equal(loaded.denoiser.body[0].weight, loaded.shake_denoiser.body[0].weight)
+
+
+def test_fine_tuning_command_writes_a_teacher_file_that_loads(tmp_path):
+    """The whole command on the scikit-image photos (no dataset), tiny: bank, one step, a file whose
+    stored config has the camera-shake prior it holds weights for, and the run's provenance."""
+    from sharpkd.checkpoint import load_model
+    from sharpkd.deblur.finetune import run
+
+    cfg = FinetuneConfig(train_cases=2, val_cases=1, crop=96, patch=48, batch=1, steps=1, val_every=1)
+    path = run(str(tmp_path / "no-such-folder"), "teacher", tmp_path / "ft", cfg, threads=2)
+    model, info = load_model(path)
+    assert model.config.shake_prior and model.shake_denoiser is not None
+    assert info["finetune"]["steps"] == 1 and "sharpkd.deblur.finetune" in info["command"]
+    assert (tmp_path / "ft" / "bank.pt").is_file() and (tmp_path / "ft" / "val_bank.pt").is_file()

@@ -259,6 +259,7 @@ def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: i
     summary = train(teacher, bank, val_bank, cfg, out)
     command = "python -m sharpkd.deblur.finetune " + " ".join(
         f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in dataclasses.fields(cfg))
+    info = {k: v for k, v in info.items() if k not in ("format", "arch", "config")}  # the model's own config is stored
     new_info = {**info, "preset": "blind+network, solver fine-tuned", "command": f"{command} --data {data}",
                 "finetune": {**dataclasses.asdict(cfg), **summary, "photos": len(train_photos)}}
     path = save_model(out / "teacher.safetensors", teacher, new_info, half=True)
