@@ -38,7 +38,7 @@ def average(paths: list[str], out: str | Path) -> Path:
            for k, v in states[0].items()}
     model = models[0]
     model.load_state_dict(avg)
-    info = {k: v for k, v in infos[0].items() if k not in ("format", "arch", "config")}
+    info = dict(infos[0])
     info["averaged_from"] = [str(resolve(p)) for p in paths]
     info["average_command"] = "python tools/average_models.py " + shlex.join(sys.argv[1:])
     info["notes"] = [*info.get("notes", []),

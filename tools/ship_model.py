@@ -86,7 +86,6 @@ def main() -> None:
     dest = WEIGHTS_DIR / f"{args.name}.safetensors"
     if not args.card_only:
         model, info = load_model(args.run)
-        info = {k: v for k, v in info.items() if k not in ("format", "arch", "config")}
         info["dtype"] = "float16" if args.half else "float32"
         info["notes"] = args.note
         save_model(dest, model, info, half=args.half)

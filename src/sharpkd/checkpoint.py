@@ -73,7 +73,9 @@ def save_model(path: str | Path, model: nn.Module, info: dict | None = None, hal
     if hasattr(model, "deploy"):
         model = model.deploy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"format": 1, "arch": arch_of(model), "config": config_to_dict(model.config), **(info or {})}
+    # the model's own format, architecture and config always win over same-named keys of ``info``
+    # (e.g. the description of the file a model was loaded from)
+    doc = {**(info or {}), "format": 1, "arch": arch_of(model), "config": config_to_dict(model.config)}
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")

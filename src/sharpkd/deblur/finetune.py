@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -156,9 +155,10 @@ def sample_batch(bank: list[dict], kind: str, cfg: FinetuneConfig,
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of the 8-bit rounded ``a`` against ``b``."""
-    mse = float(((torch.round(a.clamp(0, 1) * 255) / 255 - b) ** 2).mean())
-    return 10 * math.log10(1 / max(mse, 1e-12))
+    """PSNR (dB) of the 8-bit rounded ``a`` (one image) against ``b``."""
+    from sharpkd.metrics import batch_psnr
+
+    return float(batch_psnr(torch.round(a.clamp(0, 1) * 255) / 255, b)[0])
 
 
 @torch.no_grad()
@@ -259,7 +259,6 @@ def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: i
     summary = train(teacher, bank, val_bank, cfg, out)
     command = "python -m sharpkd.deblur.finetune " + " ".join(
         f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in dataclasses.fields(cfg))
-    info = {k: v for k, v in info.items() if k not in ("format", "arch", "config")}  # the model's own config is stored
     new_info = {**info, "preset": "blind+network, solver fine-tuned", "command": f"{command} --data {data}",
                 "finetune": {**dataclasses.asdict(cfg), **summary, "photos": len(train_photos)}}
     path = save_model(out / "teacher.safetensors", teacher, new_info, half=True)
