@@ -1,6 +1,7 @@
 """Round blur: a Gaussian width fitted against the network teacher's output, then deconvolved.
 
     python benchmarks/gauss_fit.py [--photos 7] [--crop 384] [--motion 3] [--json docs/eval/gauss_fit.json]
+                                   [--teacher FILE]
 
 Hold-out photos of the training pool (never Kodak24), reduced to a 768 px longer side, one central
 crop each, blurred by Gaussians (sigma 1, 2, 3) and by procedural camera-shake kernels, with 1/255
@@ -10,9 +11,10 @@ noise and 8-bit rounding (BENCHMARK.md's recipe). Per case it prints the gain (d
 * ``hqs_true``: HQS + FFDNet with the true kernel (the ceiling of any estimate);
 * ``hqs_fit``: HQS + FFDNet with the Gaussian fitted against the network's output (``fit`` px),
   whatever the blur: what the round route would cost if it let every photo in;
-* ``teacher``: the shipped teacher, whose ``route`` shows what its checks decided,
+* ``teacher``: the teacher (``--teacher``, the shipped one by default), whose ``route`` shows what its checks decided,
 
-and ``resid``, the fit's gradient residual over sqrt(2) x the estimated noise (the round route
+Both HQS columns use the round route's prior (the fine-tuned ``round_denoiser`` when the file has one),
+and ``resid`` is the fit's gradient residual over sqrt(2) x the estimated noise (the round route
 needs at most ``round_residual``).
 """
 
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--motion", type=int, default=3, help="this many procedural camera-shake kernels")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--teacher", default="teacher", help="the blind-teacher file (its round prior, if any, solves)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -50,7 +53,7 @@ def main() -> None:
 
     _, held = split_holdout(load_photos(args.data))
     held = [limit_size(p, 768) for p in held][: args.photos]
-    teacher = Sharpener.from_pretrained("teacher", tile=0).model
+    teacher = Sharpener.from_pretrained(args.teacher, tile=0).model
     cfg = teacher.config
     cases = [(f"gauss{s:g}", gaussian_kernel(s)) for s in (float(v) for v in args.sigmas.split(",") if v)]
     rng = np.random.default_rng(5)
@@ -73,9 +76,9 @@ def main() -> None:
                 fit, resid = fit_gaussian_width(y[0], z[0])
                 row = {"kind": kind, "photo": n, "blurred": base, "fit": fit,
                        "resid": resid / (math.sqrt(2) * noise), "net": psnr(z, sharp) - base,
-                       "hqs_true": psnr(teacher._solve(y, k, max(noise, cfg.round_noise)), sharp) - base,
-                       "hqs_fit": psnr(teacher._solve(y, gaussian_kernel(max(fit, 0.3)), max(noise, cfg.round_noise)),
-                                       sharp) - base,
+                       "hqs_true": psnr(teacher._solve(y, k, max(noise, cfg.round_noise), route="round"), sharp) - base,
+                       "hqs_fit": psnr(teacher._solve(y, gaussian_kernel(max(fit, 0.3)), max(noise, cfg.round_noise),
+                                                      route="round"), sharp) - base,
                        "teacher": psnr(teacher.restore(y, [est]), sharp) - base, "route": est.route}
             rows.append(row)
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)

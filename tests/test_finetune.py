@@ -1,5 +1,7 @@
 """End-to-end fine-tuning of the blind teacher's solver: gradients, augmentation, a short run."""
 
+import json
+
 import numpy as np
 import torch
 from scipy.ndimage import convolve
@@ -113,6 +115,19 @@ def test_shake_prior_serves_only_the_final_camera_shake_run(tmp_path):
     calls.clear()
     teacher.restore(x, [BlurEstimate(k, 0.01, "round")])
     assert calls == ["converted", "converted"]
+    calls.clear()
+    teacher._refine(torch.rand(3, 40, 40), gaussian_kernel(1.0, 5), 0.01)  # the refinement's first run
+    assert calls == ["converted", "converted"]
+
+    both = BlindTeacher(config=BlindTeacherConfig(network=net, shake_prior=True, round_prior=True, iters=2,
+                                                  cg_steps=1))
+    both.denoiser, both.shake_denoiser, both.round_denoiser = Tag("converted"), Tag("shake"), Tag("round")
+    calls.clear()
+    both.restore(x, [BlurEstimate(k, 0.01, "round")])
+    assert calls == ["round", "round"]
+    calls.clear()
+    both.restore(x, [BlurEstimate(k, 0.01, "shake")])
+    assert calls == ["shake", "shake"]
 
     fresh = BlindTeacher(config=BlindTeacherConfig(network=net, shake_prior=True))
     with torch.no_grad():
@@ -136,3 +151,26 @@ def test_fine_tuning_command_writes_a_teacher_file_that_loads(tmp_path):
     assert model.config.shake_prior and model.shake_denoiser is not None
     assert info["finetune"]["steps"] == 1 and "sharpkd.deblur.finetune" in info["command"]
     assert (tmp_path / "ft" / "bank.pt").is_file() and (tmp_path / "ft" / "val_bank.pt").is_file()
+
+
+def test_round_only_fine_tuning_trains_a_third_prior_and_keeps_the_others(tmp_path):
+    """``round_only``: an all-Gaussian bank in its own files, a ``round_denoiser`` that moves, and the
+    converted and camera-shake priors left exactly as they were."""
+    from sharpkd.checkpoint import load_model
+    from sharpkd.deblur.finetune import run
+
+    before, _ = load_model("teacher")
+    cfg = FinetuneConfig(train_cases=2, val_cases=1, crop=96, patch=48, batch=1, steps=2, val_every=1,
+                         round_only=1, lr=1e-3)
+    path = run(str(tmp_path / "no-such-folder"), "teacher", tmp_path / "ft", cfg, threads=2)
+    model, info = load_model(path)
+    assert model.config.round_prior and model.round_denoiser is not None
+    assert model.config.shake_prior == before.config.shake_prior
+    bank = torch.load(tmp_path / "ft" / "bank-round.pt", weights_only=True)
+    assert [c["kind"] for c in bank] == ["gauss", "gauss"]
+    assert not (tmp_path / "ft" / "bank.pt").exists()
+    for name, a in before.denoiser.state_dict().items():
+        assert torch.equal(a, model.denoiser.state_dict()[name])
+        assert torch.equal(before.shake_denoiser.state_dict()[name], model.shake_denoiser.state_dict()[name])
+    logged = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [0, 1, 2] and all(set(r["val"]) == {"gauss"} for r in logged)

@@ -31,9 +31,10 @@ def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, h
         config[key] = type(config[key])(value)
     model = build_model("blind", config)
     model.denoiser.load_state_dict(blind.denoiser.state_dict())
-    if model.shake_denoiser is not None:  # the fine-tuned camera-shake prior, or a copy of the converted one to start
-        src = blind.shake_denoiser if blind.shake_denoiser is not None else blind.denoiser
-        model.shake_denoiser.load_state_dict(src.state_dict())
+    for attr in ("shake_denoiser", "round_denoiser"):  # a route's fine-tuned prior, or a copy of the converted one
+        if getattr(model, attr) is not None:
+            src = getattr(blind, attr) if getattr(blind, attr) is not None else blind.denoiser
+            getattr(model, attr).load_state_dict(src.state_dict())
     model.network.load_state_dict(net.state_dict())
     components = dict(blind_info.get("components", {}))
     components["network"] = (f"the network teacher trained here ({net_info.get('preset')}, {net_info.get('steps')} "

@@ -22,6 +22,9 @@ By default (``--shake-only 1``) the tuned copy becomes a second prior used only 
 camera-shake run (``BlindTeacherConfig.shake_prior``); round blur and the refinement's first run keep
 the converted FFDNet. Training one prior for both routes (``--shake-only 0``) raised camera shake but
 cost round blur over a dB on the validation bank (docs/results.md, "End-to-end fine-tuning").
+``--round-only 1`` does the same for the round route: a third prior (``BlindTeacherConfig.round_prior``)
+trained on a bank of Gaussian cases only, each with the width the round route fits; the other two
+priors are kept as they are. Run it from a file that already has its camera-shake prior to keep both.
 
 Validation: the same routes on the hold-out bank, whole crops, mean gain (dB) per blur kind before
 training and after every ``val_every`` steps; the best checkpoint is kept.
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 KINDS = ("motion", "gauss")
+ROUTES = {"motion": "shake", "gauss": "round"}  # the teacher's route for each kind of bank case
 
 
 @dataclasses.dataclass
@@ -55,6 +59,9 @@ class FinetuneConfig:
     val_every: int = 100
     seed: int = 0
     shake_only: int = 1  # 1: train a separate prior for the final camera-shake run, on camera shake only
+    # 1: train a separate prior for the round route instead, on a bank of Gaussian cases only (files
+    # bank-round.pt, val_bank-round.pt); a camera-shake prior already in the file is kept as it is
+    round_only: int = 0
 
 
 def _square_crop(pixels: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -86,17 +93,18 @@ def make_case(teacher, sharp: np.ndarray, kind: str, kernel: np.ndarray, seed: i
             "est": torch.from_numpy(pad_kernel(np.asarray(est, np.float64), size)).float()}
 
 
-def case_kernel(i: int, rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
-    """Case ``i``'s blur: two of every three are procedural camera shake (8-25 px), one a Gaussian."""
+def case_kernel(i: int, rng: np.random.Generator, size: int, gauss_only: bool = False) -> tuple[str, np.ndarray]:
+    """Case ``i``'s blur: two of every three are procedural camera shake (8-25 px), one a Gaussian
+    (sigma 0.8-3.2); with ``gauss_only`` every case is a Gaussian."""
     from sharpkd.degrade import gaussian_kernel, make_kernel
 
-    if i % 3 == 2:
+    if gauss_only or i % 3 == 2:
         return "gauss", gaussian_kernel(float(rng.uniform(0.8, 3.2)))
     return "motion", make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)),
                                  size=size)
 
 
-def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path) -> list[dict]:
+def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path, gauss_only: bool = False) -> list[dict]:
     """``n`` cases from ``photos`` (cycled), cached in ``path`` and resumed from it."""
     from tqdm import tqdm
 
@@ -108,7 +116,7 @@ def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path) 
     for i in tqdm(range(len(bank), n), desc=f"bank {path.name}", initial=len(bank), total=n):
         pi, s = draws[i]
         crng = np.random.default_rng(s)
-        kind, kernel = case_kernel(i, crng, int(teacher.config.kernel_size))
+        kind, kernel = case_kernel(i, crng, int(teacher.config.kernel_size), gauss_only)
         sharp = _square_crop(limit_size(photos[pi], 768).pixels, crop, crng)
         bank.append(make_case(teacher, sharp, kind, kernel, s % (1 << 31)))
         tmp = path.with_name(path.name + ".tmp")
@@ -126,8 +134,7 @@ def solve(teacher, y: torch.Tensor, kernels: torch.Tensor, kind: str) -> torch.T
     from sharpkd.deblur.solve import hqs_unrolled
 
     cfg = teacher.config
-    prior = teacher.shake_denoiser if kind == "motion" and teacher.shake_denoiser is not None else teacher.denoiser
-    return hqs_unrolled(y, kernels, prior, noise=noise_floor(teacher, kind), iters=cfg.iters,
+    return hqs_unrolled(y, kernels, teacher.prior(ROUTES[kind]), noise=noise_floor(teacher, kind), iters=cfg.iters,
                         sigma_max=cfg.sigma_max, lam=cfg.lam, cg_steps=cfg.cg_steps)
 
 
@@ -178,8 +185,12 @@ def train(teacher, bank: list[dict], val_bank: list[dict], cfg: FinetuneConfig, 
     from tqdm import tqdm
 
     rng = np.random.default_rng(cfg.seed)
-    den = teacher.shake_denoiser if teacher.shake_denoiser is not None else teacher.denoiser
-    kinds = ("motion",) if teacher.shake_denoiser is not None else KINDS
+    if cfg.round_only:
+        den, kinds = teacher.round_denoiser, ("gauss",)
+    elif teacher.shake_denoiser is not None:
+        den, kinds = teacher.shake_denoiser, ("motion",)
+    else:
+        den, kinds = teacher.denoiser, KINDS
     den.train()
     for prm in den.parameters():
         prm.requires_grad_(True)
@@ -245,17 +256,17 @@ def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: i
     if info.get("arch") != "blind":
         raise SystemExit(f"{teacher_name} is not a blind-teacher file")
     teacher = teacher.float().eval()
-    if cfg.shake_only and teacher.shake_denoiser is None:
-        from sharpkd.checkpoint import build_model, config_to_dict
-
-        tuned = build_model("blind", {**config_to_dict(teacher.config), "shake_prior": True})
-        tuned.load_state_dict(teacher.state_dict(), strict=False)
-        tuned.shake_denoiser.load_state_dict(teacher.denoiser.state_dict())
-        teacher = tuned.float().eval()
+    if cfg.round_only and teacher.round_denoiser is None:
+        teacher = _with_prior(teacher, "round_prior", "round_denoiser")
+    elif not cfg.round_only and cfg.shake_only and teacher.shake_denoiser is None:
+        teacher = _with_prior(teacher, "shake_prior", "shake_denoiser")
     photos = load_photos(data) if Path(data).is_dir() else skimage_photos()
     train_photos, held = split_holdout(photos)
-    bank = build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / "bank.pt")
-    val_bank = build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 1, out / "val_bank.pt")
+    tag = "-round" if cfg.round_only else ""
+    bank = build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / f"bank{tag}.pt",
+                      bool(cfg.round_only))
+    val_bank = build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 1, out / f"val_bank{tag}.pt",
+                          bool(cfg.round_only))
     summary = train(teacher, bank, val_bank, cfg, out)
     command = "python -m sharpkd.deblur.finetune " + " ".join(
         f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in dataclasses.fields(cfg))
@@ -266,6 +277,16 @@ def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: i
     print(f"wrote {path}: validation gain before {summary['val_before']}, best mean {summary['best_val_mean']:+.3f} "
           f"at step {summary['best_step']}")
     return path
+
+
+def _with_prior(teacher, flag: str, attr: str):
+    """``teacher`` with one more FFDNet (config ``flag``, module ``attr``), a copy of the converted one."""
+    from sharpkd.checkpoint import build_model, config_to_dict
+
+    tuned = build_model("blind", {**config_to_dict(teacher.config), flag: True})
+    tuned.load_state_dict(teacher.state_dict(), strict=False)
+    getattr(tuned, attr).load_state_dict(teacher.denoiser.state_dict())
+    return tuned.float().eval()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ Without a ``network`` (the first blind file) round blur falls back to a Gaussian
 from the photo's edges (:func:`sharpkd.deblur.estimate.edge_sigma`). The denoiser's weights are
 KAIR's FFDNet (``tools/convert_ffdnet.py``); the network's were trained here (``teacher``'s card).
 
+Files may carry route-specific copies of FFDNet, fine-tuned through the unrolled solver on the kernels
+that route really uses (:mod:`sharpkd.deblur.finetune`): ``shake_denoiser`` for the final camera-shake
+run, ``round_denoiser`` for the round route (config ``shake_prior``, ``round_prior``).
+
 For tiled inference the kernel must come from the whole photo, not from each tile: callers use
 :meth:`BlindTeacher.estimate` once and :meth:`BlindTeacher.restore` per tile (``Sharpener`` does).
 """
@@ -90,6 +94,9 @@ class BlindTeacherConfig:
     # the unrolled solver on the estimator's kernels (sharpkd.deblur.finetune); the other solver runs
     # keep the converted one. False: one denoiser for every run.
     shake_prior: bool = False
+    # the same for the round route: the Gaussian deconvolution uses its own FFDNet (``round_denoiser``),
+    # fine-tuned on the widths the round route fits (which come out short of the truth)
+    round_prior: bool = False
 
 
 @dataclass
@@ -113,6 +120,7 @@ class BlindTeacher(nn.Module):
         self.config = config or BlindTeacherConfig()
         self.denoiser = FFDNet()
         self.shake_denoiser = FFDNet() if self.config.shake_prior else None
+        self.round_denoiser = FFDNet() if self.config.round_prior else None
         self.network = None
         if self.config.network is not None:
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.config.network.items()}
@@ -194,17 +202,23 @@ class BlindTeacher(nn.Module):
             elif est.kernel.shape == (1, 1):
                 outs.append(img.clamp(0, 1))
             elif est.route == "shake" and self.network is not None:
-                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.shake_noise), shake=True))
+                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.shake_noise), route="shake"))
             elif est.route == "round":
-                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise)))
+                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise), route="round"))
             else:
                 outs.append(self._solve(img, est.kernel, est.noise))
         return torch.cat(outs)
 
-    def _solve(self, img: torch.Tensor, kernel: np.ndarray, noise: float, shake: bool = False) -> torch.Tensor:
-        """The HQS solver; ``shake``: the final camera-shake run (its own prior when the file has one)."""
+    def prior(self, route: str = "") -> nn.Module:
+        """The denoiser of a solver run: the route's own (``shake``: the final camera-shake run,
+        ``round``: the round route's run) when the file has one, else the converted FFDNet."""
+        own = {"shake": self.shake_denoiser, "round": self.round_denoiser}.get(route)
+        return own if own is not None else self.denoiser
+
+    def _solve(self, img: torch.Tensor, kernel: np.ndarray, noise: float, route: str = "") -> torch.Tensor:
+        """The HQS solver with the denoiser of ``route`` (see :meth:`prior`)."""
         cfg = self.config
-        prior = self.shake_denoiser if shake and self.shake_denoiser is not None else self.denoiser
+        prior = self.prior(route)
         return hqs_deconvolve(img, kernel, prior, noise=noise, iters=cfg.iters, sigma_max=cfg.sigma_max,
                               lam=cfg.lam, cg_steps=cfg.cg_steps)
 
