@@ -40,17 +40,19 @@ import torch.nn.functional as F
 
 
 class GivenChannels(nn.Module):
-    """Stands in for the student's Wiener bank: returns the channels set on it before the call."""
+    """Stands in for the student's Wiener bank: returns the channels set on it before the call.
+    ``on_channels``: the student's residual is added to these channels rather than to the photo."""
 
-    def __init__(self):
+    def __init__(self, on_channels: bool = False):
         super().__init__()
         self.channels: torch.Tensor | None = None
+        self.on_channels = on_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.channels is None else self.channels
 
 
-def six_channel_student(name: str = "student"):
+def six_channel_student(name: str = "student", on_channels: bool = False):
     """The shipped student with three more input channels whose weights start at zero."""
     from dataclasses import replace
 
@@ -61,11 +63,8 @@ def six_channel_student(name: str = "student"):
     base, _ = load_model(name)
     wide = Student(config=replace(base.config, wiener=(1.0,)))  # a one-filter bank: 6 input channels
     wide.load_state_dict(widen_inputs(base.float().state_dict(), wide.state_dict()))
-    wide.bank = GivenChannels()
+    wide.bank = GivenChannels(on_channels)
     return base.float().eval(), wide.float()
-
-
-BASE = {"on": False}  # --base wiener: the six-channel student's residual is added to the Wiener channel
 
 
 def run_net(net: nn.Module, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,7 +77,7 @@ def run_net(net: nn.Module, x: torch.Tensor, extra: torch.Tensor | None = None) 
     out = net(F.pad(x, pad, mode="replicate"))[..., :h, :w]
     if extra is not None:
         net.bank.channels = None
-        if BASE["on"]:
+        if net.bank.on_channels:
             out = out + extra - x
     return out
 
@@ -204,14 +203,13 @@ def main() -> None:
     ap.add_argument("--estimate-side", type=int, default=0,
                     help="estimate the kernel on a central crop this large (0: the teacher's own, 768)")
     args = ap.parse_args()
-    BASE["on"] = args.base == "wiener"
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
     train = prepare([c for b in args.banks for c in torch.load(b, weights_only=True)], args.balance)
     val = prepare([c for b in args.val for c in torch.load(b, weights_only=True)], args.balance)
-    base, wide = six_channel_student(args.student)
+    base, wide = six_channel_student(args.student, on_channels=args.base == "wiener")
     log = [{"step": 0, "val": evaluate(val, base, wide.eval())}]
     print(json.dumps(log[-1]), flush=True)
     opt = torch.optim.Adam(wide.parameters(), lr=args.lr)
@@ -221,9 +219,9 @@ def main() -> None:
         wide.train()
         y, w, x = windows(train, args.batch, args.patch, rng)
         wide.bank.channels = w
-        pred = wide(y) + (w - y if BASE["on"] else 0)
-        loss = F.l1_loss(pred, x)
+        pred = wide(y) + (w - y if wide.bank.on_channels else 0)
         wide.bank.channels = None
+        loss = F.l1_loss(pred, x)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -256,9 +256,10 @@ def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: i
     if info.get("arch") != "blind":
         raise SystemExit(f"{teacher_name} is not a blind-teacher file")
     teacher = teacher.float().eval()
-    if cfg.round_only and teacher.round_denoiser is None:
-        teacher = _with_prior(teacher, "round_prior", "round_denoiser")
-    elif not cfg.round_only and cfg.shake_only and teacher.shake_denoiser is None:
+    if cfg.round_only:
+        if teacher.round_denoiser is None:
+            teacher = _with_prior(teacher, "round_prior", "round_denoiser")
+    elif cfg.shake_only and teacher.shake_denoiser is None:
         teacher = _with_prior(teacher, "shake_prior", "shake_denoiser")
     photos = load_photos(data) if Path(data).is_dir() else skimage_photos()
     train_photos, held = split_holdout(photos)
