@@ -127,11 +127,24 @@ class UnsharpMask:
 CLASSICAL = {"unsharp": UnsharpMask}
 
 
-def _is_blind(name_or_path: str | Path) -> bool:
+def _arch(name_or_path: str | Path) -> str:
     try:
-        return read_info(name_or_path).get("arch") == "blind"
+        return str(read_info(name_or_path).get("arch"))
     except CheckpointError:
-        return False
+        return ""
+
+
+def kernel_student_onnx(name_or_path: str | Path, int8: bool = False, threads: int = 0) -> TorchBackend:
+    """The kernel student with its network run by ONNX Runtime (the exported file beside its weights);
+    the blur estimate and the Wiener step stay in PyTorch, once per photo and one FFT per channel."""
+    model = load_model(name_or_path)[0]
+    onnx = OnnxBackend(onnx_file_for(name_or_path, int8=int8), threads)
+    if onnx.info.get("input_channels") != 6:
+        raise BackendError(f"{onnx.path} is not the export of a kernel student (it takes no guide)")
+    model.runner = onnx
+    backend = TorchBackend(model, "cpu")
+    backend.kind = onnx.kind
+    return backend
 
 
 def onnx_file_for(name_or_path: str | Path, int8: bool = False) -> Path:
@@ -166,7 +179,10 @@ def resolve(name_or_path: str | Path = "student", backend: str = "torch", *, dev
         raise BackendError("the onnx backends run on the CPU; use --backend torch for CUDA")
     if key.endswith(".onnx"):
         return OnnxBackend(key, threads)
-    if _is_blind(name_or_path):
+    arch = _arch(name_or_path)
+    if arch == "blind":
         raise BackendError(f"{key} is the blind teacher (kernel estimation + iterative solver), which runs on "
                            "the torch backend only; use --backend torch")
+    if arch == "kstudent":
+        return kernel_student_onnx(name_or_path, backend == "onnx-int8", threads)
     return OnnxBackend(onnx_file_for(name_or_path, int8=backend == "onnx-int8"), threads)

@@ -25,7 +25,9 @@ from sharpkd.models import ARCHS, PRESETS
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # teacher: teacher v2 (blur estimate + deconvolution for camera shake, the network otherwise); teacher-net: that
 # network alone (the live distillation teacher, exportable to ONNX)
-SHIPPED = {n: WEIGHTS_DIR / f"{n}.safetensors" for n in ("student", "teacher", "student-nokd", "teacher-net")}
+# kstudent: the student with a Wiener step on the teacher's per-photo blur estimate (camera shake)
+SHIPPED = {n: WEIGHTS_DIR / f"{n}.safetensors"
+           for n in ("student", "teacher", "student-nokd", "teacher-net", "kstudent", "kstudent-nokd")}
 
 
 class CheckpointError(ValueError):
@@ -159,6 +161,11 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{p}: weights do not match the stored config: {e}") from e
+    if hasattr(model, "attach_estimator"):  # the kernel student: its blur estimator is a shipped teacher file
+        teacher, t_info = load_model(model.config.estimator, device)
+        if t_info.get("arch") != "blind":
+            raise CheckpointError(f"{p}: its estimator {model.config.estimator!r} is not a blind-teacher file")
+        model.attach_estimator(teacher)
     return model.to(device).eval(), info
 
 

@@ -48,7 +48,7 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.save_kernel and not sharpener.blind:
-        raise UserError("--save-kernel needs a model that estimates the blur (--model teacher), "
+        raise UserError("--save-kernel needs a model that estimates the blur (--model teacher or kstudent), "
                         f"not {args.model}")
     failed: list[str] = []
     for src, dst in tqdm(todo, desc="sharpen", unit="img", disable=len(todo) < 2 or args.quiet):
@@ -338,6 +338,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.calib_patches < 1:
         raise UserError("--calib-patches must be at least 1")
     cal = calibration_inputs(data, args.calib_patches)
+    if info["arch"] == "kstudent":
+        from sharpkd.export import guided_calibration
+
+        cal = guided_calibration(cal)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", info)
         path = export_int8(fp32, out, cal)
@@ -393,6 +397,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if info["arch"] == "blind":  # iterative: only the solver's denoiser passes are counted
         print(f"MACs per pixel: {macs_per_pixel(model):,.0f} for the FFDNet passes of the two solver runs on "
               "camera shake (the blur estimates, FFTs and the network route are not counted)")
+    elif info["arch"] == "kstudent":
+        print(f"MACs per pixel: {macs_per_pixel(model):,.0f} for the network and the Wiener step's FFTs (the blur "
+              f"estimate, once per photo by the {model.config.estimator} file, is not counted)")
     else:
         print(f"MACs per pixel: {macs_per_pixel(model):,.0f}")
     init = (info.get("train_config") or {}).get("init")
@@ -424,8 +431,8 @@ def cmd_video(args: argparse.Namespace) -> int:
         raise UserError("video needs INPUT -o OUTPUT, or --camera N / --live URL for a live preview")
     if args.camera is not None and args.input:
         raise UserError("give either INPUT or --camera, not both")
-    if args.threads < 0 or args.max_frames < 0:
-        raise UserError("--threads and --max-frames must be >= 0")
+    if args.threads < 0 or args.max_frames < 0 or args.estimate_every < 0:
+        raise UserError("--threads, --max-frames and --estimate-every must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -433,10 +440,12 @@ def cmd_video(args: argparse.Namespace) -> int:
                                               threads=args.threads)
         if live_mode:
             source = args.camera if args.camera is not None else args.input
-            stats = live(sharpener, source, mjpeg_port=args.mjpeg, max_frames=args.max_frames)
+            stats = live(sharpener, source, mjpeg_port=args.mjpeg, max_frames=args.max_frames,
+                         estimate_every=args.estimate_every)
         else:
             stats = sharpen_video(sharpener, args.input, args.output, overwrite=args.overwrite,
-                                  max_frames=args.max_frames, progress=not args.quiet)
+                                  max_frames=args.max_frames, progress=not args.quiet,
+                                  estimate_every=args.estimate_every)
     except (VideoError, ValueError) as e:
         raise UserError(str(e)) from e
     where = f" -> {args.output}" if not live_mode else ""
@@ -480,8 +489,9 @@ def add_sharpen(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--model", default="student",
-                   help="student (fast), teacher (best, slow: estimates the blur), teacher-net (the teacher's "
-                        "network alone), or a model file / run folder")
+                   help="student (fast), kstudent (the student told the photo's blur: a few seconds per photo, "
+                        "handles camera shake), teacher (best, slow: estimates the blur), teacher-net (the "
+                        "teacher's network alone), or a model file / run folder")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
@@ -497,7 +507,8 @@ def add_sharpen(sub) -> None:
                    help="refuse images larger than this, from their header before decoding (files from "
                         "others can declare huge sizes in a few bytes)")
     p.add_argument("--save-kernel", metavar="FOLDER",
-                   help="blind teacher: also save each photo's estimated blur kernel as NAME.kernel.png (and .npy)")
+                   help="teacher or kstudent: also save each photo's estimated blur kernel as NAME.kernel.png "
+                        "(and .npy)")
     p.set_defaults(func=cmd_sharpen)
 
 
@@ -641,10 +652,14 @@ def add_video(sub) -> None:
     p.add_argument("--live", action="store_true", help="treat INPUT as a live stream and preview it")
     p.add_argument("--mjpeg", type=int, default=0, metavar="PORT",
                    help="live: serve the preview as an MJPEG page on 127.0.0.1:PORT (for machines without a display)")
-    p.add_argument("--model", default="student", help="student, teacher, unsharp, or a model file")
+    p.add_argument("--model", default="student",
+                   help="student, kstudent (estimates the blur: camera shake), teacher, unsharp, or a model file")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: all)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
+    p.add_argument("--estimate-every", type=int, default=30, metavar="N",
+                   help="models that estimate the blur (kstudent, teacher): renew the estimate every N frames "
+                        "(0: the first frame's for the whole video); it takes seconds, the frames between share it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_video)

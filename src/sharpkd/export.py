@@ -29,14 +29,19 @@ OPSET = 18
 
 
 def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None) -> Path:
-    """Export ``model`` (float32, eval mode) to ``path``; returns the path."""
+    """Export ``model`` (float32, eval mode) to ``path``; returns the path. A kernel student is
+    exported as its network (:class:`~sharpkd.models.kstudent.GuidedNet`: photo and guide, six channels)."""
     import onnx
+
+    from sharpkd.models.kstudent import GuidedNet, KernelStudent
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, KernelStudent):
+        model = GuidedNet(model)
     model = model.float().eval().cpu()
     m = int(getattr(model.config, "multiple", 1))
-    x = torch.rand(1, 3, 4 * m, 6 * m)
+    x = torch.rand(1, int(getattr(model, "input_channels", 3)), 4 * m, 6 * m)
     dims = {"x": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC,
                   3: torch.export.Dim.DYNAMIC}}
     # the exporter reports its progress on stdout and warns about its own internals (and about
@@ -47,7 +52,7 @@ def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None) ->
         program = torch.onnx.export(model, (x,), input_names=[INPUT], output_names=[OUTPUT], dynamo=True,
                                     dynamic_shapes=dims, opset_version=OPSET, external_data=False, verbose=False)
     proto = program.model_proto
-    meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {})}
+    meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {}), "input_channels": x.shape[1]}
     entry = proto.metadata_props.add()
     entry.key, entry.value = "sharpkd", json.dumps(meta)
     tmp = path.with_name(path.name + ".tmp")
@@ -70,6 +75,22 @@ def calibration_inputs(data: list[str] | None = None, count: int = 32, size: int
     sampler = PatchSampler(train or photos, size, seed=seed)
     blurred, _ = sampler.batch(count, DegradeConfig())
     return blurred.numpy().astype(np.float32)
+
+
+def guided_calibration(blurred: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Six-channel calibration inputs for a kernel student: each patch with its guide, a Wiener
+    deconvolution with a Gaussian of random width (0.5-3 px, what the round route hands it) for
+    two in three patches and the patch itself (the "no kernel" case) for the rest."""
+    from sharpkd.deblur.solve import wiener_deconvolve
+    from sharpkd.degrade import gaussian_kernel
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, patch in enumerate(torch.from_numpy(blurred)):
+        guide = patch[None] if i % 3 == 2 else wiener_deconvolve(patch[None], gaussian_kernel(rng.uniform(0.5, 3)),
+                                                                 1e-2)
+        out.append(torch.cat([patch[None], guide], dim=1))
+    return torch.cat(out).numpy().astype(np.float32)
 
 
 def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray, per_channel: bool = True) -> Path:

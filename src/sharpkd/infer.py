@@ -64,13 +64,14 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[tu
 
 
 def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-              device: torch.device | str = "cpu", align: int = 1) -> torch.Tensor:
+              device: torch.device | str = "cpu", align: int = 1, channels: int = 0) -> torch.Tensor:
     """Apply ``fn`` to overlapping crops of (B, C, H, W) ``x`` (kept on the CPU) and blend; ``fn``
-    sees tensors on ``device``. Output is on the CPU, same shape as ``x``."""
+    sees tensors on ``device``. Output is on the CPU, same shape as ``x`` (``channels``: when ``fn``
+    returns that many channels rather than C)."""
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
     b, c, h, w = x.shape
-    out = torch.zeros(b, c, h, w)
+    out = torch.zeros(b, channels or c, h, w)
     weight = torch.zeros(1, 1, h, w)
     for y0, y1 in tile_starts(h, tile, overlap, align):
         for x0, x1 in tile_starts(w, tile, overlap, align):
@@ -157,14 +158,15 @@ class Sharpener:
 
     @property
     def blind(self) -> bool:
-        """True for a model that estimates the blur of the whole photo first (the blind teacher)."""
+        """True for a model that estimates the blur of the whole photo first (the blind teacher, the
+        kernel student)."""
         return isinstance(self.backend, TorchBackend) and self.backend.blind
 
     def estimate_blur(self, x: torch.Tensor) -> list:
         """The blur the model finds in each image of a (B, 3, H, W) batch (blind models only): a list of
         :class:`sharpkd.deblur.teacher.BlurEstimate` (kernel and noise level)."""
         if not self.blind:
-            raise ValueError(f"{self.name} does not estimate the blur (only the blind teacher does)")
+            raise ValueError(f"{self.name} does not estimate the blur (only the teacher and the kernel student do)")
         return self.model.estimate(x.float().to(self.device))
 
     def sharpen_tensor(self, x: torch.Tensor, estimates: list | None = None) -> torch.Tensor:
@@ -178,15 +180,22 @@ class Sharpener:
         def run(t: torch.Tensor) -> torch.Tensor:
             if self.blind:
                 est = estimates if estimates is not None and t is x else self.estimate_blur(t)
+                if hasattr(self.model, "guide"):  # the kernel student: deconvolve the whole photo once,
+                    # then tile the network over photo and guide together (six channels)
+                    t = torch.cat([t, self.model.guide(t.to(self.device), est).cpu()], dim=1)
 
-                def fn(tile: torch.Tensor) -> torch.Tensor:
-                    return self.model.restore(tile, est).clamp(0, 1)
+                    @torch.inference_mode()
+                    def fn(tile: torch.Tensor) -> torch.Tensor:
+                        return self.model.run(tile[:, :3], tile[:, 3:]).clamp(0, 1)
+                else:
+                    def fn(tile: torch.Tensor) -> torch.Tensor:
+                        return self.model.restore(tile, est).clamp(0, 1)
             else:
                 def fn(tile: torch.Tensor) -> torch.Tensor:
                     return run_padded(self.backend, tile, self.multiple)
             h, w = t.shape[-2:]
             if self.tile and (h > self.tile or w > self.tile):
-                return run_tiled(fn, t.cpu(), self.tile, self.overlap, self.device, self.multiple)
+                return run_tiled(fn, t.cpu(), self.tile, self.overlap, self.device, self.multiple, channels=3)
             return fn(t.to(self.device)).cpu()
 
         if self.ensemble == 1:

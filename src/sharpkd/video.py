@@ -67,12 +67,52 @@ def _frames(cap, limit: int = 0) -> Iterator[np.ndarray]:
         yield frame
 
 
-def _sharpen_bgr(sharpener, frame: np.ndarray) -> np.ndarray:
-    import torch
+class FrameSharpener:
+    """Sharpens BGR frames in order. A model that estimates the blur (the kernel student, the teacher)
+    is given an estimate from the first frame, renewed from every ``estimate_every``-th frame (0: the
+    first frame's for the whole video) and shared by the frames in between, since estimating takes
+    seconds. ``wait=False`` (live video) makes the renewals in a background thread while frames keep
+    using the previous estimate; ``wait=True`` (files) makes them in line, so the output does not
+    depend on timing."""
 
-    x = torch.from_numpy(np.ascontiguousarray(frame[..., ::-1])).permute(2, 0, 1)[None].float() / 255.0
-    y = sharpener.sharpen_tensor(x)[0].permute(1, 2, 0).numpy()
-    return np.ascontiguousarray((y * 255 + 0.5).clip(0, 255).astype(np.uint8)[..., ::-1])
+    def __init__(self, sharpener: Sharpener, estimate_every: int = 30, wait: bool = True):
+        if estimate_every < 0:
+            raise ValueError("estimate_every must be >= 0")
+        self.sharpener, self.every, self.wait = sharpener, estimate_every, wait
+        self.frames = 0
+        self.estimates: list | None = None
+        self.estimated = 0  # estimates made
+        self._pending = None
+        self._pool = None
+
+    def _estimate(self, x):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pending is not None and self._pending.done():
+            self.estimates, self._pending = self._pending.result(), None
+            self.estimated += 1
+        due = self.estimates is None or (self.every and self.frames % self.every == 0)
+        if due and self._pending is None:
+            if self.wait or self.estimates is None:
+                self.estimates = self.sharpener.estimate_blur(x)
+                self.estimated += 1
+            else:
+                self._pool = self._pool or ThreadPoolExecutor(max_workers=1)
+                self._pending = self._pool.submit(self.sharpener.estimate_blur, x.clone())
+        return self.estimates
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(frame[..., ::-1])).permute(2, 0, 1)[None].float() / 255.0
+        est = self._estimate(x) if self.sharpener.blind else None
+        self.frames += 1
+        y = self.sharpener.sharpen_tensor(x, est)[0].permute(1, 2, 0).numpy()
+        return np.ascontiguousarray((y * 255 + 0.5).clip(0, 255).astype(np.uint8)[..., ::-1])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def pipeline(frames: Iterator[np.ndarray], process: Callable[[np.ndarray], np.ndarray],
@@ -151,8 +191,9 @@ def pipeline(frames: Iterator[np.ndarray], process: Callable[[np.ndarray], np.nd
 
 
 def sharpen_video(sharpener: Sharpener, src: str | Path, dst: str | Path, *, overwrite: bool = False,
-                  max_frames: int = 0, progress: bool = True) -> VideoStats:
-    """Sharpen every frame of ``src`` into ``dst`` (same frame size and rate; container by extension)."""
+                  max_frames: int = 0, progress: bool = True, estimate_every: int = 30) -> VideoStats:
+    """Sharpen every frame of ``src`` into ``dst`` (same frame size and rate; container by extension).
+    ``estimate_every``: for models that estimate the blur, see :class:`FrameSharpener`."""
     import cv2
     from tqdm.auto import tqdm
 
@@ -196,7 +237,7 @@ def sharpen_video(sharpener: Sharpener, src: str | Path, dst: str | Path, *, ove
 
         t0 = time.perf_counter()
         try:
-            n = pipeline(frames(), lambda f: _sharpen_bgr(sharpener, f), consume)
+            n = pipeline(frames(), FrameSharpener(sharpener, estimate_every, wait=True), consume)
         finally:
             seconds = time.perf_counter() - t0
             writer.release()
@@ -214,9 +255,11 @@ def sharpen_video(sharpener: Sharpener, src: str | Path, dst: str | Path, *, ove
 
 
 def live(sharpener: Sharpener, source: str | int, *, window: bool = True, mjpeg_port: int = 0, max_frames: int = 0,
-         side_by_side: bool = True, on_frame: Callable[[int, float], None] | None = None) -> VideoStats:
+         side_by_side: bool = True, on_frame: Callable[[int, float], None] | None = None,
+         estimate_every: int = 30) -> VideoStats:
     """Sharpen a camera or stream and show it: an OpenCV window, or an MJPEG page on
-    http://127.0.0.1:<mjpeg_port>/ when there is no display. Stops on 'q', Ctrl+C or ``max_frames``."""
+    http://127.0.0.1:<mjpeg_port>/ when there is no display. Stops on 'q', Ctrl+C or ``max_frames``.
+    ``estimate_every``: for models that estimate the blur, renewed in the background (:class:`FrameSharpener`)."""
     import cv2
 
     cap = open_capture(source)
@@ -245,8 +288,10 @@ def live(sharpener: Sharpener, source: str | int, *, window: bool = True, mjpeg_
         if on_frame:
             on_frame(shown, fps)
 
+    sharpen = FrameSharpener(sharpener, estimate_every, wait=False)
+
     def process(frame: np.ndarray) -> np.ndarray:
-        out = _sharpen_bgr(sharpener, frame)
+        out = sharpen(frame)
         return np.hstack([frame, out]) if side_by_side else out
 
     try:
@@ -255,6 +300,7 @@ def live(sharpener: Sharpener, source: str | int, *, window: bool = True, mjpeg_
         pass
     finally:
         cap.release()
+        sharpen.close()
         if server:
             server.close()
         elif window:

@@ -1,6 +1,7 @@
 """Networks. ``ARCHS`` maps a checkpoint's ``arch`` field to its config and module classes."""
 
 from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+from sharpkd.models.kstudent import KernelStudent, KernelStudentConfig
 from sharpkd.models.student import Student, StudentConfig
 from sharpkd.models.teacher import NAFTeacher, NAFTeacherConfig, ResNetTeacher, ResNetTeacherConfig
 
@@ -11,6 +12,8 @@ ARCHS = {
     "nafunet": (NAFTeacherConfig, NAFTeacher),
     "student": (StudentConfig, Student),
     "blind": (BlindTeacherConfig, BlindTeacher),  # teacher v2: kernel estimate + HQS with FFDNet
+    # the student with a Wiener step on the teacher's per-photo kernel estimate (sharpkd.models.kstudent)
+    "kstudent": (KernelStudentConfig, KernelStudent),
 }
 
 # Named presets a user can pass to ``--arch``.
@@ -34,6 +37,5 @@ PRESETS = {
     "student-x4r": ("student", StudentConfig(unshuffle=4, width=32, low_width=56, low_blocks=1, rep=2)),
 }
 
-__all__ = ["ARCHS", "BlindTeacher", "BlindTeacherConfig", "PRESETS", "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher",
-           "ResNetTeacherConfig",
-           "Student", "StudentConfig"]
+__all__ = ["ARCHS", "BlindTeacher", "BlindTeacherConfig", "KernelStudent", "KernelStudentConfig", "PRESETS",
+           "NAFTeacher", "NAFTeacherConfig", "ResNetTeacher", "ResNetTeacherConfig", "Student", "StudentConfig"]

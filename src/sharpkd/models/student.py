@@ -35,6 +35,9 @@ class StudentConfig:
     # train the 3x3 convolutions as re-parameterisable branches with this expansion (0: plain);
     # model files always hold the collapsed, plain network (see Student.deploy)
     rep: int = 0
+    # extra 3-channel images the caller passes next to the input (``forward(x, guide=...)``): the
+    # kernel student's Wiener deconvolution with a per-photo kernel (sharpkd.models.kstudent)
+    guide: int = 0
 
     @property
     def multiple(self) -> int:
@@ -47,7 +50,7 @@ class Student(nn.Module):
         self.config = config
         s, w, lw = config.unshuffle, config.width, config.low_width
         self.bank = WienerBank(config.wiener, config.wiener_lam) if config.wiener else None
-        in_channels = 3 * (1 + len(config.wiener))  # the image, then each bank output
+        in_channels = 3 * (1 + len(config.wiener) + config.guide)  # the image, each bank output, each guide
         self.unshuffle = nn.PixelUnshuffle(s)
         r = config.rep
         self.head = conv3x3(in_channels * s * s, w, r)
@@ -75,8 +78,12 @@ class Student(nn.Module):
         plain.config = replace(self.config, rep=0)
         return plain
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
+    def forward(self, x: torch.Tensor, return_features: bool = False, guide: torch.Tensor | None = None):
         z = with_bank(self.bank, x)
+        if self.config.guide:
+            if guide is None or guide.shape[1] != 3 * self.config.guide or guide.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"this student takes {self.config.guide} guide image(s) of the input's size")
+            z = torch.cat([z, guide], dim=1)
         h = self.enc(F.relu(self.head(self.unshuffle(z))))
         feat = self.low(F.relu(self.down(h)))
         h = self.dec(F.relu(self.up(feat)) + h)

@@ -1,0 +1,258 @@
+"""Distil the kernel student (:mod:`sharpkd.models.kstudent`) from the blind teacher.
+
+    python -m sharpkd.distill_kernel --out runs/kstudent                                  # distilled
+    python -m sharpkd.distill_kernel --out runs/kstudent-nokd --init student-nokd --w-kd 0  # the ablation
+
+Data (training-pool photos only; the hold-out photos form the validation banks; Kodak24 is never read):
+the fine-tuning banks of the teacher's priors (:func:`sharpkd.deblur.finetune.build_bank`, same seeds
+and sizes, so a folder made by ``sharpkd.deblur.finetune`` can be copied in and is resumed): crops
+blurred as the benchmark does, by procedural camera shake (``bank.pt``, two cases in three) or a
+Gaussian (the rest, and every case of ``bank-round.pt``), each with the kernel the teacher's route
+estimates for it: the refined L0 kernel for camera shake, the fitted width for round blur. These are
+estimates with the estimator's real errors, the kernels the student will meet.
+
+Teacher labels: the teacher's own deconvolution of each training crop with that kernel, through the
+route's solver and prior (cached in ``labels.pt``, resumable).
+
+Training: random windows (flipped and rotated), the guide being the Wiener deconvolution with the
+estimate. In ``no_kernel_share`` of them the photo itself takes the guide's place: the case where the
+router does not trust an estimate, so the student keeps working as a plain student there. The loss is
+the mission's: ``w_rec`` x L1 to the ground truth + ``w_kd`` x L1 to the teacher's output (windows with
+a kernel; the teacher's labels are deconvolutions) + ``w_perceptual`` x the VGG16 perceptual distance
+(``perceptual_taps`` layers, every ``perceptual_every``-th step). The network starts from ``--init``
+(a student file: its weights, zeros for the guide's channels), so it first computes exactly what that
+student does. Validation: the hold-out banks, mean gain (dB) per blur kind with the estimate's guide
+and with the photo in its place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass
+class KernelDistillConfig:
+    train_cases: int = 96  # cases in each training bank (mixed, Gaussian-only)
+    val_cases: int = 21  # cases in each validation bank
+    crop: int = 320
+    steps: int = 8000
+    batch: int = 16
+    patch: int = 96
+    lr: float = 2e-4
+    no_kernel_share: float = 0.5  # windows whose guide is the photo itself
+    w_rec: float = 1.0
+    w_kd: float = 1.0
+    w_perceptual: float = 0.005
+    perceptual_every: int = 4
+    perceptual_taps: int = 2
+    balance: float = 1e-2  # Wiener regularisation of the guide
+    estimate_side: int = 384  # the shipped model's estimate crop (inference only)
+    val_every: int = 1000
+    seed: int = 0
+
+
+def teacher_labels(teacher, bank: list[dict], path: Path) -> list[torch.Tensor]:
+    """The teacher's deconvolution (uint8) of every bank case with its estimated kernel, through its
+    route's solver and prior; cached in ``path`` and resumed from it."""
+    from tqdm import tqdm
+
+    from sharpkd.deblur.finetune import solve
+
+    labels = torch.load(path, weights_only=True) if path.is_file() else []
+    for c in tqdm(bank[len(labels):], desc="teacher labels", initial=len(labels), total=len(bank)):
+        y = c["blurred"][None].float() / 255
+        with torch.no_grad():
+            out = solve(teacher, y, (c["est"] / c["est"].sum())[None], c["kind"])
+        labels.append((out[0].clamp(0, 1) * 255).round().to(torch.uint8))
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(labels, tmp)
+        tmp.replace(path)
+    return labels
+
+
+def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None = None) -> list[dict]:
+    """Float crops with their guide (Wiener deconvolution with the estimated kernel) made once."""
+    from sharpkd.deblur.solve import wiener_deconvolve
+
+    out = []
+    for i, c in enumerate(bank):
+        y = c["blurred"][None].float() / 255
+        case = {"kind": c["kind"], "y": y, "x": c["sharp"][None].float() / 255,
+                "g": wiener_deconvolve(y, c["est"] / c["est"].sum(), balance)}
+        if labels is not None:
+            case["t"] = labels[i][None].float() / 255
+        out.append(case)
+    return out
+
+
+def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """A batch of random windows: photo ``y``, guide ``g``, truth ``x``, teacher ``t`` (cases with
+    labels only), and ``kd`` (1 where the window has a kernel and so a teacher label)."""
+    keys = ("y", "g", "x", "t") if "t" in cases[0] else ("y", "g", "x")
+    batch: dict[str, list] = {k: [] for k in (*keys, "kd")}
+    for _ in range(cfg.batch):
+        c = cases[int(rng.integers(len(cases)))]
+        h, w = c["y"].shape[-2:]
+        p = min(cfg.patch, h, w)
+        y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+        rot, flip = int(rng.integers(4)), bool(rng.integers(2))
+        crop = {}
+        for k in keys:
+            t = torch.rot90(c[k][0, :, y0 : y0 + p, x0 : x0 + p], rot, dims=(-2, -1))
+            crop[k] = t.flip(-1) if flip else t
+        kernel = rng.random() >= cfg.no_kernel_share
+        if not kernel:
+            crop["g"] = crop["y"]
+        for k in keys:
+            batch[k].append(crop[k])
+        batch["kd"].append(float(kernel))
+    return {k: torch.stack(v) if k != "kd" else torch.tensor(v) for k, v in batch.items()}
+
+
+def q(t: torch.Tensor) -> torch.Tensor:
+    return torch.round(t.clamp(0, 1) * 255) / 255
+
+
+@torch.no_grad()
+def validate(model, cases: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean gain (dB) per kind: ``guide`` with the estimate's guide, ``no_kernel`` with the photo."""
+    from sharpkd.metrics import batch_psnr
+
+    model.eval()
+    rows: dict[str, dict[str, list[float]]] = {}
+    for c in cases:
+        r = rows.setdefault(c["kind"], {"guide": [], "no_kernel": []})
+        base = float(batch_psnr(c["y"], c["x"])[0])
+        for name, g in (("guide", c["g"]), ("no_kernel", c["y"])):
+            r[name].append(float(batch_psnr(q(model.run(c["y"], g)), c["x"])[0]) - base)
+    return {k: {m: round(float(np.mean(v)), 3) for m, v in r.items()} for k, r in rows.items()}
+
+
+def build_student(init: str, cfg: KernelDistillConfig):
+    """A kernel student whose network starts as the student file ``init`` (zeros for the guide)."""
+    from sharpkd.checkpoint import load_model
+    from sharpkd.models.kstudent import KernelStudent, KernelStudentConfig
+    from sharpkd.train import widen_inputs
+
+    base, info = load_model(init)
+    if info.get("arch") != "student" or base.config.wiener or base.config.guide:
+        raise SystemExit(f"--init {init}: expected a plain student file (no Wiener bank), got {info.get('arch')}")
+    b = base.config
+    model = KernelStudent(config=KernelStudentConfig(
+        unshuffle=b.unshuffle, width=b.width, low_width=b.low_width, low_blocks=b.low_blocks,
+        high_blocks=b.high_blocks, balance=cfg.balance, estimate_side=cfg.estimate_side))
+    model.net.load_state_dict(widen_inputs(base.float().state_dict(), model.net.state_dict()))
+    return model
+
+
+def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step: int, vgg):
+    from sharpkd.losses import perceptual
+
+    pred = model.run(b["y"], b["g"])
+    parts = {"rec": F.l1_loss(pred, b["x"])}
+    total = cfg.w_rec * parts["rec"]
+    m = b["kd"].bool()
+    if cfg.w_kd > 0 and m.any():
+        parts["kd"] = F.l1_loss(pred[m], b["t"][m])
+        total = total + cfg.w_kd * parts["kd"]
+    if cfg.w_perceptual > 0 and step % max(1, cfg.perceptual_every) == 0:
+        parts["perceptual"] = perceptual(pred, b["x"], vgg, taps=cfg.perceptual_taps)
+        total = total + cfg.w_perceptual * parts["perceptual"]
+    return total, {k: round(float(v.detach()), 5) for k, v in parts.items()}
+
+
+def train(model, train_cases: list[dict], val_cases: list[dict], cfg: KernelDistillConfig, out: Path,
+          progress: bool = True) -> dict:
+    """Train ``model.net``; logs to ``out/log.jsonl``; returns the summary (validation before and after)."""
+    from tqdm import tqdm
+
+    from sharpkd.losses import vgg16_features
+
+    rng = np.random.default_rng(cfg.seed)
+    vgg = vgg16_features() if cfg.w_perceptual > 0 else None
+    opt = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    before = validate(model, val_cases)
+    log = (out / "log.jsonl").open("w")
+    log.write(json.dumps({"step": 0, "val": before}) + "\n")
+    t0, val = time.time(), before
+    bar = tqdm(range(1, cfg.steps + 1), desc="kernel student", disable=not progress)
+    for step in bar:
+        model.train()
+        loss, parts = loss_terms(model, windows(train_cases, cfg, rng), cfg, step, vgg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(rec=parts["rec"])
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            val = validate(model, val_cases)
+            log.write(json.dumps({"step": step, "loss": parts, "minutes": round((time.time() - t0) / 60, 2),
+                                  "val": val}) + "\n")
+            log.flush()
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v['guide']:+.3f}" for k, v in val.items()))
+    model.eval()
+    return {"val_before": before, "val": val, "wall_time_s": round(time.time() - t0, 1)}
+
+
+def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillConfig, threads: int = 0,
+        progress: bool = True) -> Path:
+    from sharpkd.checkpoint import load_model, save_model
+    from sharpkd.data import load_photos, skimage_photos, split_holdout
+    from sharpkd.deblur.finetune import build_bank
+    from sharpkd.provenance import hardware
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, t_info = load_model(teacher_name)
+    if t_info.get("arch") != "blind":
+        raise SystemExit(f"{teacher_name} is not a blind-teacher file")
+    photos = load_photos(data) if Path(data).is_dir() else skimage_photos()
+    train_photos, held = split_holdout(photos)
+    bank, val_bank = [], []
+    for tag, gauss in (("", False), ("-round", True)):
+        bank += build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / f"bank{tag}.pt", gauss)
+        val_bank += build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 1, out / f"val_bank{tag}.pt", gauss)
+    labels = teacher_labels(teacher, bank, out / "labels.pt") if cfg.w_kd > 0 else None
+    model = build_student(init, cfg)
+    summary = train(model, prepare(bank, cfg.balance, labels), prepare(val_bank, cfg.balance), cfg, out, progress)
+    info = {"stage": "kernel student", "command": "python -m sharpkd.distill_kernel " + " ".join(sys.argv[1:]),
+            "steps": cfg.steps, "data": [data], "teacher": teacher_name, "init": init, "distilled": cfg.w_kd > 0,
+            "hardware": hardware(), "train_cases": len(bank), "val_cases": len(val_bank),
+            "distill_config": dataclasses.asdict(cfg), **summary}
+    path = save_model(out / "model.safetensors", model, info)
+    (out / "summary.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"wrote {path}: hold-out gain with the guide " +
+          ", ".join(f"{k} {v['guide']:+.3f}" for k, v in summary["val"].items()))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/datasets/train", help="photo folder (hold-out split = validation; "
+                    "scikit-image's sample photos when it does not exist)")
+    ap.add_argument("--teacher", default="teacher", help="the blind-teacher file (estimates and labels)")
+    ap.add_argument("--init", default="student", help="the student file the network starts from")
+    ap.add_argument("--out", required=True, help="folder for the banks, labels, log and model.safetensors")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    for f in dataclasses.fields(KernelDistillConfig):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = ap.parse_args(argv)
+    cfg = KernelDistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(KernelDistillConfig)})
+    run(args.data, args.teacher, args.init, Path(args.out), cfg, args.threads, not args.quiet)
+
+
+if __name__ == "__main__":
+    main()

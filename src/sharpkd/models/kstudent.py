@@ -1,0 +1,148 @@
+"""The kernel student: the real-time student, told the photo's blur.
+
+A small local network cannot undo camera shake: the blur spreads a point over 10-30 pixels along a
+path it has no way to guess (docs/realtime.md). The teacher can guess it, but slowly. The kernel
+student splits the work the way the teacher's router does, with the expensive part done once:
+
+1. **estimate** (once per photo, or once every N frames of a video): the shipped teacher's blur
+   estimate on a reduced central crop (``estimate_side``, 384 px by default): the route (``shake``,
+   ``round``, ``network``) and, for the first two, the kernel;
+2. **guide** (one FFT per channel): a Laplacian-regularised Wiener deconvolution of the photo with that
+   kernel (:func:`sharpkd.deblur.solve.wiener_deconvolve`); where the router does not trust a kernel,
+   the photo itself;
+3. **restore** (the network): a :class:`~sharpkd.models.student.Student` that sees the photo and the
+   guide (six channels) and adds its residual to the guide, removing the ringing and noise the
+   linear filter leaves and finishing what it could not do.
+
+The model file holds the network only; the estimator is the shipped blind teacher named by
+``config.estimator``, which :func:`sharpkd.checkpoint.load_model` attaches. ``restore(x, estimates)``
+and ``estimate(x)`` follow the blind teacher's interface, so ``Sharpener``, ``sharpkd eval``, the CLI
+and the web app drive it like the teacher (one estimate per photo, shared by its tiles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+
+from sharpkd.deblur.solve import wiener_deconvolve
+from sharpkd.models.blocks import pad_to_multiple
+from sharpkd.models.student import Student, StudentConfig
+
+DECONVOLVED_ROUTES = ("shake", "round")  # the routes whose kernel the guide deconvolves with
+ESTIMATORS = ("teacher",)  # shipped blind-teacher files a kernel student may name
+
+
+@dataclass(frozen=True)
+class KernelStudentConfig:
+    # the network (StudentConfig fields; the real-time student's layout)
+    unshuffle: int = 2
+    width: int = 16
+    low_width: int = 48
+    low_blocks: int = 2
+    high_blocks: int = 1
+    balance: float = 1e-2  # Wiener regularisation weight of the guide
+    estimator: str = "teacher"  # the shipped blind teacher whose estimate is used
+    estimate_side: int = 384  # central crop the kernel is estimated on (the teacher itself uses 768)
+
+    @property
+    def multiple(self) -> int:
+        return 2 * self.unshuffle
+
+    def student(self) -> StudentConfig:
+        return StudentConfig(unshuffle=self.unshuffle, width=self.width, low_width=self.low_width,
+                             low_blocks=self.low_blocks, high_blocks=self.high_blocks, guide=1)
+
+
+class KernelStudent(nn.Module):
+    """(B, 3, H, W) in [0, 1] -> sharpened, same shape. ``forward(x)`` = ``restore(x, estimate(x))``;
+    ``run(x, guide)`` is the network alone (what is exported and timed per frame)."""
+
+    def __init__(self, *, config: KernelStudentConfig | None = None):
+        super().__init__()
+        self.config = config or KernelStudentConfig()
+        if self.config.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.config.estimator!r}")
+        if not 64 <= self.config.estimate_side <= 4096 or not 0 < self.config.balance < 1:
+            raise ValueError("estimate_side must be 64-4096 px and balance in (0, 1)")
+        self.net = Student(config=self.config.student())
+        self.__dict__["_estimator"] = None  # not a submodule: its weights live in their own file
+        self.runner = None  # when set (an exported network, see sharpkd.backends): runs in place of ``net``
+
+    def attach_estimator(self, teacher: nn.Module) -> KernelStudent:
+        """Use ``teacher`` (a blind teacher) for :meth:`estimate`, on ``config.estimate_side`` crops."""
+        teacher.config = replace(teacher.config, estimate_side=self.config.estimate_side)
+        self.__dict__["_estimator"] = teacher.eval()
+        return self
+
+    @property
+    def estimator(self) -> nn.Module:
+        if self._estimator is None:
+            raise RuntimeError("no blur estimator attached (load the model with sharpkd.checkpoint.load_model)")
+        return self._estimator
+
+    @torch.no_grad()
+    def estimate(self, x: torch.Tensor) -> list:
+        """One :class:`sharpkd.deblur.teacher.BlurEstimate` per image of the batch."""
+        return self.estimator.estimate(x)
+
+    def guide(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
+        """The Wiener deconvolution of each image with its kernel, or the image itself where the route
+        is not one the guide deconvolves for."""
+        out = []
+        for img, est in zip(x, estimates, strict=True):
+            if est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1:
+                out.append(wiener_deconvolve(img[None], est.kernel, self.config.balance))
+            else:
+                out.append(img[None])
+        return torch.cat(out)
+
+    def run(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """The network on photo and guide (any size; padded to its multiple), residual on the guide."""
+        xp, (h, w) = pad_to_multiple(x, self.config.multiple)
+        gp, _ = pad_to_multiple(guide, self.config.multiple)
+        if self.runner is not None:
+            return self.runner(torch.cat([xp, gp], dim=1))[..., :h, :w]
+        return (self.net(xp, guide=gp) - xp + gp)[..., :h, :w]
+
+    @torch.no_grad()
+    def restore(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
+        return self.run(x, self.guide(x, estimates))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.restore(x, self.estimate(x))
+
+    def macs_per_pixel(self, size: int = 64) -> float:
+        """Multiply-accumulates per pixel of the network plus the guide's FFTs (a real FFT of n points
+        taken as 2.5 n log2 n: forward and inverse per channel on the photo padded by 16 px, a 512 px
+        tile). The per-photo estimate is not included (it is made once per photo or per N frames)."""
+        import math
+
+        from torch.utils.flop_counter import FlopCounterMode
+
+        m = self.config.multiple
+        size = -(-size // m) * m
+        x = torch.zeros(1, 3, size, size)
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            self.run(x, x)
+        n = (512 + 32) ** 2
+        fft = 3 * 2 * (2.5 * math.log2(n) + 2) * n / 512**2
+        return fc.get_total_flops() / 2 / (size * size) + fft
+
+
+class GuidedNet(nn.Module):
+    """The kernel student's network with one six-channel input (photo, then guide), sizes multiples of
+    ``config.multiple``: the part that is exported to ONNX and run per frame."""
+
+    input_channels = 6
+
+    def __init__(self, model: KernelStudent):
+        super().__init__()
+        self.net, self.config = model.net, model.config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (the exporter names the input after ``x``)
+        x, g = x[:, :3], x[:, 3:]
+        return self.net(x, guide=g) - x + g

@@ -1,0 +1,201 @@
+"""The kernel student: a Wiener step with the photo's estimated kernel in front of the student."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sharpkd.checkpoint import CheckpointError, load_model, save_model
+from sharpkd.deblur.solve import wiener_deconvolve
+from sharpkd.deblur.teacher import BlindTeacherConfig, BlurEstimate
+from sharpkd.degrade import gaussian_kernel
+from sharpkd.models import Student, StudentConfig
+from sharpkd.models.kstudent import KernelStudent, KernelStudentConfig
+
+SMALL = {"unshuffle": 2, "width": 8, "low_width": 8, "low_blocks": 1, "high_blocks": 1}
+
+
+class FixedEstimator:
+    """Stands in for the teacher's estimator: the same route and kernel for every photo; counts calls."""
+
+    def __init__(self, route="shake", sigma=1.5):
+        self.config = BlindTeacherConfig()
+        self.route, self.kernel, self.calls = route, gaussian_kernel(sigma), 0
+
+    def estimate(self, x):
+        self.calls += 1
+        return [BlurEstimate(self.kernel, 1 / 255, self.route) for _ in x]
+
+    def eval(self):
+        return self
+
+
+def random_weights(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model
+
+
+def small_kstudent(route="shake"):
+    ks = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL)))
+    return ks.attach_estimator(FixedEstimator(route)).eval()
+
+
+def test_student_guide_channels_are_required_and_used():
+    net = random_weights(Student(config=StudentConfig(**SMALL, guide=1))).eval()
+    x = torch.rand(1, 3, 16, 20)
+    with pytest.raises(ValueError, match="guide"):
+        net(x)
+    with pytest.raises(ValueError, match="guide"):
+        net(x, guide=torch.rand(1, 3, 16, 16))
+    a, b = net(x, guide=x), net(x, guide=torch.rand(1, 3, 16, 20))
+    assert a.shape == x.shape and not torch.allclose(a, b)
+
+
+def test_widened_student_starts_as_the_student_with_the_residual_on_the_guide(tmp_path):
+    from sharpkd.distill_kernel import KernelDistillConfig, build_student
+
+    base = random_weights(Student(config=StudentConfig(**SMALL)))
+    save_model(tmp_path / "s.safetensors", base)
+    ks = build_student(str(tmp_path / "s.safetensors"), KernelDistillConfig(balance=0.02, estimate_side=256))
+    assert ks.config.balance == 0.02 and ks.config.estimate_side == 256 and ks.config.width == 8
+    x, g = torch.rand(2, 3, 20, 28), torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        # zero weights on the guide's channels: the student's own correction, added to the guide
+        torch.testing.assert_close(ks.run(x, g) - g, base.eval()(x) - x, atol=1e-5, rtol=0)
+    save_model(tmp_path / "k.safetensors", KernelStudent(config=KernelStudentConfig(**SMALL)))
+    with pytest.raises(SystemExit, match="plain student"):
+        build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig())
+
+
+def test_guide_deconvolves_only_on_the_deconvolving_routes():
+    x = torch.rand(3, 3, 24, 24)
+    k = gaussian_kernel(1.2)
+    ks = small_kstudent()
+    est = [BlurEstimate(k, 0.01, "shake"), BlurEstimate(k, 0.01, "network"), BlurEstimate(k, 0.01, "round")]
+    g = ks.guide(x, est)
+    torch.testing.assert_close(g[0:1], wiener_deconvolve(x[0:1], k, ks.config.balance))
+    torch.testing.assert_close(g[1:2], x[1:2])
+    torch.testing.assert_close(g[2:3], wiener_deconvolve(x[2:3], k, ks.config.balance))
+    assert not torch.allclose(g[0:1], x[0:1], atol=1e-3)
+
+
+def test_model_file_round_trip_attaches_the_shipped_estimator(tmp_path):
+    ks = small_kstudent()
+    path = save_model(tmp_path / "k.safetensors", ks, {"note": "test"})
+    loaded, info = load_model(path)
+    assert info["arch"] == "kstudent" and isinstance(loaded, KernelStudent)
+    assert type(loaded.estimator).__name__ == "BlindTeacher"
+    assert loaded.estimator.config.estimate_side == ks.config.estimate_side  # the reduced estimate crop
+    assert set(loaded.state_dict()) == set(ks.state_dict())  # the estimator's weights are not in the file
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.run(x, x), ks.run(x, x))
+
+
+def test_hostile_estimator_name_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = save_model(tmp_path / "k.safetensors", small_kstudent())
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        doc = json.loads(f.metadata()["sharpkd"])
+    doc["config"]["estimator"] = "/etc/passwd"
+    save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), metadata={"sharpkd": json.dumps(doc)})
+    with pytest.raises(CheckpointError, match="cannot build"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+def test_sharpener_estimates_once_and_tiles_match_whole_image():
+    from sharpkd.infer import Sharpener
+
+    ks = small_kstudent()
+    x = torch.rand(1, 3, 150, 190)
+    whole = Sharpener(ks, tile=0)
+    out = whole.sharpen_tensor(x)
+    assert ks.estimator.calls == 1 and out.shape == x.shape
+    # the guide comes from the whole photo before tiling, so tiles match the untiled result
+    tiled = Sharpener(ks, tile=96, overlap=64).sharpen_tensor(x)
+    torch.testing.assert_close(tiled, out, atol=2e-4, rtol=0)
+    assert ks.estimator.calls == 2  # one estimate per photo, not per tile
+    assert whole.blind
+    with torch.no_grad():
+        torch.testing.assert_close(out, ks(x).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_frame_sharpener_renews_the_estimate_every_n_frames():
+    from sharpkd.infer import Sharpener
+    from sharpkd.video import FrameSharpener
+
+    frames = [np.random.default_rng(i).integers(0, 256, (24, 32, 3), dtype=np.uint8) for i in range(7)]
+    for every, expected in ((3, 3), (0, 1), (1, 7)):
+        ks = small_kstudent()
+        fs = FrameSharpener(Sharpener(ks, tile=0), estimate_every=every)
+        outs = [fs(f) for f in frames]
+        assert ks.estimator.calls == expected == fs.estimated
+        assert all(o.shape == f.shape and o.dtype == np.uint8 for o, f in zip(outs, frames, strict=True))
+    ks = small_kstudent()
+    live = FrameSharpener(Sharpener(ks, tile=0), estimate_every=2, wait=False)
+    for f in frames:
+        live(f)
+    live.close()
+    assert 1 <= ks.estimator.calls <= 4  # the first in line, renewals in the background (never two at once)
+    with pytest.raises(ValueError):
+        FrameSharpener(Sharpener(ks, tile=0), estimate_every=-1)
+
+
+def test_onnx_export_runs_the_network_behind_the_torch_estimate(tmp_path):
+    from sharpkd.backends import resolve
+    from sharpkd.export import export_onnx
+    from sharpkd.infer import Sharpener
+
+    ks = small_kstudent()
+    path = save_model(tmp_path / "k.safetensors", ks)
+    export_onnx(load_model(path)[0], tmp_path / "k.onnx", {"arch": "kstudent"})
+    backend = resolve(path, "onnx", threads=1)
+    assert backend.kind == "onnx" and backend.blind
+    x = torch.rand(1, 3, 30, 42)
+    est = [BlurEstimate(gaussian_kernel(1.0), 0.01, "round")]
+    ref = Sharpener(load_model(path)[0], tile=0).sharpen_tensor(x, est)
+    out = Sharpener(backend, tile=0).sharpen_tensor(x, est)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="no INT8 ONNX export"):
+        resolve(path, "onnx-int8")
+
+
+def test_int8_calibration_gives_photo_and_guide():
+    from sharpkd.export import guided_calibration
+
+    blurred = np.random.default_rng(0).random((6, 3, 32, 32)).astype(np.float32)
+    cal = guided_calibration(blurred)
+    assert cal.shape == (6, 6, 32, 32) and cal.dtype == np.float32
+    np.testing.assert_array_equal(cal[:, :3], blurred)
+    np.testing.assert_array_equal(cal[2, 3:], blurred[2])  # every third: the "no kernel" guide
+    assert not np.allclose(cal[0, 3:], blurred[0], atol=1e-3)
+
+
+def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp_path):
+    from sharpkd.distill_kernel import main
+
+    base = random_weights(Student(config=StudentConfig(**SMALL)))
+    save_model(tmp_path / "s.safetensors", base)
+    common = ["--data", str(tmp_path / "none"), "--init", str(tmp_path / "s.safetensors"), "--train-cases", "3",
+              "--val-cases", "2", "--crop", "96", "--patch", "32", "--batch", "2", "--steps", "4", "--val-every",
+              "2", "--perceptual-every", "2", "-q"]
+    main(["--out", str(tmp_path / "kd"), *common])
+    model, info = load_model(tmp_path / "kd")
+    assert isinstance(model, KernelStudent) and info["distilled"] and info["steps"] == 4
+    log = [json.loads(line) for line in (tmp_path / "kd" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 2, 4]
+    assert set(log[1]["loss"]) == {"rec", "kd", "perceptual"} or set(log[2]["loss"]) == {"rec", "kd", "perceptual"}
+    assert set(log[-1]["val"]) == {"motion", "gauss"} and "no_kernel" in log[-1]["val"]["gauss"]
+    labels = torch.load(tmp_path / "kd" / "labels.pt", weights_only=True)
+    assert len(labels) == 6 and labels[0].dtype == torch.uint8  # one teacher label per training case
+    main(["--out", str(tmp_path / "nokd"), "--w-kd", "0", *common])
+    _, info = load_model(tmp_path / "nokd")
+    assert not info["distilled"] and not (tmp_path / "nokd" / "labels.pt").exists()
+    log = [json.loads(line) for line in (tmp_path / "nokd" / "log.jsonl").read_text().splitlines()]
+    assert all("kd" not in r.get("loss", {}) for r in log)
