@@ -80,6 +80,12 @@ def test_guide_deconvolves_only_on_the_deconvolving_routes():
     torch.testing.assert_close(g[1:2], x[1:2])
     torch.testing.assert_close(g[2:3], wiener_deconvolve(x[2:3], k, ks.config.balance))
     assert not torch.allclose(g[0:1], x[0:1], atol=1e-3)
+    # the filter kept from the last call is not reused for another kernel or size
+    k2 = gaussian_kernel(2.0)
+    torch.testing.assert_close(ks.guide(x[:1], [BlurEstimate(k2, 0.01, "shake")]),
+                               wiener_deconvolve(x[:1], k2, ks.config.balance))
+    torch.testing.assert_close(ks.guide(x[:1, :, :20], [BlurEstimate(k2, 0.01, "shake")]),
+                               wiener_deconvolve(x[:1, :, :20], k2, ks.config.balance))
 
 
 def test_model_file_round_trip_attaches_the_shipped_estimator(tmp_path):
@@ -109,6 +115,25 @@ def test_hostile_estimator_name_is_refused(tmp_path):
         load_model(tmp_path / "bad.safetensors")
 
 
+def test_estimates_are_shared_by_content_and_estimator():
+    ks = small_kstudent()
+    x = torch.rand(2, 3, 40, 40)
+    first = ks.estimate(x)
+    assert ks.estimator.calls == 2
+    assert ks.estimate(x.clone()) == first and ks.estimator.calls == 2  # same content: no new estimate
+    ks.estimate(x + 0.01)
+    assert ks.estimator.calls == 4
+    other = small_kstudent()  # another estimator: its own estimates
+    other.estimate(x)
+    assert other.estimator.calls == 2
+    # two kernel students on one estimator with other settings: the estimator is shared, not changed
+    shared = FixedEstimator()
+    a = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=256)).attach_estimator(shared)
+    b = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=512)).attach_estimator(shared)
+    assert (a.estimator.config.estimate_side, b.estimator.config.estimate_side) == (256, 512)
+    assert shared.config.estimate_side == BlindTeacherConfig().estimate_side
+
+
 def test_sharpener_estimates_once_and_tiles_match_whole_image():
     from sharpkd.infer import Sharpener
 
@@ -120,7 +145,7 @@ def test_sharpener_estimates_once_and_tiles_match_whole_image():
     # the guide comes from the whole photo before tiling, so tiles match the untiled result
     tiled = Sharpener(ks, tile=96, overlap=64).sharpen_tensor(x)
     torch.testing.assert_close(tiled, out, atol=2e-4, rtol=0)
-    assert ks.estimator.calls == 2  # one estimate per photo, not per tile
+    assert ks.estimator.calls == 1  # one estimate per photo (kept for the same photo), not per tile
     assert whole.blind
     with torch.no_grad():
         torch.testing.assert_close(out, ks(x).clamp(0, 1), atol=1e-5, rtol=0)

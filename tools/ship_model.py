@@ -60,6 +60,50 @@ def card(name: str, model, info: dict, eval_rows: list[dict] | None, protocol_ve
     return "\n".join(lines)
 
 
+def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, protocol_version: int = 2) -> str:
+    """The card of a kernel student (sharpkd.distill_kernel): its network's training, and what it uses at run time."""
+    dc = info.get("distill_config", {})
+    val = info.get("val", {})
+    before = info.get("val_before", {})
+    lines = [f"# Model card: `{name}`", "",
+             f"- file: `src/sharpkd/weights/{name}.safetensors` ({info.get('dtype', 'float32')} weights); ONNX "
+             f"exports `{name}.onnx` (fp32) and `{name}-int8.onnx` (INT8) of its network",
+             f"- architecture: `kstudent` (sharpkd.models.kstudent), config `{json.dumps(info['config'])}`",
+             f"- parameters: {count_params(model):,}; MACs per pixel: {macs_per_pixel(model):,.0f} "
+             "(network and the Wiener step's FFTs; the blur estimate is not counted)",
+             f"- at run time: the blur estimate of the shipped `{model.config.estimator}` file on a "
+             f"{model.config.estimate_side}-px central crop (once per photo, or every N video frames), a Wiener "
+             f"deconvolution with that kernel (balance {model.config.balance}) where its router deconvolves "
+             "(`shake`, `round`), the photo itself elsewhere; then the network",
+             f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
+             + (f" from `{info['teacher']}`" if info.get("distilled") else ""),
+             f"- training command: `{info.get('command', '')}`",
+             f"- initialised from `{info.get('init')}` (its weights, zeros for the guide's three input channels)",
+             f"- steps: {info.get('steps')}; batch {dc.get('batch')} x {dc.get('patch')}^2 windows of "
+             f"{info.get('train_cases')} bank crops ({dc.get('crop')} px; camera shake and Gaussian, each with "
+             f"the kernel the teacher's route estimates); lr {dc.get('lr')} (cosine); "
+             f"{dc.get('no_kernel_share')} of the windows without a kernel",
+             f"- loss weights: L1 to the ground truth {dc.get('w_rec')}, distillation (L1 to the teacher's "
+             f"deconvolution, windows with a kernel) {dc.get('w_kd')}, VGG16 perceptual {dc.get('w_perceptual')} "
+             f"({dc.get('perceptual_taps')} layers, every {dc.get('perceptual_every')}th step)",
+             f"- data: {', '.join(info.get('data', []))} (training pool; the hold-out photos make the "
+             f"{info.get('val_cases')} validation crops)",
+             f"- wall time: {info.get('wall_time_s', 0) / 60:.1f} min of training on {info.get('hardware')}",
+             "- hold-out validation, gain with the guide (dB): "
+             + ", ".join(f"{k} {before.get(k, {}).get('guide', float('nan')):+.2f} -> {v['guide']:+.2f}"
+                         for k, v in val.items()), ""]
+    if eval_rows:
+        lines += [f"## Benchmark (Kodak24, `shared/BENCHMARK.md` version {protocol_version}), PSNR dB / SSIM", "",
+                  "`sharpkd eval --data ../shared/datasets/eval/kodak24 --models kstudent,kstudent-nokd "
+                  "--out docs/eval/kstudent` (the shipped files themselves)", "",
+                  *results_table(eval_rows, speed=False), ""]
+    lines += [*info.get("notes", []), "",
+              "Intended use: photographs with camera shake or defocus, when the teacher is too slow. The estimate",
+              "takes seconds; where it is not trusted the model acts as a plain student. Trained on synthetic",
+              "blur; a wrong kernel estimate can leave ringing.", ""]
+    return "\n".join(lines)
+
+
 def fp16_check(full, half, info: dict) -> float:
     """Hold-out PSNR of the float32 model minus that of the fp16-stored one (dB)."""
     from sharpkd.data import load_photos, skimage_photos, split_holdout
@@ -89,6 +133,8 @@ def main() -> None:
         info["dtype"] = "float16" if args.half else "float32"
         info["notes"] = args.note
         save_model(dest, model, info, half=args.half)
+        if args.half and info["arch"] == "kstudent":
+            raise SystemExit("kernel students are shipped float32 (the fp16 check runs a plain student)")
         if args.half:
             drop = fp16_check(model, load_model(dest)[0], info)
             info["fp16_holdout_psnr_drop_db"] = round(drop, 4)
@@ -98,16 +144,21 @@ def main() -> None:
             else:
                 save_model(dest, model, info, half=True)
         print(f"wrote {dest}")
-        if args.name in ("student", "teacher-net"):  # keep the shipped ONNX export in step with the weights
+        if args.name in ("student", "teacher-net", "kstudent"):  # keep the shipped ONNX export in step
             from sharpkd.export import export_onnx
 
             shipped, shipped_info = load_model(dest)
             onnx_path = export_onnx(shipped, dest.with_suffix(".onnx"), shipped_info)
             print(f"wrote {onnx_path}")
-            if args.name.startswith("student"):  # and its INT8 version, calibrated on the training pool
+            if args.name.startswith("student") or shipped_info["arch"] == "kstudent":  # and its INT8 version,
+                # calibrated on the training pool
                 from sharpkd.export import calibration_inputs, export_int8
 
                 cal = calibration_inputs(["../shared/datasets/train"], 32)
+                if shipped_info["arch"] == "kstudent":
+                    from sharpkd.export import guided_calibration
+
+                    cal = guided_calibration(cal)
                 print(f"wrote {export_int8(onnx_path, dest.with_name(args.name + '-int8.onnx'), cal)}")
     model, info = load_model(dest)
     if args.card_only and args.note:  # notes given now replace the ones stored at shipping
@@ -119,7 +170,8 @@ def main() -> None:
         # the reference rows (no parameters, not an exported file) and this model's own row
         rows = [r for r in data["rows"]
                 if (not r.get("params") and not r["method"].endswith(".onnx")) or r["method"] in (args.name, str(dest))]
-    (WEIGHTS_DIR / f"{args.name}.md").write_text(card(args.name, model, info, rows, version))
+    write = card_kstudent if info["arch"] == "kstudent" else card
+    (WEIGHTS_DIR / f"{args.name}.md").write_text(write(args.name, model, info, rows, version))
     print(f"wrote {WEIGHTS_DIR / (args.name + '.md')}")
 
 

@@ -2,6 +2,9 @@
 
 Each cell is the median over timed runs of one whole frame (1 x 3 x H x W, float32 in [0, 1]) through
 the same ``Sharpener`` path the CLI uses (pad, model, clamp, crop; no tiling), after warm-up runs.
+The kernel student's rows time what each video frame costs between blur estimates: the Wiener step
+with a 31 x 31 camera-shake kernel (FFTs of the whole frame) and the network. The estimate itself
+(seconds, once per photo or every N frames) is not in these rows; ``sharpkd eval`` reports it per photo.
 Unsharp masking is OpenCV (Gaussian blur + weighted sum on uint8), the classical baseline. On CUDA
 the clock is read after ``torch.cuda.synchronize()``. Each cell stops after ``max_seconds`` of timed
 runs (at least ``min_runs``), so slow models do not take minutes at 1080p.
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 
 RESOLUTIONS = ((640, 480), (1280, 720), (1920, 1080))
-METHODS = ("unsharp-opencv", "student-torch", "student-onnx", "student-onnx-int8", "teacher-net-torch")
+METHODS = ("unsharp-opencv", "student-torch", "student-onnx", "student-onnx-int8", "kstudent-torch", "kstudent-onnx",
+           "kstudent-onnx-int8", "teacher-net-torch")
 
 
 def _peak_rss_mb() -> float:
@@ -75,10 +79,16 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
     model, backend = split_method(name)
     sh = Sharpener.from_pretrained(model, device=device, tile=0, backend=backend, threads=threads)
     dev = torch.device(device)
+    est = None
+    if sh.blind:  # the kernel student: a fixed camera-shake estimate, so that every frame is deconvolved
+        from sharpkd.deblur.teacher import BlurEstimate
+        from sharpkd.degrade import make_kernel
+
+        est = [BlurEstimate(make_kernel("motion", length=20.0, seed=0, size=31), 1 / 255, "shake")]
 
     def run(frame: np.ndarray):
         x = torch.from_numpy(frame).to(dev).permute(2, 0, 1)[None].float() / 255.0
-        out = sh.sharpen_tensor(x)
+        out = sh.sharpen_tensor(x, est)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return out

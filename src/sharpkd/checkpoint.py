@@ -10,6 +10,7 @@ and read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -162,11 +163,18 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     except RuntimeError as e:
         raise CheckpointError(f"{p}: weights do not match the stored config: {e}") from e
     if hasattr(model, "attach_estimator"):  # the kernel student: its blur estimator is a shipped teacher file
-        teacher, t_info = load_model(model.config.estimator, device)
-        if t_info.get("arch") != "blind":
-            raise CheckpointError(f"{p}: its estimator {model.config.estimator!r} is not a blind-teacher file")
-        model.attach_estimator(teacher)
+        model.attach_estimator(_shared_estimator(model.config.estimator, str(device)))
     return model.to(device).eval(), info
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_estimator(name: str, device: str) -> nn.Module:
+    """The blind teacher a kernel student estimates with, loaded once per process and shared (kernel
+    students never change it), so two of them estimate each photo once (see ``KernelStudent.estimate``)."""
+    teacher, info = load_model(name, device)
+    if info.get("arch") != "blind":
+        raise CheckpointError(f"the estimator {name!r} of a kernel student is not a blind-teacher file")
+    return teacher
 
 
 def count_params(model: nn.Module) -> int:

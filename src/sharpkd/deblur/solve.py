@@ -174,19 +174,35 @@ def estimate_noise(y: torch.Tensor) -> float:
     return float(np.mean([estimate_sigma(a, channel_axis=-1, average_sigmas=True) for a in arr]))
 
 
-def wiener_deconvolve(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, balance: float = 3e-3,
-                      pad: int | None = None) -> torch.Tensor:
-    """Linear baseline: Wiener deconvolution with a Laplacian regulariser, same padding as above."""
-    k = torch.as_tensor(kernel, dtype=torch.float32, device=y.device)
+def wiener_filter(kernel: torch.Tensor | np.ndarray, hp: int, wp: int, balance: float = 3e-3) -> torch.Tensor:
+    """The (1, 1, hp, wp // 2 + 1) frequency response ``conj(K) / (|K|^2 + balance |L|^2)`` of the
+    Laplacian-regularised Wiener filter for ``kernel`` on an hp x wp (padded) grid."""
+    k = torch.as_tensor(kernel, dtype=torch.float32)
     if k.ndim == 2:
         k = k[None]
-    h, w = y.shape[-2:]
-    p = pad if pad is not None else max(k.shape[-1], 16)
-    yp = pad_for_fft(y.float(), p)
-    hp, wp = yp.shape[-2:]
     otf = psf2otf(k / k.sum(dim=(-2, -1), keepdim=True), hp, wp)[:, None]
     lap = torch.zeros(hp, wp)
     lap[0, 0], lap[0, 1], lap[1, 0], lap[0, -1], lap[-1, 0] = 4, -1, -1, -1, -1
     l2 = torch.fft.rfft2(lap).abs() ** 2
-    x = torch.fft.irfft2(torch.conj(otf) * torch.fft.rfft2(yp) / (otf.abs() ** 2 + balance * l2), s=(hp, wp))
+    return torch.conj(otf) / (otf.abs() ** 2 + balance * l2)
+
+
+def wiener_pad(kernel_size: int) -> int:
+    """The border :func:`wiener_deconvolve` pads by for a kernel of this size."""
+    return max(int(kernel_size), 16)
+
+
+def wiener_deconvolve(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, balance: float = 3e-3,
+                      pad: int | None = None, filt: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear baseline: Wiener deconvolution with a Laplacian regulariser, same padding as above.
+    ``filt``: the :func:`wiener_filter` for this kernel and padded size, when the caller keeps it
+    (video frames of one size deconvolved with one kernel)."""
+    k = torch.as_tensor(kernel, dtype=torch.float32)
+    h, w = y.shape[-2:]
+    p = pad if pad is not None else wiener_pad(k.shape[-1])
+    yp = pad_for_fft(y.float(), p)
+    hp, wp = yp.shape[-2:]
+    if filt is None:
+        filt = wiener_filter(k, hp, wp, balance)
+    x = torch.fft.irfft2(filt.to(y.device) * torch.fft.rfft2(yp), s=(hp, wp))
     return x[..., p : p + h, p : p + w].clamp(0, 1).contiguous()

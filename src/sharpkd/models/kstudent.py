@@ -22,16 +22,23 @@ and the web app drive it like the teacher (one estimate per photo, shared by its
 
 from __future__ import annotations
 
+import copy
+import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from sharpkd.deblur.solve import wiener_deconvolve
+from sharpkd.deblur.solve import wiener_deconvolve, wiener_filter, wiener_pad
 from sharpkd.models.blocks import pad_to_multiple
 from sharpkd.models.student import Student, StudentConfig
 
 DECONVOLVED_ROUTES = ("shake", "round")  # the routes whose kernel the guide deconvolves with
+ESTIMATE_CACHE = 256  # blur estimates kept (a few KB each), most recently used first
+_ESTIMATES: OrderedDict = OrderedDict()
+_TOKENS = itertools.count()
 ESTIMATORS = ("teacher",)  # shipped blind-teacher files a kernel student may name
 
 
@@ -72,9 +79,14 @@ class KernelStudent(nn.Module):
         self.runner = None  # when set (an exported network, see sharpkd.backends): runs in place of ``net``
 
     def attach_estimator(self, teacher: nn.Module) -> KernelStudent:
-        """Use ``teacher`` (a blind teacher) for :meth:`estimate`, on ``config.estimate_side`` crops."""
-        teacher.config = replace(teacher.config, estimate_side=self.config.estimate_side)
-        self.__dict__["_estimator"] = teacher.eval()
+        """Use ``teacher`` (a blind teacher) for :meth:`estimate`, on ``config.estimate_side`` crops.
+        ``teacher`` itself is not changed (a shallow copy with that setting shares its weights), so
+        kernel students with other settings can share it."""
+        if "_estimate_token" not in teacher.__dict__:  # names this estimator in the estimate cache
+            teacher.__dict__["_estimate_token"] = next(_TOKENS)
+        est = copy.copy(teacher)
+        est.config = replace(teacher.config, estimate_side=self.config.estimate_side)
+        self.__dict__["_estimator"] = est.eval()
         return self
 
     @property
@@ -85,8 +97,23 @@ class KernelStudent(nn.Module):
 
     @torch.no_grad()
     def estimate(self, x: torch.Tensor) -> list:
-        """One :class:`sharpkd.deblur.teacher.BlurEstimate` per image of the batch."""
-        return self.estimator.estimate(x)
+        """One :class:`sharpkd.deblur.teacher.BlurEstimate` per image of the batch. Estimates are kept
+        for the last photos seen (by content), so kernel students sharing an estimator (a benchmark of
+        two of them, a photo sharpened again) estimate each photo once."""
+        import hashlib
+
+        out = []
+        for img in x:
+            arr = img.detach().cpu().float().contiguous().numpy()
+            key = (self.estimator.__dict__["_estimate_token"], self.config.estimate_side, arr.shape,
+                   hashlib.sha1(arr.tobytes()).digest())
+            if key not in _ESTIMATES:
+                _ESTIMATES[key] = self.estimator.estimate(img[None])[0]
+                while len(_ESTIMATES) > ESTIMATE_CACHE:
+                    _ESTIMATES.popitem(last=False)
+            _ESTIMATES.move_to_end(key)
+            out.append(_ESTIMATES[key])
+        return out
 
     def guide(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
         """The Wiener deconvolution of each image with its kernel, or the image itself where the route
@@ -94,10 +121,23 @@ class KernelStudent(nn.Module):
         out = []
         for img, est in zip(x, estimates, strict=True):
             if est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1:
-                out.append(wiener_deconvolve(img[None], est.kernel, self.config.balance))
+                out.append(wiener_deconvolve(img[None], est.kernel, self.config.balance,
+                                             filt=self._filter(est.kernel, *img.shape[-2:])))
             else:
                 out.append(img[None])
         return torch.cat(out)
+
+    def _filter(self, kernel, h: int, w: int) -> torch.Tensor:
+        """The Wiener filter for ``kernel`` at this image size, kept for the next call (video frames
+        between two estimates share both)."""
+        k = np.ascontiguousarray(kernel, dtype=np.float32)
+        key = (k.shape, k.tobytes(), h, w)
+        cached = self.__dict__.get("_filter_cache")
+        if cached is None or cached[0] != key:
+            p = wiener_pad(k.shape[-1])
+            cached = (key, wiener_filter(k, h + 2 * p, w + 2 * p, self.config.balance))
+            self.__dict__["_filter_cache"] = cached
+        return cached[1]
 
     def run(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         """The network on photo and guide (any size; padded to its multiple), residual on the guide."""

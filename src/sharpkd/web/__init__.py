@@ -43,6 +43,9 @@ MODEL_INFO = {
     "teacher": ("Teacher (best, slow)",
                 "estimates the photo's blur: camera shake is inverted with a learned prior, other blur goes to the "
                 "teacher network"),
+    "kstudent": ("Kernel student (camera shake, a few seconds)",
+                 "the small network, told the photo's blur: the teacher's estimate on a reduced crop and one "
+                 "Wiener deconvolution"),
     "teacher-net": ("Teacher network", "the large network the student learned from"),
     "unsharp": ("Unsharp mask (classical)", "a classical filter: image + (image - Gaussian blur)"),
 }
