@@ -1,6 +1,7 @@
 """End-to-end video frame rate of `sharpkd video` (decode, sharpen, encode) on a generated clip.
 
     python benchmarks/video_fps.py --model student --backend onnx-int8 [--size 640x480] [--frames 300]
+    python benchmarks/video_fps.py --model kstudent --backend onnx-int8 --estimate-every 0   # one estimate
 
 The clip is made here: a slow pan across scikit-image's astronaut photo (enlarged), blurred with a
 Gaussian of sigma 1.5, written as MJPEG .avi at 30 FPS, so nothing outside the repository is needed.
@@ -41,13 +42,16 @@ def main() -> int:
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--estimate-every", type=int, default=300,
+                    help="kstudent/teacher: renew the blur estimate every N frames (0: once, from the first)")
     args = ap.parse_args()
     w, h = map(int, args.size.split("x"))
     with tempfile.TemporaryDirectory() as d:
         clip, out = Path(d) / "clip.avi", Path(d) / "sharp.avi"
         make_clip(clip, w, h, args.frames)
         r = subprocess.run([sys.executable, "-m", "sharpkd", "video", str(clip), "-o", str(out), "--model", args.model,
-                            "--backend", args.backend, "--threads", str(args.threads)],
+                            "--backend", args.backend, "--threads", str(args.threads),
+                            "--estimate-every", str(args.estimate_every)],
                            capture_output=True, text=True)
         print(r.stdout.strip() or r.stderr.strip())
         return r.returncode

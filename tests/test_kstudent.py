@@ -224,3 +224,27 @@ def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp
     assert not info["distilled"] and not (tmp_path / "nokd" / "labels.pt").exists()
     log = [json.loads(line) for line in (tmp_path / "nokd" / "log.jsonl").read_text().splitlines()]
     assert all("kd" not in r.get("loss", {}) for r in log)
+
+
+def test_shipped_kernel_student_runs_everywhere(tmp_path, capsys):
+    """The shipped file through the CLI: sharpen (with its kernel saved), info, and bench rows for its
+    three backends (each frame deconvolved with a camera-shake kernel, then the network)."""
+    from PIL import Image
+
+    from sharpkd.cli import main
+
+    rng = np.random.default_rng(0)
+    photo = (rng.random((70, 90, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    assert main(["-q", "sharpen", str(tmp_path / "p.png"), "-o", str(tmp_path / "out"), "--model", "kstudent",
+                 "--save-kernel", str(tmp_path / "k")]) == 0
+    out = Image.open(tmp_path / "out" / "p.png")
+    assert out.size == (90, 70) and (tmp_path / "k" / "p.png.kernel.json").is_file()
+    assert main(["info", "--model", "kstudent"]) == 0
+    assert "Wiener step's FFTs" in capsys.readouterr().out
+    assert main(["bench", "--methods", "kstudent-torch,kstudent-onnx,kstudent-onnx-int8", "--resolutions", "64x48",
+                 "--runs", "3", "--warmup", "1"]) == 0
+    text = capsys.readouterr().out
+    for row in ("| kstudent-torch | torch | fp32 |", "| kstudent-onnx | onnx | fp32 |",
+                "| kstudent-onnx-int8 | onnx-int8 | int8 |"):
+        assert row in text

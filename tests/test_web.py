@@ -22,7 +22,7 @@ def png_bytes(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG", **kw) 
 
 @pytest.fixture(scope="module")
 def app():
-    app = create_app(WebConfig())  # the shipped student and teacher, and unsharp masking
+    app = create_app(WebConfig())  # the shipped student, kernel student and teacher, and unsharp masking
     app.config["TESTING"] = True
     return app
 
@@ -50,10 +50,12 @@ def post(client, url: str, data: bytes | None, filename: str = "photo.png", head
 
 def test_healthz_and_models(client):
     r = client.get("/healthz")
-    assert r.status_code == 200 and r.json == {"status": "ok", "models": ["student", "teacher", "unsharp"]}
+    assert r.status_code == 200 and r.json == {"status": "ok",
+                                               "models": ["student", "kstudent", "teacher", "unsharp"]}
     models = {m["name"]: m for m in client.get("/api/models").json["models"]}
-    assert set(models) == {"student", "teacher", "unsharp"}
+    assert set(models) == {"student", "kstudent", "teacher", "unsharp"}
     assert models["student"]["params"] < models["teacher"]["params"]
+    assert models["kstudent"]["params"] < 150_000 and "camera shake" in models["kstudent"]["label"]
     assert models["student"]["macs_per_pixel"] > 0 and "params" not in models["unsharp"]
 
 
@@ -66,7 +68,7 @@ def test_index_page_is_self_contained_and_labelled(client):
         assert f'for="{ident}"' in html
     assert "http://" not in html and "https://" not in html
     assert 'name="viewport"' in html
-    for name in ("student", "teacher", "unsharp"):
+    for name in ("student", "kstudent", "teacher", "unsharp"):
         assert f'value="{name}"' in html
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/app.css").status_code == 200
@@ -126,15 +128,15 @@ def test_edge_width_follows_the_restoration(app):
     blurred = protocol_degrade(photo, gaussian_kernel(2.0), 0)
     client = app.test_client()
     widths, scores = {}, {}
-    for m in ("unsharp", "student", "teacher"):
+    for m in ("unsharp", "student", "kstudent", "teacher"):
         j = post(client, "/api/sharpen", png_bytes(blurred), model=m, response="json").json
         widths[m] = j["scores"]["edge_width_after_px"]
         out = np.asarray(Image.open(io.BytesIO(base64.b64decode(j["image"]))).convert("RGB"))
         scores[m] = psnr(photo, out)
     before = j["scores"]["edge_width_before_px"]
     assert widths["unsharp"] < before
-    assert max(widths["teacher"], widths["student"]) < min(widths["unsharp"], before) - 0.5
-    assert min(scores["teacher"], scores["student"]) > scores["unsharp"] + 2
+    assert max(widths["teacher"], widths["student"], widths["kstudent"]) < min(widths["unsharp"], before) - 0.5
+    assert min(scores["teacher"], scores["student"], scores["kstudent"]) > scores["unsharp"] + 2
     assert scores["teacher"] > scores["student"]
     flat = post(client, "/api/sharpen", png_bytes(np.full((64, 64, 3), 128, np.uint8)), response="json").json
     assert flat["scores"]["edge_width_before_px"] is None  # no edges, no number

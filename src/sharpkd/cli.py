@@ -619,7 +619,7 @@ def add_eval(sub) -> None:
 
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX")
-    p.add_argument("--model", default="student", help="student, teacher, or a model file / run folder")
+    p.add_argument("--model", default="student", help="student, kstudent, teacher, or a model file / run folder")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--int8", action="store_true", help="static INT8 quantisation with ONNX Runtime's tools")
     p.add_argument("--calib-data", nargs="+", help="photos for INT8 calibration (default: ../shared/datasets/train "
@@ -657,7 +657,7 @@ def add_video(sub) -> None:
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: all)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
-    p.add_argument("--estimate-every", type=int, default=30, metavar="N",
+    p.add_argument("--estimate-every", type=int, default=300, metavar="N",
                    help="models that estimate the blur (kstudent, teacher): renew the estimate every N frames "
                         "(0: the first frame's for the whole video); it takes seconds, the frames between share it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -669,8 +669,9 @@ def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="the web app, under the waitress WSGI server")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default="student,teacher,unsharp",
-                   help="comma-separated models to offer (student, teacher, unsharp, or model files); first is default")
+    p.add_argument("--model", default="student,kstudent,teacher,unsharp",
+                   help="comma-separated models to offer (student, kstudent, teacher, unsharp, or model files); "
+                        "first is default")
     p.add_argument("--workers", type=int, default=1, help="requests computed at once")
     p.add_argument("--queue", type=int, default=4, help="requests that may wait; more get 503 + Retry-After")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload (413 above)")

@@ -75,7 +75,7 @@ class FrameSharpener:
     using the previous estimate; ``wait=True`` (files) makes them in line, so the output does not
     depend on timing."""
 
-    def __init__(self, sharpener: Sharpener, estimate_every: int = 30, wait: bool = True):
+    def __init__(self, sharpener: Sharpener, estimate_every: int = 300, wait: bool = True):
         if estimate_every < 0:
             raise ValueError("estimate_every must be >= 0")
         self.sharpener, self.every, self.wait = sharpener, estimate_every, wait
@@ -191,7 +191,7 @@ def pipeline(frames: Iterator[np.ndarray], process: Callable[[np.ndarray], np.nd
 
 
 def sharpen_video(sharpener: Sharpener, src: str | Path, dst: str | Path, *, overwrite: bool = False,
-                  max_frames: int = 0, progress: bool = True, estimate_every: int = 30) -> VideoStats:
+                  max_frames: int = 0, progress: bool = True, estimate_every: int = 300) -> VideoStats:
     """Sharpen every frame of ``src`` into ``dst`` (same frame size and rate; container by extension).
     ``estimate_every``: for models that estimate the blur, see :class:`FrameSharpener`."""
     import cv2
@@ -256,7 +256,7 @@ def sharpen_video(sharpener: Sharpener, src: str | Path, dst: str | Path, *, ove
 
 def live(sharpener: Sharpener, source: str | int, *, window: bool = True, mjpeg_port: int = 0, max_frames: int = 0,
          side_by_side: bool = True, on_frame: Callable[[int, float], None] | None = None,
-         estimate_every: int = 30) -> VideoStats:
+         estimate_every: int = 300) -> VideoStats:
     """Sharpen a camera or stream and show it: an OpenCV window, or an MJPEG page on
     http://127.0.0.1:<mjpeg_port>/ when there is no display. Stops on 'q', Ctrl+C or ``max_frames``.
     ``estimate_every``: for models that estimate the blur, renewed in the background (:class:`FrameSharpener`)."""

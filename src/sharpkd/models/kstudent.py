@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sharpkd.deblur.solve import wiener_deconvolve, wiener_filter, wiener_pad
+from sharpkd.deblur.solve import wiener_deconvolve, wiener_filter, wiener_grid
 from sharpkd.models.blocks import pad_to_multiple
 from sharpkd.models.student import Student, StudentConfig
 
@@ -134,8 +134,8 @@ class KernelStudent(nn.Module):
         key = (k.shape, k.tobytes(), h, w)
         cached = self.__dict__.get("_filter_cache")
         if cached is None or cached[0] != key:
-            p = wiener_pad(k.shape[-1])
-            cached = (key, wiener_filter(k, h + 2 * p, w + 2 * p, self.config.balance))
+            _, hp, wp = wiener_grid(h, w, k.shape[-1])
+            cached = (key, wiener_filter(k, hp, wp, self.config.balance))
             self.__dict__["_filter_cache"] = cached
         return cached[1]
 

@@ -90,7 +90,7 @@ class Gate:
 
 @dataclass
 class WebConfig:
-    models: tuple[str, ...] = ("student", "teacher", "unsharp")
+    models: tuple[str, ...] = ("student", "kstudent", "teacher", "unsharp")
     backend: str = "torch"  # torch or onnx, for the trained models
     max_upload_mb: float = 25.0
     max_megapixels: float = 40.0  # decoded size limit of one upload (memory bound)
