@@ -166,8 +166,12 @@ class KernelStudent(nn.Module):
         m = self.config.multiple
         size = -(-size // m) * m
         x = torch.zeros(1, 3, size, size)
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            self.run(x, x)
+        runner, self.runner = self.runner, None  # count the network itself, not an exported copy
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                self.run(x, x)
+        finally:
+            self.runner = runner
         n = (512 + 32) ** 2
         fft = 3 * 2 * (2.5 * math.log2(n) + 2) * n / 512**2
         return fc.get_total_flops() / 2 / (size * size) + fft
