@@ -206,20 +206,11 @@ def train(model, train_cases: list[dict], val_cases: list[dict], cfg: KernelDist
 
 def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillConfig, threads: int = 0,
         progress: bool = True) -> Path:
-    from sharpkd.checkpoint import load_model, save_model
-    from sharpkd.data import load_photos, skimage_photos, split_holdout
-    from sharpkd.deblur.finetune import build_bank
+    from sharpkd.checkpoint import save_model
+    from sharpkd.deblur.finetune import build_bank, start_run
     from sharpkd.provenance import hardware
 
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    teacher, t_info = load_model(teacher_name)
-    if t_info.get("arch") != "blind":
-        raise SystemExit(f"{teacher_name} is not a blind-teacher file")
-    photos = load_photos(data) if Path(data).is_dir() else skimage_photos()
-    train_photos, held = split_holdout(photos)
+    teacher, _, train_photos, held = start_run(data, teacher_name, out, cfg.seed, threads)
     bank, val_bank = [], []
     for tag, gauss in (("", False), ("-round", True)):
         bank += build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / f"bank{tag}.pt", gauss)

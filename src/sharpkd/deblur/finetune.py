@@ -244,25 +244,33 @@ def main() -> None:
     run(args.data, args.teacher, Path(args.out), cfg, args.threads)
 
 
-def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: int = 0) -> Path:
-    from sharpkd.checkpoint import load_model, save_model
+def start_run(data: str, teacher_name: str, out: Path, seed: int, threads: int = 0):
+    """What a run on the teacher's banks starts with: threads and seed set, ``out`` made, the blind
+    teacher loaded (float32, eval) and the photos split into training pool and hold-out.
+    Returns (teacher, its file's description, training photos, hold-out photos)."""
+    from sharpkd.checkpoint import load_model
     from sharpkd.data import load_photos, skimage_photos, split_holdout
 
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     teacher, info = load_model(teacher_name)
     if info.get("arch") != "blind":
         raise SystemExit(f"{teacher_name} is not a blind-teacher file")
-    teacher = teacher.float().eval()
+    photos = load_photos(data) if Path(data).is_dir() else skimage_photos()
+    return teacher.float().eval(), info, *split_holdout(photos)
+
+
+def run(data: str, teacher_name: str, out: Path, cfg: FinetuneConfig, threads: int = 0) -> Path:
+    from sharpkd.checkpoint import save_model
+
+    teacher, info, train_photos, held = start_run(data, teacher_name, out, cfg.seed, threads)
     if cfg.round_only:
         if teacher.round_denoiser is None:
             teacher = _with_prior(teacher, "round_prior", "round_denoiser")
     elif cfg.shake_only and teacher.shake_denoiser is None:
         teacher = _with_prior(teacher, "shake_prior", "shake_denoiser")
-    photos = load_photos(data) if Path(data).is_dir() else skimage_photos()
-    train_photos, held = split_holdout(photos)
     tag = "-round" if cfg.round_only else ""
     bank = build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / f"bank{tag}.pt",
                       bool(cfg.round_only))
