@@ -186,7 +186,7 @@ class Sharpener:
 
                     @torch.inference_mode()
                     def fn(tile: torch.Tensor) -> torch.Tensor:
-                        return self.model.run(tile[:, :3], tile[:, 3:]).clamp(0, 1)
+                        return self.model.run_joined(tile).clamp(0, 1)
                 else:
                     def fn(tile: torch.Tensor) -> torch.Tensor:
                         return self.model.restore(tile, est).clamp(0, 1)

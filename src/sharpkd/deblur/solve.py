@@ -191,9 +191,8 @@ def wiener_filter(kernel: torch.Tensor | np.ndarray, hp: int, wp: int, balance: 
 def wiener_grid(h: int, w: int, kernel_size: int, pad: int | None = None) -> tuple[int, int, int]:
     """(border, grid height, grid width) of :func:`wiener_deconvolve` for an h x w image: the image
     mirrored by the border (at least the kernel's size), then extended to the next sizes whose FFTs
-    are fast (factors 2, 3 and 5). For a 640x480 frame and a 31-px kernel, an FFT and its inverse of
-    the three channels took 9.3 ms on the 542 x 702 grid (542 = 2 x 271) and 3.4 ms on 576 x 720
-    (2 threads, AMD EPYC)."""
+    are fast (factors 2, 3 and 5): for a 640x480 frame and a 31-px kernel, 576 x 720 rather than
+    542 x 702 (542 = 2 x 271); ``benchmarks/guide_speed.py`` times both."""
     from scipy.fft import next_fast_len
 
     p = pad if pad is not None else max(int(kernel_size), 16)

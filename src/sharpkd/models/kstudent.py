@@ -140,12 +140,14 @@ class KernelStudent(nn.Module):
         return cached[1]
 
     def run(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        """The network on photo and guide (any size; padded to its multiple), residual on the guide."""
-        xp, (h, w) = pad_to_multiple(x, self.config.multiple)
-        gp, _ = pad_to_multiple(guide, self.config.multiple)
-        if self.runner is not None:
-            return self.runner(torch.cat([xp, gp], dim=1))[..., :h, :w]
-        return (self.net(xp, guide=gp) - xp + gp)[..., :h, :w]
+        """The network on photo and guide (any size; padded to its multiple), residual on the guide:
+        :class:`GuidedNet`, or the exported copy of it in ``runner``."""
+        return self.run_joined(torch.cat([x, guide], dim=1))
+
+    def run_joined(self, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`run` on photo and guide already joined as six channels (what ``Sharpener`` tiles)."""
+        zp, (h, w) = pad_to_multiple(z, self.config.multiple)
+        return (self.runner or GuidedNet(self))(zp)[..., :h, :w]
 
     @torch.no_grad()
     def restore(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
@@ -165,13 +167,8 @@ class KernelStudent(nn.Module):
 
         m = self.config.multiple
         size = -(-size // m) * m
-        x = torch.zeros(1, 3, size, size)
-        runner, self.runner = self.runner, None  # count the network itself, not an exported copy
-        try:
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                self.run(x, x)
-        finally:
-            self.runner = runner
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:  # the network itself, not an exported copy
+            GuidedNet(self)(torch.zeros(1, 6, size, size))
         n = (512 + 32) ** 2
         fft = 3 * 2 * (2.5 * math.log2(n) + 2) * n / 512**2
         return fc.get_total_flops() / 2 / (size * size) + fft
@@ -179,7 +176,8 @@ class KernelStudent(nn.Module):
 
 class GuidedNet(nn.Module):
     """The kernel student's network with one six-channel input (photo, then guide), sizes multiples of
-    ``config.multiple``: the part that is exported to ONNX and run per frame."""
+    ``config.multiple``: the part that is exported to ONNX and run per frame. It shares the kernel
+    student's weights (made per call, so the student's state dict holds them once)."""
 
     input_channels = 6
 
