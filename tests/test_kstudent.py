@@ -132,6 +132,16 @@ def test_estimates_are_shared_by_content_and_estimator():
     b = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=512)).attach_estimator(shared)
     assert (a.estimator.config.estimate_side, b.estimator.config.estimate_side) == (256, 512)
     assert shared.config.estimate_side == BlindTeacherConfig().estimate_side
+    # a trust threshold of its own: set on its copy only, and its estimates are kept apart
+    c = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=256, min_agreement=0.7))
+    c.attach_estimator(shared)
+    assert c.estimator.config.min_agreement == 0.7 and a.estimator.config.min_agreement == shared.config.min_agreement
+    assert shared.config.min_agreement == BlindTeacherConfig().min_agreement
+    a.estimate(x)
+    c.estimate(x)
+    assert (a.estimator.calls, c.estimator.calls) == (2, 2)  # same photos and crop, other threshold: estimated again
+    with pytest.raises(ValueError, match="min_agreement"):
+        KernelStudent(config=KernelStudentConfig(**SMALL, min_agreement=1.5))
 
 
 def test_sharpener_estimates_once_and_tiles_match_whole_image():
@@ -248,3 +258,27 @@ def test_shipped_kernel_student_runs_everywhere(tmp_path, capsys):
     for row in ("| kstudent-torch | torch | fp32 |", "| kstudent-onnx | onnx | fp32 |",
                 "| kstudent-onnx-int8 | onnx-int8 | int8 |"):
         assert row in text
+
+
+def test_settings_tool_changes_the_estimate_settings_only(tmp_path, load_script):
+    """tools/kstudent_settings.py: a new trust threshold in the config, the weights and provenance kept."""
+    tool = load_script("tools/kstudent_settings.py")
+    src = save_model(tmp_path / "k.safetensors", small_kstudent(), {"steps": 7})
+    out = tool.apply(str(src), tmp_path / "new", {"min_agreement": 0.8}, "test command")
+    model, info = load_model(out)
+    assert model.config.min_agreement == 0.8 and model.estimator.config.min_agreement == 0.8
+    assert info["steps"] == 7 and info["settings_history"] == [{"command": "test command",
+                                                                "changes": {"min_agreement": 0.8}}]
+    before, _ = load_model(src)
+    assert before.config.min_agreement is None  # the source file is not touched
+    for k, v in before.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k])
+    with pytest.raises(ValueError, match="estimate_side"):
+        tool.apply(str(src), tmp_path / "bad", {"estimate_side": 16}, "x")
+    with pytest.raises(SystemExit, match="nothing to change"):
+        tool.apply(str(src), tmp_path / "none", {}, "x")
+    plain = save_model(tmp_path / "s.safetensors", Student(config=StudentConfig(**SMALL)))
+    with pytest.raises(SystemExit, match="not a kernel student"):
+        tool.apply(str(plain), tmp_path / "p", {"min_agreement": 0.8}, "x")
+    card = load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
+    assert "agree at least 0.8" in card and "test command" in card

@@ -74,7 +74,10 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              f"- at run time: the blur estimate of the shipped `{model.config.estimator}` file on a "
              f"{model.config.estimate_side}-px central crop (once per photo, or every N video frames), a Wiener "
              f"deconvolution with that kernel (balance {model.config.balance}) where its router deconvolves "
-             "(`shake`, `round`), the photo itself elsewhere; then the network",
+             "(`shake`"
+             + (f" when its two estimates agree at least {model.config.min_agreement}"
+                if getattr(model.config, "min_agreement", None) is not None else "")
+             + ", `round`), the photo itself elsewhere; then the network",
              f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
              + (f" from `{info['teacher']}`" if info.get("distilled") else ""),
              f"- training command: `{info.get('command', '')}`",
@@ -91,7 +94,9 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              f"- wall time: {info.get('wall_time_s', 0) / 60:.1f} min of training on {info.get('hardware')}",
              "- hold-out validation, gain with the guide (dB): "
              + ", ".join(f"{k} {before.get(k, {}).get('guide', float('nan')):+.2f} -> {v['guide']:+.2f}"
-                         for k, v in val.items()), ""]
+                         for k, v in val.items()),
+             *[f"- run-time setting changed after training (weights unchanged): `{h['command']}`"
+               for h in info.get("settings_history", [])], ""]
     if eval_rows:
         lines += [f"## Benchmark (Kodak24, `shared/BENCHMARK.md` version {protocol_version}), PSNR dB / SSIM", "",
                   "`sharpkd eval --data ../shared/datasets/eval/kodak24 --models kstudent,kstudent-nokd "

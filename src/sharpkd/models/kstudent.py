@@ -53,6 +53,9 @@ class KernelStudentConfig:
     balance: float = 1e-2  # Wiener regularisation weight of the guide
     estimator: str = "teacher"  # the shipped blind teacher whose estimate is used
     estimate_side: int = 384  # central crop the kernel is estimated on (the teacher itself uses 768)
+    # camera shake is deconvolved when the estimator's two estimates agree at least this well (None: the
+    # estimator's own threshold, which was set for the teacher's solver; benchmarks/kstudent_side.py --trust)
+    min_agreement: float | None = None
 
     @property
     def multiple(self) -> int:
@@ -74,6 +77,8 @@ class KernelStudent(nn.Module):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.config.estimator!r}")
         if not 64 <= self.config.estimate_side <= 4096 or not 0 < self.config.balance < 1:
             raise ValueError("estimate_side must be 64-4096 px and balance in (0, 1)")
+        if self.config.min_agreement is not None and not 0 <= self.config.min_agreement <= 1:
+            raise ValueError("min_agreement must be in [0, 1] (or None: the estimator's own)")
         self.net = Student(config=self.config.student())
         self.__dict__["_estimator"] = None  # not a submodule: its weights live in their own file
         self.runner = None  # when set (an exported network, see sharpkd.backends): runs in place of ``net``
@@ -85,7 +90,8 @@ class KernelStudent(nn.Module):
         if "_estimate_token" not in teacher.__dict__:  # names this estimator in the estimate cache
             teacher.__dict__["_estimate_token"] = next(_TOKENS)
         est = copy.copy(teacher)
-        est.config = replace(teacher.config, estimate_side=self.config.estimate_side)
+        trust = {} if self.config.min_agreement is None else {"min_agreement": self.config.min_agreement}
+        est.config = replace(teacher.config, estimate_side=self.config.estimate_side, **trust)
         self.__dict__["_estimator"] = est.eval()
         return self
 
@@ -105,8 +111,8 @@ class KernelStudent(nn.Module):
         out = []
         for img in x:
             arr = img.detach().cpu().float().contiguous().numpy()
-            key = (self.estimator.__dict__["_estimate_token"], self.config.estimate_side, arr.shape,
-                   hashlib.sha1(arr.tobytes()).digest())
+            key = (self.estimator.__dict__["_estimate_token"], self.config.estimate_side,
+                   self.estimator.config.min_agreement, arr.shape, hashlib.sha1(arr.tobytes()).digest())
             if key not in _ESTIMATES:
                 _ESTIMATES[key] = self.estimator.estimate(img[None])[0]
                 while len(_ESTIMATES) > ESTIMATE_CACHE:

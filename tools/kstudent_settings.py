@@ -1,0 +1,56 @@
+"""Write a kernel student file with other run-time settings of its blur estimate; the weights are unchanged.
+
+    python tools/kstudent_settings.py kstudent --min-agreement 0.8 --out runs/kstudent-a08
+    sharpkd eval --models runs/kstudent-a08,... --out /tmp/ev          # measure it
+    python tools/kstudent_settings.py kstudent --min-agreement 0.8 --out src/sharpkd/weights/kstudent.safetensors
+
+The settings are ``estimate_side`` (the central crop the kernel is estimated on) and ``min_agreement``
+(how well the estimator's two estimates must agree before camera shake is deconvolved). Neither is
+learned: the network was trained on the estimator's kernels and sees only the guide. The change is
+recorded in the file's description (``settings_history``), so its model card can say what was
+measured with which settings.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from sharpkd.checkpoint import load_model, read_info, save_model
+
+
+def apply(model_ref: str, out: str | Path, changes: dict, command: str) -> Path:
+    """Write ``model_ref`` with its config's ``changes`` to ``out`` (a folder: its model.safetensors)."""
+    model, _ = load_model(model_ref)
+    info = read_info(model_ref)
+    if info.get("arch") != "kstudent":
+        raise SystemExit(f"{model_ref} is a {info.get('arch')} file, not a kernel student")
+    if not changes:
+        raise SystemExit("nothing to change: give --estimate-side and/or --min-agreement")
+    model.config = replace(model.config, **changes)
+    type(model)(config=model.config)  # the same checks as loading (ranges)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out / "model.safetensors"
+    history = [*info.get("settings_history", []), {"command": command, "changes": changes}]
+    return save_model(out, model, {**info, "settings_history": history})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a kernel student (shipped name, file or run folder)")
+    ap.add_argument("--out", required=True, help="the new file (a folder: its model.safetensors)")
+    ap.add_argument("--estimate-side", type=int)
+    ap.add_argument("--min-agreement", type=float)
+    args = ap.parse_args()
+    changes = {k: v for k, v in (("estimate_side", args.estimate_side), ("min_agreement", args.min_agreement))
+               if v is not None}
+    try:
+        path = apply(args.model, args.out, changes, "python tools/kstudent_settings.py " + " ".join(sys.argv[1:]))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"wrote {path}: config {json.dumps(read_info(path)['config'])}")
+
+if __name__ == "__main__":
+    main()
