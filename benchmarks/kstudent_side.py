@@ -9,8 +9,8 @@ candidate, so this script uses the hold-out photos whole instead, reduced to at 
 of a Kodak24 photo; Kodak24 itself is never read). Each photo is degraded as the benchmark does
 (1/255 noise, 8-bit rounding) by two procedural camera-shake kernels (lengths 10-25 px) and a Gaussian
 of sigma 2, and restored by the same model with each estimate size. Seven photos is a small sample:
-``--train-photos N`` adds N photos of the training split (seeded draw; the network saw 320-px crops of
-them, which flatters every size alike, the estimator did not learn from them), and ``--sigmas`` cycles
+``--train-photos N`` adds N photos of the training split (seeded draw; the networks were trained on
+crops of them, which may flatter the absolute gains, so read the differences between settings), and ``--sigmas`` cycles
 the Gaussian's sigma over the photos. Printed per size: mean gain (dB)
 per kind, the routes the photos took, and the mean seconds per photo (estimate included), on 2 threads.
 """
