@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -36,12 +37,10 @@ def main() -> None:
     ap.add_argument("--train-photos", type=int, default=0, help="add this many training-split photos")
     ap.add_argument("--sigmas", default="2", help="Gaussian sigmas, cycled over the photos")
     ap.add_argument("--trust", default="", help="instead: at the first --sides size, the gain if camera shake "
-                    "were trusted from these agreements on (e.g. 0.6,0.7,0.8,0.9; the router's is 0.9)")
+                    "were trusted from these agreements on (e.g. 0.6,0.7,0.8,0.9; the highest is the baseline)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    from dataclasses import replace
 
     from sharpkd.checkpoint import load_model
     from sharpkd.data import limit_size, load_photos, split_holdout
@@ -74,10 +73,7 @@ def main() -> None:
         return
     results = {}
     for side in (int(s) for s in args.sides.split(",")):
-        m = type(model)(config=replace(model.config, estimate_side=side))
-        m.net.load_state_dict(model.net.state_dict())
-        m.attach_estimator(model.estimator)
-        sh = Sharpener(m.eval(), tile=0)
+        sh = Sharpener(at_side(model, side), tile=0)
         rows: dict[str, dict[str, list]] = {}
         for kind, sharp, blurred in tqdm(cases, desc=f"estimate side {side}", leave=False):
             x = torch.from_numpy(blurred).permute(2, 0, 1)[None].float() / 255
@@ -104,6 +100,14 @@ def main() -> None:
                        "train_photos": len(photos) - len(held), "results": results}, f, indent=1)
 
 
+def at_side(model, side: int, **settings):
+    """The kernel student ``model`` (same network, same estimator) with its estimate on ``side``-px crops
+    (and any other config ``settings``, e.g. ``min_agreement``)."""
+    m = type(model)(config=replace(model.config, estimate_side=side, **settings))
+    m.net.load_state_dict(model.net.state_dict())
+    return m.attach_estimator(model.estimator).eval()
+
+
 def _gain(model, x: torch.Tensor, est, sharp: np.ndarray, blurred: np.ndarray) -> float:
     """PSNR gain (dB) of the kernel student's 8-bit output with estimate ``est`` over the blurred photo."""
     from sharpkd.metrics import psnr
@@ -113,14 +117,11 @@ def _gain(model, x: torch.Tensor, est, sharp: np.ndarray, blurred: np.ndarray) -
 
 
 def trust_sweep(model, cases: list, side: int, thresholds: list[float]) -> dict:
-    """Per case: the router's estimate and gain, and where it refused a camera-shake candidate (one that
+    """Per case: the router's estimate and gain with the highest of ``thresholds`` (whatever the model file
+    sets, so the sweep does not depend on it), and where it refused a camera-shake candidate (one that
     passed the shape checks, with its agreement), the gain had it been trusted (the same estimate with
     the agreement check off). Then, per threshold, the mean gains had that been the router's."""
-    from dataclasses import replace
-
-    m = type(model)(config=replace(model.config, estimate_side=side))
-    m.net.load_state_dict(model.net.state_dict())
-    m.attach_estimator(model.estimator)
+    m = at_side(model, side, min_agreement=max(thresholds))
     relaxed = copy.copy(m.estimator)
     relaxed.config = replace(m.estimator.config, min_agreement=-1.0)
     rows = []
@@ -134,14 +135,17 @@ def trust_sweep(model, cases: list, side: int, thresholds: list[float]) -> dict:
         if est.route != "shake" and est.agreement > 0:  # a candidate the agreement check refused
             row["trusted_gain"] = _gain(m, x, relaxed.estimate(x)[0], sharp, blurred)
         rows.append(row)
+    def trusted(r: dict, t: float) -> bool:  # a refused candidate that threshold ``t`` would deconvolve
+        return "trusted_gain" in r and r["agreement"] >= t
+
     table = {}
     for t in thresholds:
         g = {}
         for r in rows:
-            use = r.get("trusted_gain") if "trusted_gain" in r and r["agreement"] >= t else r["gain"]
-            g.setdefault("motion" if r["kind"] == "motion" else "gauss", []).append(use)
+            g.setdefault("motion" if r["kind"] == "motion" else "gauss", []).append(
+                r["trusted_gain"] if trusted(r, t) else r["gain"])
         table[f"{t:g}"] = {k: round(float(np.mean(v)), 3) for k, v in g.items()}
-        table[f"{t:g}"]["shake_routes"] = sum(r["route"] == "shake" or ("trusted_gain" in r and r["agreement"] >= t)
+        table[f"{t:g}"]["shake_routes"] = sum(r["route"] == "shake" or trusted(r, t)
                                               for r in rows if r["kind"] == "motion")
         print(json.dumps({"min_agreement": t, **table[f"{t:g}"]}), flush=True)
     return {"side": side, "cases": rows, "thresholds": table}

@@ -22,8 +22,7 @@ from sharpkd.checkpoint import load_model, read_info, save_model
 
 def apply(model_ref: str, out: str | Path, changes: dict, command: str) -> Path:
     """Write ``model_ref`` with its config's ``changes`` to ``out`` (a folder: its model.safetensors)."""
-    model, _ = load_model(model_ref)
-    info = read_info(model_ref)
+    model, info = load_model(model_ref)
     if info.get("arch") != "kstudent":
         raise SystemExit(f"{model_ref} is a {info.get('arch')} file, not a kernel student")
     if not changes:
@@ -51,6 +50,7 @@ def main() -> None:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"wrote {path}: config {json.dumps(read_info(path)['config'])}")
+
 
 if __name__ == "__main__":
     main()

@@ -76,7 +76,7 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              f"deconvolution with that kernel (balance {model.config.balance}) where its router deconvolves "
              "(`shake`"
              + (f" when its two estimates agree at least {model.config.min_agreement}"
-                if getattr(model.config, "min_agreement", None) is not None else "")
+                if model.config.min_agreement is not None else "")
              + ", `round`), the photo itself elsewhere; then the network",
              f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
              + (f" from `{info['teacher']}`" if info.get("distilled") else ""),
