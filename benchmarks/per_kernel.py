@@ -4,7 +4,7 @@
 
 Under BENCHMARK.md the motion column gives image i the Levin kernel k{i mod 8 + 1}, so each kernel
 is used on three Kodak24 images; this prints each method's mean gain over the blurred input per
-kernel (dB).
+kernel (dB), then, for blind models whose rows record them, the route each photo took per column.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ def main() -> None:
         gain = np.asarray(r["per_image_psnr"]["motion"]) - base
         print(f"| {r['method']} | " + " | ".join(f"{gain[kernel_of == k].mean():+.2f}" for k in range(8))
               + f" | {gain.mean():+.2f} |")
+    routed = [r for r in rows if "per_image_route" in r]
+    if routed:
+        print("\nRoutes the blind models took (photos per column):\n")
+        for r in routed:
+            cols = "; ".join(f"{d} " + ", ".join(f"{n} {v.count(n)}" for n in sorted(set(v)))
+                             for d, v in r["per_image_route"].items())
+            print(f"- {r['method']}: {cols}")
 
 
 if __name__ == "__main__":

@@ -107,3 +107,23 @@ def test_benchmark_vgg_distance_column(shared_datasets, tmp_path):
     assert 0 < oracle["vgg_distance"] < blurred["vgg_distance"]
     assert set(blurred["per_degradation"]["motion"]) == {"psnr", "ssim", "vgg_distance"}
     assert "VGG dist" in res["markdown"].splitlines()[3]
+
+
+def test_benchmark_records_the_route_each_photo_took(tmp_path, photo):
+    """A blind model's row says which route each photo took (its blur estimate's); a plain network's
+    row has no routes."""
+    import sharpkd.models  # noqa: F401  (architectures before the teacher module)
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+    from sharpkd.evaluate import model_method, score_method
+
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    blind = save_model(tmp_path / "b.safetensors", BlindTeacher(config=BlindTeacherConfig(network=net)), {})
+    _, student = build_preset("student")
+    plain = save_model(tmp_path / "s.safetensors", student, {})
+    images = [("p", photo)]
+    cases = [(0, j, protocol_degrade(photo, gaussian_kernel(1.0), j), gaussian_kernel(1.0)) for j in range(4)]
+    row = score_method(*model_method(str(blind)), images, cases)
+    routes = row["per_image_route"]
+    assert sorted(routes) == ["gauss1", "gauss2", "gauss3", "motion"]
+    assert all(len(v) == 1 and v[0] in ("shake", "round", "network") for v in routes.values())
+    assert "per_image_route" not in score_method(*model_method(str(plain)), images, cases)

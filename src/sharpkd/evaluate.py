@@ -131,18 +131,25 @@ def model_method(spec: str, device: str = "cpu", tile: int = 0, backend: str = "
             "precision": info.get("precision", "int8" if backend == "onnx-int8" else "fp32"), "ensemble": ensemble}
     if torch_model is not None:
         meta.update(params=count_params(torch_model), macs_per_pixel=ensemble * macs_per_pixel(torch_model))
-    return spec, lambda b, k, sh=sh: to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0)), meta
+    def fn(b: np.ndarray, k: np.ndarray) -> np.ndarray:
+        out = to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0))
+        fn.route = sh.last_estimates[0].route if sh.last_estimates else None  # blind models: what it did
+        return out
+
+    return spec, fn, meta
 
 
 def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list, vgg_distance: bool = False,
                  bar=None) -> dict:
     """One row of the table: mean PSNR/SSIM per degradation (and per image), time per image."""
     per = {d: {"psnr": [], "ssim": [], "vgg": []} for d in DEGRADATIONS}
+    routes: dict[str, list] = {d: [] for d in DEGRADATIONS}
     seconds = 0.0
     for i, j, blurred, k in cases:
         t = time.perf_counter()
         out = fn(blurred, k)
         seconds += time.perf_counter() - t
+        routes[DEGRADATIONS[j]].append(getattr(fn, "route", None))
         sharp = images[i][1]
         if out.shape != sharp.shape:
             raise ValueError(f"{name} returned shape {out.shape} for an image of shape {sharp.shape}")
@@ -159,6 +166,8 @@ def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list,
            "seconds_per_image": seconds / len(cases),
            "megapixels_per_s": np.mean([b.shape[0] * b.shape[1] for _, _, b, _ in cases]) / 1e6
            / max(seconds / len(cases), 1e-9)}
+    if any(r is not None for v in routes.values() for r in v):  # blind models: the route each photo took
+        row["per_image_route"] = routes
     row["mean_psnr"] = float(np.mean([row["per_degradation"][d]["psnr"] for d in DEGRADATIONS]))
     row["mean_ssim"] = float(np.mean([row["per_degradation"][d]["ssim"] for d in DEGRADATIONS]))
     if vgg_distance:

@@ -136,6 +136,7 @@ class Sharpener:
         self.tile = tile
         self.overlap = min(overlap, tile * 3 // 4) if tile else overlap
         self.name = name
+        self.last_estimates: list | None = None  # blind models: the blur estimates of the last photo sharpened
 
     @property
     def model(self) -> nn.Module | Backend:
@@ -180,6 +181,7 @@ class Sharpener:
         def run(t: torch.Tensor) -> torch.Tensor:
             if self.blind:
                 est = estimates if estimates is not None and t is x else self.estimate_blur(t)
+                self.last_estimates = est
                 if hasattr(self.model, "guide"):  # the kernel student: deconvolve the whole photo once,
                     # then tile the network over photo and guide together (six channels)
                     t = torch.cat([t, self.model.guide(t.to(self.device), est).cpu()], dim=1)
