@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--sigmas", default="2", help="Gaussian sigmas, cycled over the photos")
     ap.add_argument("--trust", default="", help="instead: at the first --sides size, the gain if camera shake "
                     "were trusted from these agreements on (e.g. 0.6,0.7,0.8,0.9; the highest is the baseline)")
+    ap.add_argument("--balance", default="", help="instead: at the first --sides size, the gain with each of these "
+                    "Wiener balances of the guide (e.g. 0.003,0.01,0.02; the network was trained with 0.01)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,8 +66,10 @@ def main() -> None:
         sigma = sigmas[i % len(sigmas)]
         cases.append((f"gauss{sigma:g}", sharp, protocol_degrade(sharp, gaussian_kernel(sigma), 100 * i + 9)))
     model, _ = load_model(args.model)
-    if args.trust:
-        sweep = trust_sweep(model, cases, int(args.sides.split(",")[0]), [float(t) for t in args.trust.split(",")])
+    if args.trust or args.balance:
+        side = int(args.sides.split(",")[0])
+        sweep = (trust_sweep(model, cases, side, [float(t) for t in args.trust.split(",")]) if args.trust else
+                 balance_sweep(model, cases, side, [float(b) for b in args.balance.split(",")]))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"model": args.model, "photos": len(photos), "holdout_photos": len(held), **sweep}, f,
@@ -114,6 +118,26 @@ def _gain(model, x: torch.Tensor, est, sharp: np.ndarray, blurred: np.ndarray) -
 
     out = model.restore(x, [est])[0].permute(1, 2, 0).numpy()
     return round(psnr(np.round(out.clip(0, 1) * 255), sharp) - psnr(blurred, sharp), 3)
+
+
+def balance_sweep(model, cases: list, side: int, balances: list[float]) -> dict:
+    """Per case: the router's estimate (the model file's settings) and the gain with each Wiener balance of
+    the guide (the network unchanged). Then the mean gains per balance."""
+    variants = {b: at_side(model, side, balance=b) for b in balances}
+    rows = []
+    for kind, sharp, blurred in tqdm(cases, desc=f"balance sweep, side {side}"):
+        x = torch.from_numpy(blurred).permute(2, 0, 1)[None].float() / 255
+        est = variants[balances[0]].estimate(x)[0]
+        rows.append({"kind": kind, "route": est.route,
+                     "gains": {f"{b:g}": _gain(m, x, est, sharp, blurred) for b, m in variants.items()}})
+    table = {}
+    for b in balances:
+        g: dict[str, list] = {}
+        for r in rows:
+            g.setdefault("motion" if r["kind"] == "motion" else r["kind"], []).append(r["gains"][f"{b:g}"])
+        table[f"{b:g}"] = {k: round(float(np.mean(v)), 3) for k, v in sorted(g.items())}
+        print(json.dumps({"balance": b, **table[f"{b:g}"]}), flush=True)
+    return {"side": side, "cases": rows, "balances": table}
 
 
 def trust_sweep(model, cases: list, side: int, thresholds: list[float]) -> dict:

@@ -110,6 +110,7 @@ class BlurEstimate:
     noise: float
     route: str = "shake"
     agreement: float = 1.0
+    fit: float = 0.0  # round route: the Gaussian width fitted against the network's output (px)
 
 
 class BlindTeacher(nn.Module):
@@ -182,7 +183,7 @@ class BlindTeacher(nn.Module):
         crop = self._central(img[None])
         width, residual = fit_gaussian_width(crop[0], self._network(crop)[0])
         if width >= max(cfg.min_round_width, min_width) and residual <= cfg.round_residual * math.sqrt(2) * noise:
-            return BlurEstimate(gaussian_kernel(width), noise, "round", agreement)
+            return BlurEstimate(gaussian_kernel(width), noise, "round", agreement, fit=width)
         return None
 
     def _central(self, img: torch.Tensor) -> torch.Tensor:
