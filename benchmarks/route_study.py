@@ -142,6 +142,10 @@ def analyze(rows: list[dict]) -> None:
         "without the concentration gate": (lambda r: agreed(r) and r["spread"] >= 1.5, 0),
         "without either (agreement >= 0.9, anisotropy >= 1.5)": (agreed, 0),
         "anisotropy >= 1.4 alone": (lambda r: r["aniso"] >= 1.4, 0),
+        "shipped gates, agreement >= 0.85": (lambda r: r["agree"] >= 0.85 and r["aniso"] >= 1.5 and r["spread"] >= 1.5
+                                             and conc(r), 0),
+        "shipped gates, agreement >= 0.8": (lambda r: r["agree"] >= 0.8 and r["aniso"] >= 1.5 and r["spread"] >= 1.5
+                                            and conc(r), 0),
         "without the concentration gate, round_spread_ratio 0.8": (lambda r: agreed(r) and r["spread"] >= 1.5, 0.8),
         "without either, round_spread_ratio 0.8": (agreed, 0.8),
     }
