@@ -2,6 +2,7 @@
 
     python benchmarks/kstudent_side.py [--model kstudent] [--sides 384,512,768] [--json OUT]
     python benchmarks/kstudent_side.py --train-photos 17 --sigmas 1,2,3 --json OUT   # the larger study
+    python benchmarks/kstudent_side.py --train-photos 17 --sigmas 1,2,3 --sides 384+768   # with a fallback crop
 
 The kernel student estimates the blur on a central crop of at most ``estimate_side`` pixels; a smaller
 crop is faster and sees fewer edges. The benchmark's hold-out crops (192 px) are smaller than every
@@ -13,6 +14,8 @@ of sigma 2, and restored by the same model with each estimate size. Seven photos
 crops of them, which may flatter the absolute gains, so read the differences between settings), and ``--sigmas`` cycles
 the Gaussian's sigma over the photos. Printed per size: mean gain (dB)
 per kind, the routes the photos took, and the mean seconds per photo (estimate included), on 2 threads.
+A size ``A+B`` estimates on A-px crops and, where that shows no camera shake, on B-px crops instead
+(``KernelStudentConfig.fallback_side``).
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ def main() -> None:
                           indent=1)
         return
     results = {}
-    for side in (int(s) for s in args.sides.split(",")):
-        sh = Sharpener(at_side(model, side), tile=0)
+    for side in args.sides.split(","):  # "384" or "384+768" (384, and 768 where 384 shows no camera shake)
+        primary, _, fallback = side.partition("+")
+        sh = Sharpener(at_side(model, int(primary), fallback_side=int(fallback) if fallback else None), tile=0)
         rows: dict[str, dict[str, list]] = {}
         for kind, sharp, blurred in tqdm(cases, desc=f"estimate side {side}", leave=False):
             x = torch.from_numpy(blurred).permute(2, 0, 1)[None].float() / 255
@@ -92,12 +96,11 @@ def main() -> None:
         results[side] = {k: {"gain": round(float(np.mean(r["gain"])), 3),
                              "routes": {x: r["routes"].count(x) for x in sorted(set(r["routes"]))},
                              "seconds": round(float(np.mean(r["seconds"])), 2), "cases": len(r["gain"]),
-                             "per_case": [round(float(g), 3) for g in r["gain"]]}
+                             "per_case": [round(float(g), 3) for g in r["gain"]], "per_case_routes": r["routes"]}
                          for k, r in rows.items()}
         every = [g for r in results[side].values() for g in r["per_case"]]
-        print(json.dumps({"estimate_side": side, "mean_gain": round(float(np.mean(every)), 3),
-                          **{k: {m: v for m, v in r.items() if m != "per_case"} for k, r in results[side].items()}}),
-              flush=True)
+        brief = {k: {m: v for m, v in r.items() if not m.startswith("per_case")} for k, r in results[side].items()}
+        print(json.dumps({"estimate_side": side, "mean_gain": round(float(np.mean(every)), 3), **brief}), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "photos": len(photos), "holdout_photos": len(held),
@@ -106,7 +109,8 @@ def main() -> None:
 
 def at_side(model, side: int, **settings):
     """The kernel student ``model`` (same network, same estimator) with its estimate on ``side``-px crops
-    (and any other config ``settings``, e.g. ``min_agreement``)."""
+    (and any other config ``settings``, e.g. ``min_agreement``; no fallback crop unless ``fallback_side`` is given)."""
+    settings.setdefault("fallback_side", None)
     m = type(model)(config=replace(model.config, estimate_side=side, **settings))
     m.net.load_state_dict(model.net.state_dict())
     return m.attach_estimator(model.estimator).eval()

@@ -144,6 +144,37 @@ def test_estimates_are_shared_by_content_and_estimator():
         KernelStudent(config=KernelStudentConfig(**SMALL, min_agreement=1.5))
 
 
+class SideEstimator(FixedEstimator):
+    """An estimator whose route depends on the crop it is set to (``config.estimate_side``)."""
+
+    def __init__(self, routes):
+        super().__init__()
+        self.routes = routes
+
+    def estimate(self, x):
+        self.calls += 1
+        side = self.config.estimate_side
+        return [BlurEstimate(self.kernel, 1 / 255, self.routes[side], fit=float(side)) for _ in x]
+
+
+@pytest.mark.parametrize("first, used", [("network", 768), ("round", 768), ("none", 768), ("shake", 384)])
+def test_fallback_crop_is_estimated_only_where_the_first_shows_no_camera_shake(first, used):
+    shared = SideEstimator({384: first, 768: "round"})
+    ks = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=384, fallback_side=768))
+    ks.attach_estimator(shared)
+    x = torch.rand(1, 3, 40, 40)
+    est = ks.estimate(x)[0]
+    assert est.fit == used and est.route == ("shake" if used == 384 else "round")
+    assert ks.__dict__["_fallback"].calls == (used == 768) and ks.estimator.calls == 1
+    ks.estimate(x.clone())  # both estimates are kept
+    assert ks.__dict__["_fallback"].calls == (used == 768) and ks.estimator.calls == 1
+    plain = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=384)).attach_estimator(shared)
+    assert plain.estimate(x)[0].route == first  # without a fallback: the first crop's estimate
+    assert shared.config.estimate_side == BlindTeacherConfig().estimate_side  # the shared one is not changed
+    with pytest.raises(ValueError, match="fallback_side"):
+        KernelStudent(config=KernelStudentConfig(**SMALL, fallback_side=8))
+
+
 def test_sharpener_estimates_once_and_tiles_match_whole_image():
     from sharpkd.infer import Sharpener
 
@@ -281,4 +312,10 @@ def test_settings_tool_changes_the_estimate_settings_only(tmp_path, load_script)
     with pytest.raises(SystemExit, match="not a kernel student"):
         tool.apply(str(plain), tmp_path / "p", {"min_agreement": 0.8}, "x")
     card = load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
-    assert "agree at least 0.8" in card and "test command" in card
+    assert "agree at least 0.8" in card and "test command" in card and "crop instead" not in card
+    # a fallback crop: set, named on the card, and 0 turns it off again
+    wide = tool.apply(str(out), tmp_path / "wide", {"fallback_side": 768}, "wide command")
+    model, info = load_model(wide)
+    assert model.config.fallback_side == 768 and model.__dict__["_fallback"].config.estimate_side == 768
+    assert "on a 768-px crop instead" in load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
+    assert [h["command"] for h in info["settings_history"]] == ["test command", "wide command"]

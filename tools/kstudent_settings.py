@@ -4,8 +4,9 @@
     sharpkd eval --models runs/kstudent-a08,... --out /tmp/ev          # measure it
     python tools/kstudent_settings.py kstudent --min-agreement 0.8 --out src/sharpkd/weights/kstudent.safetensors
 
-The settings are ``estimate_side`` (the central crop the kernel is estimated on) and ``min_agreement``
-(how well the estimator's two estimates must agree before camera shake is deconvolved). Neither is
+The settings are ``estimate_side`` (the central crop the kernel is estimated on), ``min_agreement``
+(how well the estimator's two estimates must agree before camera shake is deconvolved) and
+``fallback_side`` (where the first crop shows no camera shake, the larger crop estimated instead; 0: off). None is
 learned: the network was trained on the estimator's kernels and sees only the guide. The change is
 recorded in the file's description (``settings_history``), so its model card can say what was
 measured with which settings.
@@ -26,7 +27,7 @@ def apply(model_ref: str, out: str | Path, changes: dict, command: str) -> Path:
     if info.get("arch") != "kstudent":
         raise SystemExit(f"{model_ref} is a {info.get('arch')} file, not a kernel student")
     if not changes:
-        raise SystemExit("nothing to change: give --estimate-side and/or --min-agreement")
+        raise SystemExit("nothing to change: give --estimate-side, --min-agreement or --fallback-side")
     model.config = replace(model.config, **changes)
     type(model)(config=model.config)  # the same checks as loading (ranges)
     out = Path(out)
@@ -42,9 +43,12 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="the new file (a folder: its model.safetensors)")
     ap.add_argument("--estimate-side", type=int)
     ap.add_argument("--min-agreement", type=float)
+    ap.add_argument("--fallback-side", type=int, help="larger crop where the first shows no camera shake (0: off)")
     args = ap.parse_args()
-    changes = {k: v for k, v in (("estimate_side", args.estimate_side), ("min_agreement", args.min_agreement))
-               if v is not None}
+    changes = {k: v for k, v in (("estimate_side", args.estimate_side), ("min_agreement", args.min_agreement),
+                                 ("fallback_side", args.fallback_side)) if v is not None}
+    if changes.get("fallback_side") == 0:
+        changes["fallback_side"] = None
     try:
         path = apply(args.model, args.out, changes, "python tools/kstudent_settings.py " + " ".join(sys.argv[1:]))
     except ValueError as e:

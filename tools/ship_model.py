@@ -72,7 +72,10 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              f"- parameters: {count_params(model):,}; MACs per pixel: {macs_per_pixel(model):,.0f} "
              "(network and the Wiener step's FFTs; the blur estimate is not counted)",
              f"- at run time: the blur estimate of the shipped `{model.config.estimator}` file on a "
-             f"{model.config.estimate_side}-px central crop (once per photo, or every N video frames), a Wiener "
+             f"{model.config.estimate_side}-px central crop (once per photo, or every N video frames"
+             + (f"; where that crop shows no camera shake, on a {model.config.fallback_side}-px crop instead"
+                if getattr(model.config, "fallback_side", None) else "")
+             + "), a Wiener "
              f"deconvolution with that kernel (balance {model.config.balance}) where its router deconvolves "
              "(`shake`"
              + (f" when its two estimates agree at least {model.config.min_agreement}"

@@ -6,7 +6,8 @@ student splits the work the way the teacher's router does, with the expensive pa
 
 1. **estimate** (once per photo, or once every N frames of a video): the shipped teacher's blur
    estimate on a reduced central crop (``estimate_side``, 384 px by default): the route (``shake``,
-   ``round``, ``network``) and, for the first two, the kernel;
+   ``round``, ``network``) and, for the first two, the kernel; where that crop does not show camera shake
+   and ``fallback_side`` is set, the estimate on a larger crop instead (round blur is fitted better there);
 2. **guide** (one FFT per channel): a Laplacian-regularised Wiener deconvolution of the photo with that
    kernel (:func:`sharpkd.deblur.solve.wiener_deconvolve`); where the router does not trust a kernel,
    the photo itself;
@@ -56,6 +57,10 @@ class KernelStudentConfig:
     # camera shake is deconvolved when the estimator's two estimates agree at least this well (None: the
     # estimator's own threshold, which was set for the teacher's solver; benchmarks/kstudent_side.py --trust)
     min_agreement: float | None = None
+    # (None: off) where the estimate on ``estimate_side`` does not deconvolve camera shake, estimate again on a
+    # central crop this large and use that: round blur is fitted better on more pixels, while camera shake is
+    # trusted from the small crop (benchmarks/kstudent_side.py --sides 384+768)
+    fallback_side: int | None = None
 
     @property
     def multiple(self) -> int:
@@ -77,6 +82,8 @@ class KernelStudent(nn.Module):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.config.estimator!r}")
         if not 64 <= self.config.estimate_side <= 4096 or not 0 < self.config.balance < 1:
             raise ValueError("estimate_side must be 64-4096 px and balance in (0, 1)")
+        if self.config.fallback_side is not None and not 64 <= self.config.fallback_side <= 4096:
+            raise ValueError("fallback_side must be 64-4096 px (or None: off)")
         if self.config.min_agreement is not None and not 0 <= self.config.min_agreement <= 1:
             raise ValueError("min_agreement must be in [0, 1] (or None: the estimator's own)")
         self.net = Student(config=self.config.student())
@@ -84,15 +91,21 @@ class KernelStudent(nn.Module):
         self.runner = None  # when set (an exported network, see sharpkd.backends): runs in place of ``net``
 
     def attach_estimator(self, teacher: nn.Module) -> KernelStudent:
-        """Use ``teacher`` (a blind teacher) for :meth:`estimate`, on ``config.estimate_side`` crops.
-        ``teacher`` itself is not changed (a shallow copy with that setting shares its weights), so
-        kernel students with other settings can share it."""
+        """Use ``teacher`` (a blind teacher) for :meth:`estimate`, on ``config.estimate_side`` crops
+        (and ``config.fallback_side`` ones). ``teacher`` itself is not changed (shallow copies with these
+        settings share its weights), so kernel students with other settings can share it."""
         if "_estimate_token" not in teacher.__dict__:  # names this estimator in the estimate cache
             teacher.__dict__["_estimate_token"] = next(_TOKENS)
-        est = copy.copy(teacher)
         trust = {} if self.config.min_agreement is None else {"min_agreement": self.config.min_agreement}
-        est.config = replace(teacher.config, estimate_side=self.config.estimate_side, **trust)
-        self.__dict__["_estimator"] = est.eval()
+
+        def at(side: int) -> nn.Module:
+            est = copy.copy(teacher)
+            est.config = replace(teacher.config, estimate_side=side, **trust)
+            return est.eval()
+
+        self.__dict__["_estimator"] = at(self.config.estimate_side)
+        fallback = self.config.fallback_side
+        self.__dict__["_fallback"] = None if fallback is None else at(fallback)
         return self
 
     @property
@@ -103,22 +116,22 @@ class KernelStudent(nn.Module):
 
     @torch.no_grad()
     def estimate(self, x: torch.Tensor) -> list:
-        """One :class:`sharpkd.deblur.teacher.BlurEstimate` per image of the batch. Estimates are kept
-        for the last photos seen (by content), so kernel students sharing an estimator (a benchmark of
-        two of them, a photo sharpened again) estimate each photo once."""
+        """One :class:`sharpkd.deblur.teacher.BlurEstimate` per image of the batch: the estimate on
+        ``config.estimate_side`` crops, or where that does not take the camera-shake route and
+        ``config.fallback_side`` is set, the estimate on crops that large. Estimates are kept for the last
+        photos seen (by content), so kernel students sharing an estimator (a benchmark of two of them, a
+        photo sharpened again) estimate each photo once."""
         import hashlib
 
         out = []
         for img in x:
             arr = img.detach().cpu().float().contiguous().numpy()
-            key = (self.estimator.__dict__["_estimate_token"], self.config.estimate_side,
-                   self.estimator.config.min_agreement, arr.shape, hashlib.sha1(arr.tobytes()).digest())
-            if key not in _ESTIMATES:
-                _ESTIMATES[key] = self.estimator.estimate(img[None])[0]
-                while len(_ESTIMATES) > ESTIMATE_CACHE:
-                    _ESTIMATES.popitem(last=False)
-            _ESTIMATES.move_to_end(key)
-            out.append(_ESTIMATES[key])
+            digest = (arr.shape, hashlib.sha1(arr.tobytes()).digest())
+            est = _cached(self.estimator, digest, img)
+            fallback = self.__dict__.get("_fallback")
+            if est.route != "shake" and fallback is not None:
+                est = _cached(fallback, digest, img)
+            out.append(est)
         return out
 
     def guide(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
@@ -178,6 +191,19 @@ class KernelStudent(nn.Module):
         n = (512 + 32) ** 2
         fft = 3 * 2 * (2.5 * math.log2(n) + 2) * n / 512**2
         return fc.get_total_flops() / 2 / (size * size) + fft
+
+
+def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
+    """``estimator``'s estimate of ``img`` (whose shape and content hash are ``digest``), from the cache
+    when this estimator, at these settings, has seen it."""
+    key = (estimator.__dict__["_estimate_token"], estimator.config.estimate_side, estimator.config.min_agreement,
+           *digest)
+    if key not in _ESTIMATES:
+        _ESTIMATES[key] = estimator.estimate(img[None])[0]
+        while len(_ESTIMATES) > ESTIMATE_CACHE:
+            _ESTIMATES.popitem(last=False)
+    _ESTIMATES.move_to_end(key)
+    return _ESTIMATES[key]
 
 
 class GuidedNet(nn.Module):
