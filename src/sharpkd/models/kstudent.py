@@ -7,7 +7,8 @@ student splits the work the way the teacher's router does, with the expensive pa
 1. **estimate** (once per photo, or once every N frames of a video): the shipped teacher's blur
    estimate on a reduced central crop (``estimate_side``, 384 px by default): the route (``shake``,
    ``round``, ``network``) and, for the first two, the kernel; where that crop does not show camera shake
-   and ``fallback_side`` is set, the estimate on a larger crop instead (round blur is fitted better there);
+   and ``fallback_side`` is set, the estimate on a larger crop instead (off in the shipped files: it
+   doubles the time per photo for +0.07 dB on Kodak24, docs/realtime.md);
 2. **guide** (one FFT per channel): a Laplacian-regularised Wiener deconvolution of the photo with that
    kernel (:func:`sharpkd.deblur.solve.wiener_deconvolve`); where the router does not trust a kernel,
    the photo itself;
@@ -58,8 +59,8 @@ class KernelStudentConfig:
     # estimator's own threshold, which was set for the teacher's solver; benchmarks/kstudent_side.py --trust)
     min_agreement: float | None = None
     # (None: off) where the estimate on ``estimate_side`` does not deconvolve camera shake, estimate again on a
-    # central crop this large and use that: round blur is fitted better on more pixels, while camera shake is
-    # trusted from the small crop (benchmarks/kstudent_side.py --sides 384+768)
+    # central crop this large and use that: more pixels for the round fit, while camera shake is still trusted
+    # from the small crop (benchmarks/kstudent_side.py --sides 384+768)
     fallback_side: int | None = None
 
     @property
