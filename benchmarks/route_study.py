@@ -135,6 +135,9 @@ def analyze(rows: list[dict]) -> None:
     def agreed(r):
         return r["agree"] >= 0.9 and r["aniso"] >= 1.5
 
+    def shipped_gates(t):  # the shipped camera-shake gates with agreement threshold ``t``
+        return lambda r: r["agree"] >= t and r["aniso"] >= 1.5 and r["spread"] >= 1.5 and conc(r)
+
     rules = {  # name: (camera-shake gate, round_spread_ratio)
         "shipped: agreement >= 0.9, anisotropy >= 1.5, spread >= 1.5, concentration >= 0.12":
             (lambda r: agreed(r) and r["spread"] >= 1.5 and conc(r), 0),
@@ -142,10 +145,7 @@ def analyze(rows: list[dict]) -> None:
         "without the concentration gate": (lambda r: agreed(r) and r["spread"] >= 1.5, 0),
         "without either (agreement >= 0.9, anisotropy >= 1.5)": (agreed, 0),
         "anisotropy >= 1.4 alone": (lambda r: r["aniso"] >= 1.4, 0),
-        "shipped gates, agreement >= 0.85": (lambda r: r["agree"] >= 0.85 and r["aniso"] >= 1.5 and r["spread"] >= 1.5
-                                             and conc(r), 0),
-        "shipped gates, agreement >= 0.8": (lambda r: r["agree"] >= 0.8 and r["aniso"] >= 1.5 and r["spread"] >= 1.5
-                                            and conc(r), 0),
+        **{f"shipped gates, agreement >= {t:g}": (shipped_gates(t), 0) for t in (0.85, 0.8)},
         "without the concentration gate, round_spread_ratio 0.8": (lambda r: agreed(r) and r["spread"] >= 1.5, 0.8),
         "without either, round_spread_ratio 0.8": (agreed, 0.8),
     }

@@ -313,7 +313,7 @@ def test_settings_tool_changes_the_estimate_settings_only(tmp_path, load_script)
         tool.apply(str(plain), tmp_path / "p", {"min_agreement": 0.8}, "x")
     card = load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
     assert "agree at least 0.8" in card and "test command" in card and "crop instead" not in card
-    # a fallback crop: set, named on the card, and 0 turns it off again
+    # a fallback crop: set on a copy, named on the card, its command added to the history
     wide = tool.apply(str(out), tmp_path / "wide", {"fallback_side": 768}, "wide command")
     model, info = load_model(wide)
     assert model.config.fallback_side == 768 and model.__dict__["_fallback"].config.estimate_side == 768

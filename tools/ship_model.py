@@ -74,7 +74,7 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              f"- at run time: the blur estimate of the shipped `{model.config.estimator}` file on a "
              f"{model.config.estimate_side}-px central crop (once per photo, or every N video frames"
              + (f"; where that crop shows no camera shake, on a {model.config.fallback_side}-px crop instead"
-                if getattr(model.config, "fallback_side", None) else "")
+                if model.config.fallback_side else "")
              + "), a Wiener "
              f"deconvolution with that kernel (balance {model.config.balance}) where its router deconvolves "
              "(`shake`"

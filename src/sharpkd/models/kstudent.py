@@ -89,6 +89,7 @@ class KernelStudent(nn.Module):
             raise ValueError("min_agreement must be in [0, 1] (or None: the estimator's own)")
         self.net = Student(config=self.config.student())
         self.__dict__["_estimator"] = None  # not a submodule: its weights live in their own file
+        self.__dict__["_fallback"] = None  # the estimator at ``fallback_side`` (set with the estimator)
         self.runner = None  # when set (an exported network, see sharpkd.backends): runs in place of ``net``
 
     def attach_estimator(self, teacher: nn.Module) -> KernelStudent:
@@ -129,9 +130,8 @@ class KernelStudent(nn.Module):
             arr = img.detach().cpu().float().contiguous().numpy()
             digest = (arr.shape, hashlib.sha1(arr.tobytes()).digest())
             est = _cached(self.estimator, digest, img)
-            fallback = self.__dict__.get("_fallback")
-            if est.route != "shake" and fallback is not None:
-                est = _cached(fallback, digest, img)
+            if est.route != "shake" and self._fallback is not None:
+                est = _cached(self._fallback, digest, img)
             out.append(est)
         return out
 
