@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.ndimage import convolve
 
-from sharpkd.deblur.finetune import FinetuneConfig, sample_batch, train, validate
+from sharpkd.deblur.finetune import FinetuneConfig, case_kernel, sample_batch, train, validate
 from sharpkd.deblur.solve import hqs_deconvolve, hqs_unrolled
 from sharpkd.degrade import gaussian_kernel, make_kernel, pad_kernel
 
@@ -22,6 +22,23 @@ class TinyDenoiser(torch.nn.Module):
 
     def forward(self, x, sigma):
         return x + self.conv(x)
+
+
+def kernel_sigma(k: np.ndarray) -> float:
+    """The standard deviation of a normalised, centred 2-D kernel along one axis."""
+    r = np.arange(k.shape[0]) - (k.shape[0] - 1) / 2
+    return float(np.sqrt((k.sum(1) * r**2).sum() / k.sum()))
+
+
+def test_bank_blurs_mix_camera_shake_and_gaussians_of_the_asked_widths():
+    rng = np.random.default_rng(0)
+    kinds = [case_kernel(i, rng, 31)[0] for i in range(6)]
+    assert kinds == ["motion", "motion", "gauss"] * 2
+    widths = [kernel_sigma(case_kernel(i, rng, 31, True, (0.8, 1.6))[1]) for i in range(40)]
+    assert all(k == "gauss" for k, _ in (case_kernel(i, rng, 31, True) for i in range(3)))
+    assert 0.75 < min(widths) and max(widths) < 1.65 and np.std(widths) > 0.1
+    wide = [kernel_sigma(case_kernel(2, rng, 31, False, (2.5, 3.2))[1]) for _ in range(10)]
+    assert min(wide) > 2.4
 
 
 def test_unrolled_solver_matches_the_solver_and_carries_gradients():

@@ -65,9 +65,18 @@ def test_widened_student_starts_as_the_student_with_the_residual_on_the_guide(tm
     with torch.no_grad():
         # zero weights on the guide's channels: the student's own correction, added to the guide
         torch.testing.assert_close(ks.run(x, g) - g, base.eval()(x) - x, atol=1e-5, rtol=0)
-    save_model(tmp_path / "k.safetensors", KernelStudent(config=KernelStudentConfig(**SMALL)))
+    # a kernel-student file continues as itself, run-time settings and weights kept
+    trained = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL, min_agreement=0.8)))
+    save_model(tmp_path / "k.safetensors", trained)
+    again = build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig())
+    assert again.config.min_agreement == 0.8
+    with torch.no_grad():
+        torch.testing.assert_close(again.run(x, g), trained.eval().run(x, g))
+    with pytest.raises(SystemExit, match="balance"):
+        build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig(balance=0.02))
+    save_model(tmp_path / "w.safetensors", random_weights(Student(config=StudentConfig(**SMALL, wiener=(1.5,)))))
     with pytest.raises(SystemExit, match="plain student"):
-        build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig())
+        build_student(str(tmp_path / "w.safetensors"), KernelDistillConfig())
 
 
 def test_guide_deconvolves_only_on_the_deconvolving_routes():
@@ -260,6 +269,13 @@ def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp
     assert set(log[-1]["val"]) == {"motion", "gauss"} and "no_kernel" in log[-1]["val"]["gauss"]
     labels = torch.load(tmp_path / "kd" / "labels.pt", weights_only=True)
     assert len(labels) == 6 and labels[0].dtype == torch.uint8  # one teacher label per training case
+    # a third bank of narrow Gaussians: labelled too, and validated in a row of its own
+    main(["--out", str(tmp_path / "narrow"), "--narrow-cases", "2", "--narrow-sigma", "1.2", *common])
+    log = [json.loads(line) for line in (tmp_path / "narrow" / "log.jsonl").read_text().splitlines()]
+    assert set(log[-1]["val"]) == {"motion", "gauss", "gauss_narrow"}
+    assert len(torch.load(tmp_path / "narrow" / "labels.pt", weights_only=True)) == 8
+    narrow = torch.load(tmp_path / "narrow" / "bank-narrow.pt", weights_only=True)
+    assert [c["kind"] for c in narrow] == ["gauss", "gauss"]
     main(["--out", str(tmp_path / "nokd"), "--w-kd", "0", *common])
     _, info = load_model(tmp_path / "nokd")
     assert not info["distilled"] and not (tmp_path / "nokd" / "labels.pt").exists()

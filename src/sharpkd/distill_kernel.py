@@ -49,6 +49,8 @@ class KernelDistillConfig:
     patch: int = 96
     lr: float = 2e-4
     no_kernel_share: float = 0.5  # windows whose guide is the photo itself
+    narrow_cases: int = 0  # cases in a third, narrow-Gaussian training bank (0: none)
+    narrow_sigma: float = 1.6  # its widest sigma (drawn from 0.8 to this)
     w_rec: float = 1.0
     w_kd: float = 1.0
     w_perceptual: float = 0.005
@@ -80,7 +82,8 @@ def teacher_labels(teacher, bank: list[dict], path: Path) -> list[torch.Tensor]:
 
 
 def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None = None) -> list[dict]:
-    """Float crops with their guide (Wiener deconvolution with the estimated kernel) made once."""
+    """Float crops with their guide (Wiener deconvolution with the estimated kernel) made once; a
+    case's ``group`` (its validation row) is kept."""
     from sharpkd.deblur.solve import wiener_deconvolve
 
     out = []
@@ -88,6 +91,8 @@ def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None 
         y = c["blurred"][None].float() / 255
         case = {"kind": c["kind"], "y": y, "x": c["sharp"][None].float() / 255,
                 "g": wiener_deconvolve(y, c["est"] / c["est"].sum(), balance)}
+        if "group" in c:
+            case["group"] = c["group"]
         if labels is not None:
             case["t"] = labels[i][None].float() / 255
         out.append(case)
@@ -124,13 +129,14 @@ def q(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(model, cases: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean gain (dB) per kind: ``guide`` with the estimate's guide, ``no_kernel`` with the photo."""
+    """Mean gain (dB) per kind (per ``group`` where a case has one): ``guide`` with the estimate's
+    guide, ``no_kernel`` with the photo."""
     from sharpkd.metrics import batch_psnr
 
     model.eval()
     rows: dict[str, dict[str, list[float]]] = {}
     for c in cases:
-        r = rows.setdefault(c["kind"], {"guide": [], "no_kernel": []})
+        r = rows.setdefault(c.get("group", c["kind"]), {"guide": [], "no_kernel": []})
         base = float(batch_psnr(c["y"], c["x"])[0])
         for name, g in (("guide", c["g"]), ("no_kernel", c["y"])):
             r[name].append(float(batch_psnr(q(model.run(c["y"], g)), c["x"])[0]) - base)
@@ -138,14 +144,21 @@ def validate(model, cases: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def build_student(init: str, cfg: KernelDistillConfig):
-    """A kernel student whose network starts as the student file ``init`` (zeros for the guide)."""
+    """A kernel student whose network starts as the student file ``init`` (zeros for the guide), or,
+    where ``init`` is a kernel-student file, that model itself (its run-time settings kept), so a run
+    can continue training a shipped kernel student."""
     from sharpkd.checkpoint import load_model
     from sharpkd.models.kstudent import KernelStudent, KernelStudentConfig
     from sharpkd.train import widen_inputs
 
     base, info = load_model(init)
+    if info.get("arch") == "kstudent":
+        if abs(base.config.balance - cfg.balance) > 1e-12:
+            raise SystemExit(f"--init {init} was trained with --balance {base.config.balance}, not {cfg.balance}")
+        return base.float()
     if info.get("arch") != "student" or base.config.wiener or base.config.guide:
-        raise SystemExit(f"--init {init}: expected a plain student file (no Wiener bank), got {info.get('arch')}")
+        raise SystemExit(f"--init {init}: expected a plain student file (no Wiener bank) or a kernel-student "
+                         f"file, got {info.get('arch')}")
     b = base.config
     model = KernelStudent(config=KernelStudentConfig(
         unshuffle=b.unshuffle, width=b.width, low_width=b.low_width, low_blocks=b.low_blocks,
@@ -215,6 +228,13 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
     for tag, gauss in (("", False), ("-round", True)):
         bank += build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / f"bank{tag}.pt", gauss)
         val_bank += build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 1, out / f"val_bank{tag}.pt", gauss)
+    if cfg.narrow_cases > 0:  # more narrow Gaussians, validated in a row of their own
+        sigmas = (0.8, cfg.narrow_sigma)
+        bank += build_bank(teacher, train_photos, cfg.narrow_cases, cfg.crop, cfg.seed + 2, out / "bank-narrow.pt",
+                           True, sigmas)
+        narrow = build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 3, out / "val_bank-narrow.pt", True,
+                            sigmas)
+        val_bank += [{**c, "group": "gauss_narrow"} for c in narrow]
     labels = teacher_labels(teacher, bank, out / "labels.pt") if cfg.w_kd > 0 else None
     model = build_student(init, cfg)
     summary = train(model, prepare(bank, cfg.balance, labels), prepare(val_bank, cfg.balance), cfg, out, progress)

@@ -93,19 +93,22 @@ def make_case(teacher, sharp: np.ndarray, kind: str, kernel: np.ndarray, seed: i
             "est": torch.from_numpy(pad_kernel(np.asarray(est, np.float64), size)).float()}
 
 
-def case_kernel(i: int, rng: np.random.Generator, size: int, gauss_only: bool = False) -> tuple[str, np.ndarray]:
+def case_kernel(i: int, rng: np.random.Generator, size: int, gauss_only: bool = False,
+                sigmas: tuple[float, float] = (0.8, 3.2)) -> tuple[str, np.ndarray]:
     """Case ``i``'s blur: two of every three are procedural camera shake (8-25 px), one a Gaussian
-    (sigma 0.8-3.2); with ``gauss_only`` every case is a Gaussian."""
+    (sigma drawn uniformly from ``sigmas``); with ``gauss_only`` every case is a Gaussian."""
     from sharpkd.degrade import gaussian_kernel, make_kernel
 
     if gauss_only or i % 3 == 2:
-        return "gauss", gaussian_kernel(float(rng.uniform(0.8, 3.2)))
+        return "gauss", gaussian_kernel(float(rng.uniform(*sigmas)))
     return "motion", make_kernel("motion", length=float(rng.uniform(8, 25)), seed=int(rng.integers(1 << 30)),
                                  size=size)
 
 
-def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path, gauss_only: bool = False) -> list[dict]:
-    """``n`` cases from ``photos`` (cycled), cached in ``path`` and resumed from it."""
+def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path, gauss_only: bool = False,
+               sigmas: tuple[float, float] = (0.8, 3.2)) -> list[dict]:
+    """``n`` cases from ``photos`` (cycled), cached in ``path`` and resumed from it; Gaussian widths are
+    drawn from ``sigmas``."""
     from tqdm import tqdm
 
     from sharpkd.data import limit_size
@@ -116,7 +119,7 @@ def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path, 
     for i in tqdm(range(len(bank), n), desc=f"bank {path.name}", initial=len(bank), total=n):
         pi, s = draws[i]
         crng = np.random.default_rng(s)
-        kind, kernel = case_kernel(i, crng, int(teacher.config.kernel_size), gauss_only)
+        kind, kernel = case_kernel(i, crng, int(teacher.config.kernel_size), gauss_only, sigmas)
         sharp = _square_crop(limit_size(photos[pi], 768).pixels, crop, crng)
         bank.append(make_case(teacher, sharp, kind, kernel, s % (1 << 31)))
         tmp = path.with_name(path.name + ".tmp")
