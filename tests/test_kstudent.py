@@ -97,6 +97,43 @@ def test_guide_deconvolves_only_on_the_deconvolving_routes():
                                wiener_deconvolve(x[:1, :, :20], k2, ks.config.balance))
 
 
+def test_round_route_guide_takes_its_own_balance_and_the_file_keeps_it(tmp_path):
+    x = torch.rand(2, 3, 24, 24)
+    k = gaussian_kernel(1.2)
+    ks = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL, round_balance=0.002)))
+    est = [BlurEstimate(k, 0.01, "round"), BlurEstimate(k, 0.01, "shake")]
+    g = ks.guide(x, est)
+    torch.testing.assert_close(g[0:1], wiener_deconvolve(x[0:1], k, 0.002))
+    torch.testing.assert_close(g[1:2], wiener_deconvolve(x[1:2], k, ks.config.balance))
+    # the kept filter is not reused across the two weights for one kernel and size
+    torch.testing.assert_close(ks.guide(x[:1], est[:1]), g[0:1])
+    assert not torch.allclose(g[0:1], wiener_deconvolve(x[0:1], k, ks.config.balance), atol=1e-3)
+    loaded, _ = load_model(save_model(tmp_path / "k.safetensors", ks))
+    assert loaded.config.round_balance == 0.002
+    with pytest.raises(ValueError, match="round_balance"):
+        KernelStudent(config=KernelStudentConfig(**SMALL, round_balance=0.0))
+
+
+def test_training_guides_follow_the_round_balance(tmp_path):
+    from sharpkd.distill_kernel import KernelDistillConfig, build_student, prepare
+
+    k = torch.from_numpy(gaussian_kernel(1.5)).float()
+    rng = np.random.default_rng(0)
+    case = {"blurred": torch.from_numpy((rng.random((3, 24, 24)) * 255).astype(np.uint8)),
+            "sharp": torch.zeros(3, 24, 24, dtype=torch.uint8), "est": k}
+    bank = [{**case, "kind": "gauss"}, {**case, "kind": "motion"}]
+    g = [c["g"] for c in prepare(bank, 0.01, round_balance=0.002)]
+    y = bank[0]["blurred"][None].float() / 255
+    torch.testing.assert_close(g[0], wiener_deconvolve(y, k, 0.002))
+    torch.testing.assert_close(g[1], wiener_deconvolve(y, k, 0.01))
+    torch.testing.assert_close(prepare(bank, 0.01)[0]["g"], g[1])
+    save_model(tmp_path / "k.safetensors", random_weights(KernelStudent(config=KernelStudentConfig(**SMALL))))
+    cont = build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig(round_balance=0.003))
+    assert cont.config.round_balance == 0.003
+    save_model(tmp_path / "s.safetensors", random_weights(Student(config=StudentConfig(**SMALL))))
+    assert build_student(str(tmp_path / "s.safetensors"), KernelDistillConfig()).config.round_balance is None
+
+
 def test_model_file_round_trip_attaches_the_shipped_estimator(tmp_path):
     ks = small_kstudent()
     path = save_model(tmp_path / "k.safetensors", ks, {"note": "test"})

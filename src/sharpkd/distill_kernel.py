@@ -9,7 +9,9 @@ and sizes, so a folder made by ``sharpkd.deblur.finetune`` can be copied in and 
 blurred as the benchmark does, by procedural camera shake (``bank.pt``, two cases in three) or a
 Gaussian (the rest, and every case of ``bank-round.pt``), each with the kernel the teacher's route
 estimates for it: the refined L0 kernel for camera shake, the fitted width for round blur. These are
-estimates with the estimator's real errors, the kernels the student will meet.
+estimates with the estimator's real errors, the kernels the student will meet. ``--narrow-cases N``
+adds a third bank of N Gaussians of sigma 0.8 to ``--narrow-sigma`` (``bank-narrow.pt``; its hold-out
+twin is validated as ``gauss_narrow``), where the teacher's lead over the student is largest.
 
 Teacher labels: the teacher's own deconvolution of each training crop with that kernel, through the
 route's solver and prior (cached in ``labels.pt``, resumable).
@@ -21,8 +23,10 @@ the mission's: ``w_rec`` x L1 to the ground truth + ``w_kd`` x L1 to the teacher
 a kernel; the teacher's labels are deconvolutions) + ``w_perceptual`` x the VGG16 perceptual distance
 (``perceptual_taps`` layers, every ``perceptual_every``-th step). The network starts from ``--init``
 (a student file: its weights, zeros for the guide's channels), so it first computes exactly what that
-student does. Validation: the hold-out banks, mean gain (dB) per blur kind with the estimate's guide
-and with the photo in its place.
+student does; a kernel-student file there is trained further as it is. ``--round-balance`` gives the
+guides of Gaussian cases (the round route, whose kernel is a fitted Gaussian) a Wiener weight of their
+own, stored in the model so that it guides the same way at run time. Validation: the hold-out banks,
+mean gain (dB) per blur kind with the estimate's guide and with the photo in its place.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class KernelDistillConfig:
     perceptual_every: int = 4
     perceptual_taps: int = 2
     balance: float = 1e-2  # Wiener regularisation of the guide
+    round_balance: float = 0.0  # the guide's weight for Gaussian cases (the round route); 0: ``balance``
     estimate_side: int = 384  # the shipped model's estimate crop (inference only)
     val_every: int = 1000
     seed: int = 0
@@ -81,16 +86,19 @@ def teacher_labels(teacher, bank: list[dict], path: Path) -> list[torch.Tensor]:
     return labels
 
 
-def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None = None) -> list[dict]:
-    """Float crops with their guide (Wiener deconvolution with the estimated kernel) made once; a
-    case's ``group`` (its validation row) is kept."""
+def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None = None,
+            round_balance: float = 0.0) -> list[dict]:
+    """Float crops with their guide (Wiener deconvolution with the estimated kernel, weight
+    ``round_balance`` for Gaussian cases where it is set, else ``balance``) made once; a case's ``group``
+    (its validation row) is kept."""
     from sharpkd.deblur.solve import wiener_deconvolve
 
     out = []
     for i, c in enumerate(bank):
         y = c["blurred"][None].float() / 255
+        b = round_balance if c["kind"] == "gauss" and round_balance > 0 else balance
         case = {"kind": c["kind"], "y": y, "x": c["sharp"][None].float() / 255,
-                "g": wiener_deconvolve(y, c["est"] / c["est"].sum(), balance)}
+                "g": wiener_deconvolve(y, c["est"] / c["est"].sum(), b)}
         if "group" in c:
             case["group"] = c["group"]
         if labels is not None:
@@ -147,22 +155,27 @@ def build_student(init: str, cfg: KernelDistillConfig):
     """A kernel student whose network starts as the student file ``init`` (zeros for the guide), or,
     where ``init`` is a kernel-student file, that model itself (its run-time settings kept), so a run
     can continue training a shipped kernel student."""
+    from dataclasses import replace
+
     from sharpkd.checkpoint import load_model
     from sharpkd.models.kstudent import KernelStudent, KernelStudentConfig
     from sharpkd.train import widen_inputs
 
     base, info = load_model(init)
+    round_balance = cfg.round_balance or None
     if info.get("arch") == "kstudent":
         if abs(base.config.balance - cfg.balance) > 1e-12:
             raise SystemExit(f"--init {init} was trained with --balance {base.config.balance}, not {cfg.balance}")
-        return base.float()
+        model = KernelStudent(config=replace(base.config, round_balance=round_balance or base.config.round_balance))
+        model.net.load_state_dict(base.float().net.state_dict())
+        return model
     if info.get("arch") != "student" or base.config.wiener or base.config.guide:
         raise SystemExit(f"--init {init}: expected a plain student file (no Wiener bank) or a kernel-student "
                          f"file, got {info.get('arch')}")
     b = base.config
     model = KernelStudent(config=KernelStudentConfig(
         unshuffle=b.unshuffle, width=b.width, low_width=b.low_width, low_blocks=b.low_blocks,
-        high_blocks=b.high_blocks, balance=cfg.balance, estimate_side=cfg.estimate_side))
+        high_blocks=b.high_blocks, balance=cfg.balance, round_balance=round_balance, estimate_side=cfg.estimate_side))
     model.net.load_state_dict(widen_inputs(base.float().state_dict(), model.net.state_dict()))
     return model
 
@@ -237,7 +250,10 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
         val_bank += [{**c, "group": "gauss_narrow"} for c in narrow]
     labels = teacher_labels(teacher, bank, out / "labels.pt") if cfg.w_kd > 0 else None
     model = build_student(init, cfg)
-    summary = train(model, prepare(bank, cfg.balance, labels), prepare(val_bank, cfg.balance), cfg, out, progress)
+    balance = float(model.config.balance)
+    round_balance = float(model.config.round_balance or 0.0)  # the model's (an --init kernel student may set it)
+    summary = train(model, prepare(bank, balance, labels, round_balance),
+                    prepare(val_bank, balance, round_balance=round_balance), cfg, out, progress)
     info = {"stage": "kernel student", "command": "python -m sharpkd.distill_kernel " + " ".join(sys.argv[1:]),
             "steps": cfg.steps, "data": [data], "teacher": teacher_name, "init": init, "distilled": cfg.w_kd > 0,
             "hardware": hardware(), "train_cases": len(bank), "val_cases": len(val_bank),

@@ -53,6 +53,9 @@ class KernelStudentConfig:
     low_blocks: int = 2
     high_blocks: int = 1
     balance: float = 1e-2  # Wiener regularisation weight of the guide
+    # (None: ``balance``) the weight for the round route, whose kernel is a fitted Gaussian rather than a
+    # free-form camera-shake estimate, so it can take a sharper guide
+    round_balance: float | None = None
     estimator: str = "teacher"  # the shipped blind teacher whose estimate is used
     estimate_side: int = 384  # central crop the kernel is estimated on (the teacher itself uses 768)
     # camera shake is deconvolved when the estimator's two estimates agree at least this well (None: the
@@ -83,6 +86,8 @@ class KernelStudent(nn.Module):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.config.estimator!r}")
         if not 64 <= self.config.estimate_side <= 4096 or not 0 < self.config.balance < 1:
             raise ValueError("estimate_side must be 64-4096 px and balance in (0, 1)")
+        if self.config.round_balance is not None and not 0 < self.config.round_balance < 1:
+            raise ValueError("round_balance must be in (0, 1) (or None: balance)")
         if self.config.fallback_side is not None and not 64 <= self.config.fallback_side <= 4096:
             raise ValueError("fallback_side must be 64-4096 px (or None: off)")
         if self.config.min_agreement is not None and not 0 <= self.config.min_agreement <= 1:
@@ -135,27 +140,33 @@ class KernelStudent(nn.Module):
             out.append(est)
         return out
 
+    def balance_for(self, route: str) -> float:
+        """The guide's Wiener weight on ``route``: ``round_balance`` on the round route where it is set."""
+        c = self.config
+        return c.round_balance if route == "round" and c.round_balance is not None else c.balance
+
     def guide(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
-        """The Wiener deconvolution of each image with its kernel, or the image itself where the route
-        is not one the guide deconvolves for."""
+        """The Wiener deconvolution of each image with its kernel (weight :meth:`balance_for` its route),
+        or the image itself where the route is not one the guide deconvolves for."""
         out = []
         for img, est in zip(x, estimates, strict=True):
             if est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1:
-                out.append(wiener_deconvolve(img[None], est.kernel, self.config.balance,
-                                             filt=self._filter(est.kernel, *img.shape[-2:])))
+                balance = self.balance_for(est.route)
+                out.append(wiener_deconvolve(img[None], est.kernel, balance,
+                                             filt=self._filter(est.kernel, *img.shape[-2:], balance)))
             else:
                 out.append(img[None])
         return torch.cat(out)
 
-    def _filter(self, kernel, h: int, w: int) -> torch.Tensor:
-        """The Wiener filter for ``kernel`` at this image size, kept for the next call (video frames
-        between two estimates share both)."""
+    def _filter(self, kernel, h: int, w: int, balance: float) -> torch.Tensor:
+        """The Wiener filter for ``kernel`` at this image size and weight, kept for the next call (video
+        frames between two estimates share both)."""
         k = np.ascontiguousarray(kernel, dtype=np.float32)
-        key = (k.shape, k.tobytes(), h, w)
+        key = (k.shape, k.tobytes(), h, w, balance)
         cached = self.__dict__.get("_filter_cache")
         if cached is None or cached[0] != key:
             _, hp, wp = wiener_grid(h, w, k.shape[-1])
-            cached = (key, wiener_filter(k, hp, wp, self.config.balance))
+            cached = (key, wiener_filter(k, hp, wp, balance))
             self.__dict__["_filter_cache"] = cached
         return cached[1]
 
