@@ -289,7 +289,7 @@ def test_int8_calibration_gives_photo_and_guide():
     assert not np.allclose(cal[0, 3:], blurred[0], atol=1e-3)
 
 
-def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp_path):
+def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp_path, load_script):
     from sharpkd.distill_kernel import main
 
     base = random_weights(Student(config=StudentConfig(**SMALL)))
@@ -306,8 +306,15 @@ def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp
     assert set(log[-1]["val"]) == {"motion", "gauss"} and "no_kernel" in log[-1]["val"]["gauss"]
     labels = torch.load(tmp_path / "kd" / "labels.pt", weights_only=True)
     assert len(labels) == 6 and labels[0].dtype == torch.uint8  # one teacher label per training case
-    # a third bank of narrow Gaussians: labelled too, and validated in a row of its own
-    main(["--out", str(tmp_path / "narrow"), "--narrow-cases", "2", "--narrow-sigma", "1.2", *common])
+    # a third bank of narrow Gaussians: labelled too, and validated in a row of its own; the run continues
+    # the kernel student above, whose training its file and card keep
+    main(["--out", str(tmp_path / "narrow"), "--narrow-cases", "2", "--narrow-sigma", "1.2", *common,
+          "--init", str(tmp_path / "kd" / "model.safetensors"), "--round-balance", "0.004"])
+    model, info = load_model(tmp_path / "narrow")
+    assert model.config.round_balance == 0.004 and info["init"].endswith("model.safetensors")
+    assert [e["steps"] for e in info["earlier"]] == [4] and info["earlier"][0]["init"].endswith("s.safetensors")
+    card = load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
+    assert "earlier training, continued by the command below" in card and "0.004 on the round route" in card
     log = [json.loads(line) for line in (tmp_path / "narrow" / "log.jsonl").read_text().splitlines()]
     assert set(log[-1]["val"]) == {"motion", "gauss", "gauss_narrow"}
     assert len(torch.load(tmp_path / "narrow" / "labels.pt", weights_only=True)) == 8

@@ -76,15 +76,24 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              + (f"; where that crop shows no camera shake, on a {model.config.fallback_side}-px crop instead"
                 if model.config.fallback_side else "")
              + "), a Wiener "
-             f"deconvolution with that kernel (balance {model.config.balance}) where its router deconvolves "
+             f"deconvolution with that kernel (balance {model.config.balance}"
+             + (f"; {model.config.round_balance} on the round route" if model.config.round_balance else "")
+             + ") where its router deconvolves "
              "(`shake`"
              + (f" when its two estimates agree at least {model.config.min_agreement}"
                 if model.config.min_agreement is not None else "")
              + ", `round`), the photo itself elsewhere; then the network",
              f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
              + (f" from `{info['teacher']}`" if info.get("distilled") else ""),
+             *[f"- earlier training, continued by the command below: `{e['command']}` ({e['steps']} steps from "
+               f"`{e['init']}`, {e['wall_time_s'] / 60:.1f} min on {e['hardware']}; hold-out gain with the guide "
+               + ", ".join(f"{k} {v['guide']:+.2f}" for k, v in (e.get("val") or {}).items()) + ")"
+               + "".join(f"; then `{c}`" for c in e.get("settings", []))
+               for e in info.get("earlier", [])],
              f"- training command: `{info.get('command', '')}`",
-             f"- initialised from `{info.get('init')}` (its weights, zeros for the guide's three input channels)",
+             (f"- initialised from `{info.get('init')}`, the kernel student above (its weights and run-time settings)"
+              if info.get("earlier") else
+              f"- initialised from `{info.get('init')}` (its weights, zeros for the guide's three input channels)"),
              f"- steps: {info.get('steps')}; batch {dc.get('batch')} x {dc.get('patch')}^2 windows of "
              f"{info.get('train_cases')} bank crops ({dc.get('crop')} px; camera shake and Gaussian, each with "
              f"the kernel the teacher's route estimates); lr {dc.get('lr')} (cosine); "

@@ -258,11 +258,25 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
             "steps": cfg.steps, "data": [data], "teacher": teacher_name, "init": init, "distilled": cfg.w_kd > 0,
             "hardware": hardware(), "train_cases": len(bank), "val_cases": len(val_bank),
             "distill_config": dataclasses.asdict(cfg), **summary}
+    info["earlier"] = earlier_training(init)
     path = save_model(out / "model.safetensors", model, info)
     (out / "summary.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"wrote {path}: hold-out gain with the guide " +
           ", ".join(f"{k} {v['guide']:+.3f}" for k, v in summary["val"].items()))
     return path
+
+
+def earlier_training(init: str) -> list[dict]:
+    """Where ``init`` is a kernel-student file: its own training, oldest first (the stages it continued,
+    then its run), with the run-time settings changed after it; empty for a plain student."""
+    from sharpkd.checkpoint import load_model
+
+    _, info = load_model(init)
+    if info.get("arch") != "kstudent":
+        return []
+    keys = ("command", "init", "steps", "wall_time_s", "hardware", "train_cases", "val_before", "val")
+    return [*info.get("earlier", []), {"file": init, **{k: info.get(k) for k in keys},
+                                       "settings": [h["command"] for h in info.get("settings_history", [])]}]
 
 
 def main(argv: list[str] | None = None) -> None:
