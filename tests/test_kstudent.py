@@ -379,3 +379,33 @@ def test_settings_tool_changes_the_estimate_settings_only(tmp_path, load_script)
     assert model.config.fallback_side == 768 and model.__dict__["_fallback"].config.estimate_side == 768
     assert "on a 768-px crop instead" in load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
     assert [h["command"] for h in info["settings_history"]] == ["test command", "wide command"]
+
+
+def test_headroom_benchmark_scores_students_and_teacher_with_both_kernels(tmp_path, load_script):
+    """benchmarks/kstudent_headroom.py on two hand-made hold-out cases: each model with the estimated and the
+    true kernel; the teacher's deconvolution with the true kernel beats the blurred crop."""
+    from skimage import data as skdata
+
+    from sharpkd.degrade import pad_kernel, protocol_degrade
+
+    sharp = skdata.astronaut()[100:164, 180:244]
+    true = gaussian_kernel(1.5)
+    bank = []
+    for i, est_sigma in enumerate((1.5, 2.5)):
+        y = protocol_degrade(sharp, true, i)
+        bank.append({"kind": "gauss", "sharp": torch.from_numpy(sharp).permute(2, 0, 1).contiguous(),
+                     "blurred": torch.from_numpy(y).permute(2, 0, 1).contiguous(),
+                     "true": torch.from_numpy(pad_kernel(true, 31)).float(),
+                     "est": torch.from_numpy(pad_kernel(gaussian_kernel(est_sigma), 31)).float()})
+    torch.save(bank, tmp_path / "val_bank-round.pt")
+    save_model(tmp_path / "k.safetensors", small_kstudent())
+    tool = load_script("benchmarks/kstudent_headroom.py")
+    tool.main(["--run", str(tmp_path), "--models", str(tmp_path / "k.safetensors"), "--json", str(tmp_path / "h.json"),
+               "-q"])
+    rows = json.loads((tmp_path / "h.json").read_text())["rows"]
+    assert [(r["bank"], r["kernel"]) for r in rows] == [("mixed", "est"), ("mixed", "true")] * 2
+    assert [r["model"] for r in rows[2:]] == ["teacher", "teacher"]
+    assert rows[3]["gain"]["gauss"] > 1.0  # the teacher's solver with the true sigma-1.5 kernel
+    assert rows[0]["gain"] != rows[1]["gain"]  # the student's guide follows the kernel it is given
+    with pytest.raises(SystemExit, match="no validation banks"):
+        tool.main(["--run", str(tmp_path / "none"), "-q"])

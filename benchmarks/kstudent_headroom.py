@@ -1,0 +1,106 @@
+"""Where does the kernel student lose to the teacher: the blur estimate, or what it makes of it?
+
+    python benchmarks/kstudent_headroom.py --run runs/kstudent-narrow --models kstudent,runs/kstudent-narrow \
+        --json docs/eval/kstudent/headroom.json
+
+Reads the hold-out validation banks of a ``python -m sharpkd.distill_kernel`` run folder (crops of the
+hold-out photos, blurred as the benchmark does, each with the kernel the teacher's route estimated for
+it; ``val_bank-narrow.pt`` where the run made one). Each kernel student is scored twice, its guide made
+with the estimated kernel and with the true one, and so is the teacher's own deconvolution (the solver
+and prior of the case's route, as in the teacher labels). Printed: mean gain (dB) over the blurred
+crop per bank and kind. The gap between the two kernels is what a better estimate could give; the gap
+to the teacher with the same kernel is what the student's network and its Wiener guide leave.
+Kodak24 is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+BANKS = {"mixed": ("val_bank.pt", "val_bank-round.pt"), "narrow": ("val_bank-narrow.pt",)}
+
+
+def load_banks(run: Path) -> dict[str, list[dict]]:
+    out = {}
+    for name, files in BANKS.items():
+        cases = [c for f in files if (run / f).is_file() for c in torch.load(run / f, weights_only=True)]
+        if cases:
+            out[name] = cases
+    if not out:
+        raise SystemExit(f"{run}: no validation banks (val_bank*.pt) there")
+    return out
+
+
+def student_gains(model, bank: list[dict], kernel: str, balance: float) -> dict[str, float]:
+    from sharpkd.distill_kernel import prepare, validate
+
+    cases = prepare([{**c, "est": c[kernel]} for c in bank], balance,
+                    round_balance=float(getattr(model.config, "round_balance", None) or 0.0))
+    return {k: v["guide"] for k, v in validate(model, cases).items()}
+
+
+def teacher_gains(teacher, bank: list[dict], kernel: str, progress: bool) -> dict[str, float]:
+    from sharpkd.deblur.finetune import solve
+    from sharpkd.metrics import batch_psnr
+
+    gains: dict[str, list[float]] = {}
+    for c in tqdm(bank, desc=f"teacher, {kernel} kernel", disable=not progress, leave=False):
+        y, x = c["blurred"][None].float() / 255, c["sharp"][None].float() / 255
+        k = c[kernel] / c[kernel].sum()
+        with torch.no_grad():
+            out = solve(teacher, y, k[None], c["kind"])
+        q = torch.round(out.clamp(0, 1) * 255) / 255
+        gains.setdefault(c["kind"], []).append(float(batch_psnr(q, x)[0] - batch_psnr(y, x)[0]))
+    return {k: round(float(np.mean(v)), 3) for k, v in gains.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sharpkd.models  # noqa: F401  (registers the architectures before the teacher module)
+    from sharpkd.checkpoint import load_model
+    from sharpkd.provenance import hardware
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a distill_kernel run folder (its val_bank*.pt)")
+    ap.add_argument("--models", default="kstudent", help="comma-separated kernel-student names or files")
+    ap.add_argument("--teacher", default="teacher", help="blind-teacher file ('' to skip it)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    banks = load_banks(args.run)
+    rows = []
+    for name in [m for m in args.models.split(",") if m]:
+        model, info = load_model(name)
+        if info.get("arch") != "kstudent":
+            raise SystemExit(f"{name} is not a kernel student")
+        model = model.float().eval()
+        for bank_name, bank in banks.items():
+            for kernel in ("est", "true"):
+                rows.append({"model": name, "bank": bank_name, "kernel": kernel,
+                             "gain": student_gains(model, bank, kernel, model.config.balance)})
+                print(json.dumps(rows[-1]), flush=True)
+    if args.teacher:
+        teacher, info = load_model(args.teacher)
+        if info.get("arch") != "blind":
+            raise SystemExit(f"{args.teacher} is not a blind-teacher file")
+        teacher = teacher.float().eval()
+        for bank_name, bank in banks.items():
+            for kernel in ("est", "true"):
+                rows.append({"model": args.teacher, "bank": bank_name, "kernel": kernel,
+                             "gain": teacher_gains(teacher, bank, kernel, not args.quiet)})
+                print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"run": str(args.run), "cases": {k: len(v) for k, v in banks.items()},
+                                         "hardware": hardware(), "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
