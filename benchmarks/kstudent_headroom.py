@@ -37,11 +37,12 @@ def load_banks(run: Path) -> dict[str, list[dict]]:
     return out
 
 
-def student_gains(model, bank: list[dict], kernel: str, balance: float) -> dict[str, float]:
+def student_gains(model, bank: list[dict], kernel: str) -> dict[str, float]:
+    """The kernel student's mean gains with guides made as its own settings make them."""
     from sharpkd.distill_kernel import prepare, validate
 
-    cases = prepare([{**c, "est": c[kernel]} for c in bank], balance,
-                    round_balance=float(getattr(model.config, "round_balance", None) or 0.0))
+    cases = prepare([{**c, "est": c[kernel]} for c in bank], model.config.balance,
+                    round_balance=float(model.config.round_balance or 0.0))
     return {k: v["guide"] for k, v in validate(model, cases).items()}
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         for bank_name, bank in banks.items():
             for kernel in ("est", "true"):
                 rows.append({"model": name, "bank": bank_name, "kernel": kernel,
-                             "gain": student_gains(model, bank, kernel, model.config.balance)})
+                             "gain": student_gains(model, bank, kernel)})
                 print(json.dumps(rows[-1]), flush=True)
     if args.teacher:
         teacher, info = load_model(args.teacher)
