@@ -112,6 +112,7 @@ def summary(paths: list[str]) -> None:
     print("| round-route crops | " + " | ".join(Path(p).stem for p in paths) + " |")
     print("|---|" + "---|" * len(paths))
     sets = [[r for r in json.loads(Path(p).read_text())["rows"] if r.get("cand")] for p in paths]
+    np.seterr(all="ignore")
     print("| cases | " + " | ".join(str(len(s)) for s in sets) + " |")
     lines = [(f"fit {d:+.1f} px" if d else "fitted width (shipped)", lambda r, k=f"{d:+.1f}": r["cand"][k]["gain"])
              for d in OFFSETS]
@@ -124,6 +125,9 @@ def summary(paths: list[str]) -> None:
         print(f"| {name} | " + " | ".join(f"{np.mean([f(r) for r in s]):+.2f}" for s in sets) + " |")
     for p, s in zip(paths, sets, strict=True):
         err = [r["fit"] - r["sigma"] for r in s]
+        if not err:
+            print(f"\n{Path(p).stem}: no crop took the round route")
+            continue
         print(f"\n{Path(p).stem}: fitted minus true width, mean {np.mean(err):+.3f} px, "
               f"range {min(err):+.2f} to {max(err):+.2f}; per photo: "
               + ", ".join(f"{n} {np.mean([r['fit'] - r['sigma'] for r in s if r['photo'] == n]):+.2f}"

@@ -327,6 +327,56 @@ def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp
     assert all("kd" not in r.get("loss", {}) for r in log)
 
 
+def test_teacher_only_cases_learn_from_the_teacher_alone():
+    """A teacher-only case has no ground truth: its windows take the teacher's label as their target in the
+    distillation term (with or without a kernel) and as the perceptual term's reference, and stay out of the
+    reconstruction term, which the other windows keep."""
+    import dataclasses
+
+    from sharpkd.distill_kernel import KernelDistillConfig, loss_terms, prepare, windows
+
+    rng = np.random.default_rng(0)
+    img = lambda: torch.from_numpy(rng.integers(0, 256, (3, 40, 40), dtype=np.uint8))  # noqa: E731
+    k = torch.from_numpy(gaussian_kernel(1.0))
+    bank = [{"kind": "gauss", "blurred": img(), "sharp": img(), "est": k},
+            {"kind": "motion", "blurred": img(), "est": k, "teacher_only": True}]
+    labels = [img(), img()]
+    cases = prepare(bank, 1e-2, labels)
+    assert "gt" not in cases[0] and cases[1]["gt"] == 0.0
+    torch.testing.assert_close(cases[1]["x"], labels[1][None].float() / 255)
+    model = KernelStudent(config=KernelStudentConfig(**SMALL))
+    cfg = KernelDistillConfig(batch=6, patch=16, no_kernel_share=1.0, w_perceptual=0)  # no window has a kernel
+    only = windows(cases[1:], cfg, np.random.default_rng(1))
+    assert only["gt"].tolist() == [0.0] * 6 and only["kd"].tolist() == [0.0] * 6
+    _, parts = loss_terms(model, only, cfg, 1, None)
+    assert parts["rec"] == 0 and parts["kd"] > 0  # the label is the target even without a kernel
+    both = windows(cases, dataclasses.replace(cfg, batch=16), np.random.default_rng(2))
+    assert set(both["gt"].tolist()) == {0.0, 1.0}
+    pred = model.run(both["y"], both["g"])
+    gt = both["gt"].bool()
+    _, parts = loss_terms(model, both, cfg, 1, None)
+    assert parts["rec"] == pytest.approx(float(torch.nn.functional.l1_loss(pred[gt], both["x"][gt])), rel=1e-4)
+    assert parts["kd"] == pytest.approx(float(torch.nn.functional.l1_loss(pred[~gt], both["t"][~gt])), rel=1e-4)
+
+
+def test_distill_command_adds_teacher_only_cases(tmp_path):
+    """``--teacher-only-cases``: a bank of its own, labelled by the teacher after the others, whose sharp
+    crops are never read; refused without the distillation term."""
+    from sharpkd.distill_kernel import main
+
+    save_model(tmp_path / "s.safetensors", random_weights(Student(config=StudentConfig(**SMALL))))
+    common = ["--data", str(tmp_path / "none"), "--init", str(tmp_path / "s.safetensors"), "--train-cases", "2",
+              "--val-cases", "1", "--crop", "96", "--patch", "32", "--batch", "2", "--steps", "2", "--val-every",
+              "2", "-q", "--teacher-only-cases", "2"]
+    main(["--out", str(tmp_path / "kd"), *common])
+    _, info = load_model(tmp_path / "kd")
+    assert info["train_cases"] == 6 and info["distill_config"]["teacher_only_cases"] == 2
+    assert len(torch.load(tmp_path / "kd" / "bank-teacher-only.pt", weights_only=True)) == 2
+    assert len(torch.load(tmp_path / "kd" / "labels.pt", weights_only=True)) == 6
+    with pytest.raises(SystemExit, match="needs --w-kd"):
+        main(["--out", str(tmp_path / "nokd"), *common, "--w-kd", "0"])
+
+
 def test_shipped_kernel_student_runs_everywhere(tmp_path, capsys):
     """The shipped file through the CLI: sharpen (with its kernel saved), info, and bench rows for its
     three backends (each frame deconvolved with a camera-shake kernel, then the network)."""

@@ -12,6 +12,9 @@ estimates for it: the refined L0 kernel for camera shake, the fitted width for r
 estimates with the estimator's real errors, the kernels the student will meet. ``--narrow-cases N``
 adds a third bank of N Gaussians of sigma 0.8 to ``--narrow-sigma`` (``bank-narrow.pt``; its hold-out
 twin is validated as ``gauss_narrow``), where the teacher's lead over the student is largest.
+``--teacher-only-cases N`` adds a bank of N more crops (mixed blur, ``bank-teacher-only.pt``) whose
+sharp originals are never read: the student learns them from the teacher's labels alone, as it would
+photos that have no sharp original. A twin trained without the teacher cannot use them.
 
 Teacher labels: the teacher's own deconvolution of each training crop with that kernel, through the
 route's solver and prior (cached in ``labels.pt``, resumable).
@@ -55,6 +58,8 @@ class KernelDistillConfig:
     no_kernel_share: float = 0.5  # windows whose guide is the photo itself
     narrow_cases: int = 0  # cases in a third, narrow-Gaussian training bank (0: none)
     narrow_sigma: float = 1.6  # its widest sigma (drawn from 0.8 to this)
+    teacher_only_cases: int = 0  # cases (mixed blur) whose ground truth is never read: the teacher's labels are
+    # their only target, as for photos without a sharp original (needs w_kd > 0)
     w_rec: float = 1.0
     w_kd: float = 1.0
     w_perceptual: float = 0.005
@@ -97,21 +102,25 @@ def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None 
     for i, c in enumerate(bank):
         y = c["blurred"][None].float() / 255
         b = round_balance if c["kind"] == "gauss" and round_balance > 0 else balance
-        case = {"kind": c["kind"], "y": y, "x": c["sharp"][None].float() / 255,
+        case = {"kind": c["kind"], "y": y, "x": c["sharp"][None].float() / 255 if "sharp" in c else None,
                 "g": wiener_deconvolve(y, c["est"] / c["est"].sum(), b)}
         if "group" in c:
             case["group"] = c["group"]
         if labels is not None:
             case["t"] = labels[i][None].float() / 255
+        if c.get("teacher_only"):  # no ground truth: the teacher's label stands in for it everywhere
+            case["x"] = case["t"]
+            case["gt"] = 0.0
         out.append(case)
     return out
 
 
 def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """A batch of random windows: photo ``y``, guide ``g``, truth ``x``, teacher ``t`` (cases with
-    labels only), and ``kd`` (1 where the window has a kernel and so a teacher label)."""
+    labels only), ``kd`` (1 where the window has a kernel and so a teacher label) and ``gt`` (0 for a
+    teacher-only case, whose ``x`` is the teacher's label)."""
     keys = ("y", "g", "x", "t") if "t" in cases[0] else ("y", "g", "x")
-    batch: dict[str, list] = {k: [] for k in (*keys, "kd")}
+    batch: dict[str, list] = {k: [] for k in (*keys, "kd", "gt")}
     for _ in range(cfg.batch):
         c = cases[int(rng.integers(len(cases)))]
         h, w = c["y"].shape[-2:]
@@ -128,7 +137,8 @@ def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generato
         for k in keys:
             batch[k].append(crop[k])
         batch["kd"].append(float(kernel))
-    return {k: torch.stack(v) if k != "kd" else torch.tensor(v) for k, v in batch.items()}
+        batch["gt"].append(float(c.get("gt", 1.0)))
+    return {k: torch.stack(v) if k not in ("kd", "gt") else torch.tensor(v) for k, v in batch.items()}
 
 
 def q(t: torch.Tensor) -> torch.Tensor:
@@ -184,9 +194,12 @@ def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step
     from sharpkd.losses import perceptual
 
     pred = model.run(b["y"], b["g"])
-    parts = {"rec": F.l1_loss(pred, b["x"])}
+    gt = b["gt"].bool() if "gt" in b else torch.ones(len(pred), dtype=torch.bool)
+    # reconstruction: windows with a ground truth; distillation: windows with a kernel (the teacher's labels
+    # are deconvolutions), and every teacher-only window (its label is all it has)
+    parts = {"rec": F.l1_loss(pred[gt], b["x"][gt]) if gt.any() else pred.sum() * 0}
     total = cfg.w_rec * parts["rec"]
-    m = b["kd"].bool()
+    m = b["kd"].bool() | ~gt
     if cfg.w_kd > 0 and m.any():
         parts["kd"] = F.l1_loss(pred[m], b["t"][m])
         total = total + cfg.w_kd * parts["kd"]
@@ -248,6 +261,12 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
         narrow = build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 3, out / "val_bank-narrow.pt", True,
                             sigmas)
         val_bank += [{**c, "group": "gauss_narrow"} for c in narrow]
+    if cfg.teacher_only_cases > 0:  # photos the student learns from the teacher alone
+        if cfg.w_kd <= 0:
+            raise SystemExit("--teacher-only-cases needs --w-kd > 0: those cases have no other target")
+        extra = build_bank(teacher, train_photos, cfg.teacher_only_cases, cfg.crop, cfg.seed + 4,
+                           out / "bank-teacher-only.pt")
+        bank += [{k: v for k, v in c.items() if k != "sharp"} | {"teacher_only": True} for c in extra]
     labels = teacher_labels(teacher, bank, out / "labels.pt") if cfg.w_kd > 0 else None
     model = build_student(init, cfg)
     balance = float(model.config.balance)
