@@ -375,6 +375,7 @@ def test_distill_command_adds_teacher_only_cases(tmp_path):
     assert len(torch.load(tmp_path / "kd" / "labels.pt", weights_only=True)) == 6
     with pytest.raises(SystemExit, match="needs --w-kd"):
         main(["--out", str(tmp_path / "nokd"), *common, "--w-kd", "0"])
+    assert not (tmp_path / "nokd").exists()  # refused before any work
 
 
 def test_shipped_kernel_student_runs_everywhere(tmp_path, capsys):

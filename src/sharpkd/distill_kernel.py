@@ -249,6 +249,8 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
     from sharpkd.deblur.finetune import build_bank, start_run
     from sharpkd.provenance import hardware
 
+    if cfg.teacher_only_cases > 0 and cfg.w_kd <= 0:  # before any bank is built
+        raise SystemExit("--teacher-only-cases needs --w-kd > 0: those cases have no other target")
     teacher, _, train_photos, held = start_run(data, teacher_name, out, cfg.seed, threads)
     bank, val_bank = [], []
     for tag, gauss in (("", False), ("-round", True)):
@@ -262,8 +264,6 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
                             sigmas)
         val_bank += [{**c, "group": "gauss_narrow"} for c in narrow]
     if cfg.teacher_only_cases > 0:  # photos the student learns from the teacher alone
-        if cfg.w_kd <= 0:
-            raise SystemExit("--teacher-only-cases needs --w-kd > 0: those cases have no other target")
         extra = build_bank(teacher, train_photos, cfg.teacher_only_cases, cfg.crop, cfg.seed + 4,
                            out / "bank-teacher-only.pt")
         bank += [{k: v for k, v in c.items() if k != "sharp"} | {"teacher_only": True} for c in extra]
