@@ -36,8 +36,11 @@ MIXES = {"fit,+0.1": (0.0, 0.1), "-0.1,fit,+0.1": (-0.1, 0.0, 0.1), "fit..+0.2":
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = torch.round(a.clamp(0, 1) * 255) / 255
-    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+    """PSNR (dB) of ``a`` as an 8-bit image would store it, against ``b``; both in [0, 1]."""
+    from sharpkd.distill_kernel import q
+    from sharpkd.metrics import psnr as psnr_db
+
+    return psnr_db(q(a), b, data_range=1.0)
 
 
 def measures(x: torch.Tensor, net: torch.Tensor) -> dict[str, float]:
@@ -112,7 +115,6 @@ def summary(paths: list[str]) -> None:
     print("| round-route crops | " + " | ".join(Path(p).stem for p in paths) + " |")
     print("|---|" + "---|" * len(paths))
     sets = [[r for r in json.loads(Path(p).read_text())["rows"] if r.get("cand")] for p in paths]
-    np.seterr(all="ignore")
     print("| cases | " + " | ".join(str(len(s)) for s in sets) + " |")
     lines = [(f"fit {d:+.1f} px" if d else "fitted width (shipped)", lambda r, k=f"{d:+.1f}": r["cand"][k]["gain"])
              for d in OFFSETS]

@@ -194,7 +194,7 @@ def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step
     from sharpkd.losses import perceptual
 
     pred = model.run(b["y"], b["g"])
-    gt = b["gt"].bool() if "gt" in b else torch.ones(len(pred), dtype=torch.bool)
+    gt = b["gt"].bool()
     # reconstruction: windows with a ground truth; distillation: windows with a kernel (the teacher's labels
     # are deconvolutions), and every teacher-only window (its label is all it has)
     parts = {"rec": F.l1_loss(pred[gt], b["x"][gt]) if gt.any() else pred.sum() * 0}
