@@ -79,6 +79,40 @@ def test_widened_student_starts_as_the_student_with_the_residual_on_the_guide(tm
         build_student(str(tmp_path / "w.safetensors"), KernelDistillConfig())
 
 
+def test_deepened_student_starts_as_its_init_and_its_new_blocks_train(tmp_path):
+    from sharpkd.distill_kernel import KernelDistillConfig, build_student
+
+    x, g = torch.rand(2, 3, 20, 28), torch.rand(2, 3, 20, 28)
+    trained = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL)))
+    save_model(tmp_path / "k.safetensors", trained)
+    deep = build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig(deepen=1))
+    assert deep.config.high_blocks == 2 and len(deep.net.enc) == 2 and len(deep.net.dec) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(deep.run(x, g), trained.eval().run(x, g))
+    # the new blocks are not frozen: one gradient step changes their weights and the output
+    opt = torch.optim.SGD(deep.net.parameters(), lr=0.1)
+    deep.train()
+    (deep.run(x, g) - torch.rand_like(x)).abs().mean().backward()
+    assert deep.net.enc[1].conv2.weight.grad.abs().sum() > 0
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(deep.eval().run(x, g), trained.run(x, g), atol=1e-4)
+    # from a plain student file (trained with re-parameterisable convolutions, saved collapsed): still the
+    # student's own correction
+    base = random_weights(Student(config=StudentConfig(**SMALL, rep=2)))
+    save_model(tmp_path / "s.safetensors", base)
+    ks = build_student(str(tmp_path / "s.safetensors"), KernelDistillConfig(deepen=2))
+    assert ks.config.high_blocks == 3
+    with torch.no_grad():
+        torch.testing.assert_close(ks.run(x, g) - g, base.eval()(x) - x, atol=1e-5, rtol=0)
+    # a file with more blocks than the network is refused, not half-loaded
+    save_model(tmp_path / "d.safetensors", random_weights(KernelStudent(config=KernelStudentConfig(
+        **{**SMALL, "low_blocks": 2}))))
+    from sharpkd.distill_kernel import load_deepened
+    with pytest.raises(SystemExit, match="does not fit"):
+        load_deepened(trained.net, load_model(str(tmp_path / "d.safetensors"))[0].net.state_dict())
+
+
 def test_guide_deconvolves_only_on_the_deconvolving_routes():
     x = torch.rand(3, 3, 24, 24)
     k = gaussian_kernel(1.2)
@@ -238,6 +272,24 @@ def test_sharpener_estimates_once_and_tiles_match_whole_image():
         torch.testing.assert_close(out, ks(x).clamp(0, 1), atol=1e-5, rtol=0)
 
 
+def test_self_ensemble_estimates_and_guides_once_and_turns_photo_and_guide_together():
+    from sharpkd.infer import Sharpener, dihedral
+
+    ks = small_kstudent()
+    x = torch.rand(1, 3, 40, 56)
+    ens = Sharpener(ks, tile=0, ensemble=8).sharpen_tensor(x)
+    assert ks.estimator.calls == 1 and ens.shape == x.shape
+    with torch.no_grad():
+        joined = torch.cat([x, ks.guide(x, ks.estimate(x))], dim=1)
+        want = sum(dihedral(ks.run_joined(dihedral(joined, k)).clamp(0, 1), k, inverse=True) for k in range(8)) / 8
+        torch.testing.assert_close(ens, want, atol=1e-5, rtol=0)
+        # not the plain pass: the random network is not equivariant, so the average differs from it
+        assert (ens - ks(x).clamp(0, 1)).abs().max() > 1e-3
+    # tiled like the plain pass
+    tiled = Sharpener(ks, tile=96, overlap=64, ensemble=2).sharpen_tensor(torch.rand(1, 3, 150, 190))
+    assert tiled.shape == (1, 3, 150, 190)
+
+
 def test_frame_sharpener_renews_the_estimate_every_n_frames():
     from sharpkd.infer import Sharpener
     from sharpkd.video import FrameSharpener
@@ -359,9 +411,49 @@ def test_teacher_only_cases_learn_from_the_teacher_alone():
     assert parts["kd"] == pytest.approx(float(torch.nn.functional.l1_loss(pred[~gt], both["t"][~gt])), rel=1e-4)
 
 
+def test_windows_without_a_kernel_learn_the_teachers_network_output():
+    """``--w-kd-net``: a window without a kernel (photo as guide) takes the teacher network's output as its
+    teacher label, in a distillation term of its own; windows with a kernel keep the deconvolution, and a
+    teacher-only case keeps its deconvolution everywhere."""
+    import dataclasses
+
+    from sharpkd.distill_kernel import KernelDistillConfig, loss_terms, prepare, windows
+
+    rng = np.random.default_rng(0)
+    img = lambda: torch.from_numpy(rng.integers(0, 256, (3, 40, 40), dtype=np.uint8))  # noqa: E731
+    k = torch.from_numpy(gaussian_kernel(1.0))
+    bank = [{"kind": "gauss", "blurred": img(), "sharp": img(), "est": k},
+            {"kind": "motion", "blurred": img(), "est": k, "teacher_only": True}]
+    labels, net = [img(), img()], [img(), img()]
+    cases = prepare(bank, 1e-2, labels, net_labels=net)
+    cfg = KernelDistillConfig(batch=16, patch=40, w_perceptual=0, w_kd_net=0.5)
+    b = windows(cases, cfg, np.random.default_rng(3))
+    kd, gt = b["kd"].bool(), b["gt"].bool()
+    assert (kd & gt).any() and (~kd & gt).any() and (~gt).any()
+    as_float = lambda t: t.float() / 255  # noqa: E731
+    for i in range(16):  # whole 40-px crops: each window is its case's label, turned and flipped
+        case = 0 if gt[i] else 1
+        want = net[case] if gt[i] and not kd[i] else labels[case]
+        options = [torch.rot90(as_float(want), r, dims=(-2, -1)) for r in range(4)]
+        options += [o.flip(-1) for o in options]
+        assert any(torch.equal(b["t"][i], o) for o in options)
+    model = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL)))
+    pred = model.run(b["y"], b["g"])
+    total, parts = loss_terms(model, b, cfg, 1, None)
+    l1 = torch.nn.functional.l1_loss
+    assert parts["kd_net"] == pytest.approx(float(l1(pred[~kd & gt], b["t"][~kd & gt])), rel=1e-4)
+    assert parts["kd"] == pytest.approx(float(l1(pred[kd | ~gt], b["t"][kd | ~gt])), rel=1e-4)
+    assert float(total) == pytest.approx(parts["rec"] + parts["kd"] + 0.5 * parts["kd_net"], rel=1e-4)
+    # off by default: no such term, and the same windows as before the option existed
+    _, parts = loss_terms(model, b, dataclasses.replace(cfg, w_kd_net=0), 1, None)
+    assert "kd_net" not in parts
+    plain = windows(prepare(bank, 1e-2, labels), cfg, np.random.default_rng(3))
+    assert torch.equal(plain["y"], b["y"]) and torch.equal(plain["t"][kd | ~gt], b["t"][kd | ~gt])
+
+
 def test_distill_command_adds_teacher_only_cases(tmp_path):
     """``--teacher-only-cases``: a bank of its own, labelled by the teacher after the others, whose sharp
-    crops are never read; refused without the distillation term."""
+    crops are never read; refused without the distillation term, as ``--w-kd-net`` is."""
     from sharpkd.distill_kernel import main
 
     save_model(tmp_path / "s.safetensors", random_weights(Student(config=StudentConfig(**SMALL))))
@@ -376,6 +468,16 @@ def test_distill_command_adds_teacher_only_cases(tmp_path):
     with pytest.raises(SystemExit, match="needs --w-kd"):
         main(["--out", str(tmp_path / "nokd"), *common, "--w-kd", "0"])
     assert not (tmp_path / "nokd").exists()  # refused before any work
+    with pytest.raises(SystemExit, match="needs --w-kd"):
+        main(["--out", str(tmp_path / "nokd"), *common[:-2], "--w-kd", "0", "--w-kd-net", "1"])
+    assert not (tmp_path / "nokd").exists()
+    # --w-kd-net: the teacher network's output on every training case, cached beside the other labels
+    main(["--out", str(tmp_path / "net"), *common[:-2], "--w-kd-net", "1", "--steps", "4", "--batch", "4"])
+    net = torch.load(tmp_path / "net" / "labels-net.pt", weights_only=True)
+    bank = torch.load(tmp_path / "net" / "bank.pt", weights_only=True)
+    assert len(net) == 4 and net[0].dtype == torch.uint8 and net[0].shape == bank[0]["blurred"].shape
+    log = [json.loads(line) for line in (tmp_path / "net" / "log.jsonl").read_text().splitlines()]
+    assert "kd_net" in log[-1]["loss"] and load_model(tmp_path / "net")[1]["distill_config"]["w_kd_net"] == 1
 
 
 def test_shipped_kernel_student_runs_everywhere(tmp_path, capsys):

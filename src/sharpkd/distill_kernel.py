@@ -17,7 +17,9 @@ sharp originals are never read: the student learns them from the teacher's label
 photos that have no sharp original. A twin trained without the teacher cannot use them.
 
 Teacher labels: the teacher's own deconvolution of each training crop with that kernel, through the
-route's solver and prior (cached in ``labels.pt``, resumable).
+route's solver and prior (cached in ``labels.pt``, resumable). With ``--w-kd-net W`` also the teacher
+network's restoration of each crop (``labels-net.pt``): what the teacher outputs where its router does not
+deconvolve, the target of a distillation term of weight W on the windows that carry no kernel.
 
 Training: random windows (flipped and rotated), the guide being the Wiener deconvolution with the
 estimate. In ``no_kernel_share`` of them the photo itself takes the guide's place: the case where the
@@ -26,7 +28,9 @@ the mission's: ``w_rec`` x L1 to the ground truth + ``w_kd`` x L1 to the teacher
 a kernel; the teacher's labels are deconvolutions) + ``w_perceptual`` x the VGG16 perceptual distance
 (``perceptual_taps`` layers, every ``perceptual_every``-th step). The network starts from ``--init``
 (a student file: its weights, zeros for the guide's channels), so it first computes exactly what that
-student does; a kernel-student file there is trained further as it is. ``--round-balance`` gives the
+student does; a kernel-student file there is trained further as it is. ``--deepen N`` appends N residual
+blocks to the network's encoder and to its decoder, each starting as the identity (more capacity, same
+starting function). ``--round-balance`` gives the
 guides of Gaussian cases (the round route, whose kernel is a fitted Gaussian) a Wiener weight of their
 own, stored in the model so that it guides the same way at run time. Validation: the hold-out banks,
 mean gain (dB) per blur kind with the estimate's guide and with the photo in its place.
@@ -62,17 +66,19 @@ class KernelDistillConfig:
     # their only target, as for photos without a sharp original (needs w_kd > 0)
     w_rec: float = 1.0
     w_kd: float = 1.0
+    w_kd_net: float = 0.0  # L1 to the teacher's network output on windows without a kernel (photo as guide)
     w_perceptual: float = 0.005
     perceptual_every: int = 4
     perceptual_taps: int = 2
     balance: float = 1e-2  # Wiener regularisation of the guide
     round_balance: float = 0.0  # the guide's weight for Gaussian cases (the round route); 0: ``balance``
+    deepen: int = 0  # residual blocks appended to the encoder and to the decoder, each starting as the identity
     estimate_side: int = 384  # the shipped model's estimate crop (inference only)
     val_every: int = 1000
     seed: int = 0
 
 
-def teacher_labels(teacher, bank: list[dict], path: Path) -> list[torch.Tensor]:
+def teacher_labels(teacher, bank: list[dict], path: Path, progress: bool = True) -> list[torch.Tensor]:
     """The teacher's deconvolution (uint8) of every bank case with its estimated kernel, through its
     route's solver and prior; cached in ``path`` and resumed from it."""
     from tqdm import tqdm
@@ -80,7 +86,8 @@ def teacher_labels(teacher, bank: list[dict], path: Path) -> list[torch.Tensor]:
     from sharpkd.deblur.finetune import solve
 
     labels = torch.load(path, weights_only=True) if path.is_file() else []
-    for c in tqdm(bank[len(labels):], desc="teacher labels", initial=len(labels), total=len(bank)):
+    for c in tqdm(bank[len(labels):], desc="teacher labels", initial=len(labels), total=len(bank),
+                  disable=not progress):
         y = c["blurred"][None].float() / 255
         with torch.no_grad():
             out = solve(teacher, y, (c["est"] / c["est"].sum())[None], c["kind"])
@@ -91,8 +98,27 @@ def teacher_labels(teacher, bank: list[dict], path: Path) -> list[torch.Tensor]:
     return labels
 
 
+def network_labels(teacher, bank: list[dict], path: Path, progress: bool = True) -> list[torch.Tensor]:
+    """The teacher network's restoration (uint8) of every bank case: the teacher's own output where its
+    router keeps a photo from deconvolution, as the kernel student does without a kernel. Cached in
+    ``path`` and resumed from it."""
+    from tqdm import tqdm
+
+    labels = torch.load(path, weights_only=True) if path.is_file() else []
+    for c in tqdm(bank[len(labels):], desc="network labels", initial=len(labels), total=len(bank),
+                  disable=not progress):
+        with torch.no_grad():
+            out = teacher._network(c["blurred"][None].float() / 255)
+        labels.append((out[0].clamp(0, 1) * 255).round().to(torch.uint8))
+        if len(labels) % 16 == 0 or len(labels) == len(bank):
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(labels, tmp)
+            tmp.replace(path)
+    return labels
+
+
 def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None = None,
-            round_balance: float = 0.0) -> list[dict]:
+            round_balance: float = 0.0, net_labels: list[torch.Tensor] | None = None) -> list[dict]:
     """Float crops with their guide (Wiener deconvolution with the estimated kernel, weight
     ``round_balance`` for Gaussian cases where it is set, else ``balance``) made once; a case's ``group``
     (its validation row) is kept."""
@@ -108,6 +134,8 @@ def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None 
             case["group"] = c["group"]
         if labels is not None:
             case["t"] = labels[i][None].float() / 255
+        if net_labels is not None:
+            case["n"] = net_labels[i][None].float() / 255
         if c.get("teacher_only"):  # no ground truth: the teacher's label stands in for it everywhere
             case["x"] = case["t"]
             case["gt"] = 0.0
@@ -118,7 +146,8 @@ def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None 
 def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """A batch of random windows: photo ``y``, guide ``g``, truth ``x``, teacher ``t`` (cases with
     labels only), ``kd`` (1 where the window has a kernel and so a teacher label) and ``gt`` (0 for a
-    teacher-only case, whose ``x`` is the teacher's label)."""
+    teacher-only case, whose ``x`` is the teacher's label). Where a case has a network label ``n``, a
+    window without a kernel takes it as its ``t`` (a teacher-only case keeps its deconvolution)."""
     keys = ("y", "g", "x", "t") if "t" in cases[0] else ("y", "g", "x")
     batch: dict[str, list] = {k: [] for k in (*keys, "kd", "gt")}
     for _ in range(cfg.batch):
@@ -128,12 +157,14 @@ def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generato
         y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
         rot, flip = int(rng.integers(4)), bool(rng.integers(2))
         crop = {}
-        for k in keys:
+        for k in keys + (("n",) if "t" in keys and "n" in c else ()):
             t = torch.rot90(c[k][0, :, y0 : y0 + p, x0 : x0 + p], rot, dims=(-2, -1))
             crop[k] = t.flip(-1) if flip else t
         kernel = rng.random() >= cfg.no_kernel_share
         if not kernel:
             crop["g"] = crop["y"]
+            if "n" in crop and c.get("gt", 1.0):
+                crop["t"] = crop["n"]
         for k in keys:
             batch[k].append(crop[k])
         batch["kd"].append(float(kernel))
@@ -176,8 +207,9 @@ def build_student(init: str, cfg: KernelDistillConfig):
     if info.get("arch") == "kstudent":
         if abs(base.config.balance - cfg.balance) > 1e-12:
             raise SystemExit(f"--init {init} was trained with --balance {base.config.balance}, not {cfg.balance}")
-        model = KernelStudent(config=replace(base.config, round_balance=round_balance or base.config.round_balance))
-        model.net.load_state_dict(base.float().net.state_dict())
+        model = KernelStudent(config=replace(base.config, round_balance=round_balance or base.config.round_balance,
+                                             high_blocks=base.config.high_blocks + cfg.deepen))
+        load_deepened(model.net, base.float().net.state_dict())
         return model
     if info.get("arch") != "student" or base.config.wiener or base.config.guide:
         raise SystemExit(f"--init {init}: expected a plain student file (no Wiener bank) or a kernel-student "
@@ -185,9 +217,25 @@ def build_student(init: str, cfg: KernelDistillConfig):
     b = base.config
     model = KernelStudent(config=KernelStudentConfig(
         unshuffle=b.unshuffle, width=b.width, low_width=b.low_width, low_blocks=b.low_blocks,
-        high_blocks=b.high_blocks, balance=cfg.balance, round_balance=round_balance, estimate_side=cfg.estimate_side))
-    model.net.load_state_dict(widen_inputs(base.float().state_dict(), model.net.state_dict()))
+        high_blocks=b.high_blocks + cfg.deepen, balance=cfg.balance, round_balance=round_balance,
+        estimate_side=cfg.estimate_side))
+    load_deepened(model.net, widen_inputs(base.float().state_dict(), model.net.state_dict()))
     return model
+
+
+def load_deepened(net, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``net``, which may have more encoder/decoder residual blocks than ``state``
+    (``--deepen``): those start as the identity (their second convolution zero), so ``net`` computes
+    what ``state``'s network did. Any other mismatch is an error."""
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    new_blocks = {".".join(k.split(".")[:2]) for k in missing}  # e.g. "enc.1" from "enc.1.conv1.weight"
+    if unexpected or any(not b.startswith(("enc.", "dec.")) for b in new_blocks):
+        raise SystemExit(f"the init file does not fit this network (missing {missing}, unexpected {unexpected})")
+    modules = dict(net.named_modules())
+    for b in sorted(new_blocks):
+        conv = modules[b + ".conv2"]
+        torch.nn.init.zeros_(conv.weight)  # kernel students train plain convolutions
+        torch.nn.init.zeros_(conv.bias)
 
 
 def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step: int, vgg):
@@ -203,6 +251,10 @@ def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step
     if cfg.w_kd > 0 and m.any():
         parts["kd"] = F.l1_loss(pred[m], b["t"][m])
         total = total + cfg.w_kd * parts["kd"]
+    net = ~b["kd"].bool() & gt  # windows without a kernel: the teacher's network output, where labelled
+    if cfg.w_kd_net > 0 and net.any():
+        parts["kd_net"] = F.l1_loss(pred[net], b["t"][net])
+        total = total + cfg.w_kd_net * parts["kd_net"]
     if cfg.w_perceptual > 0 and step % max(1, cfg.perceptual_every) == 0:
         parts["perceptual"] = perceptual(pred, b["x"], vgg, taps=cfg.perceptual_taps)
         total = total + cfg.w_perceptual * parts["perceptual"]
@@ -251,27 +303,33 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
 
     if cfg.teacher_only_cases > 0 and cfg.w_kd <= 0:  # before any bank is built
         raise SystemExit("--teacher-only-cases needs --w-kd > 0: those cases have no other target")
+    if cfg.w_kd_net > 0 and cfg.w_kd <= 0:
+        raise SystemExit("--w-kd-net needs --w-kd > 0 (a twin without the teacher has neither)")
     teacher, _, train_photos, held = start_run(data, teacher_name, out, cfg.seed, threads)
     bank, val_bank = [], []
     for tag, gauss in (("", False), ("-round", True)):
-        bank += build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / f"bank{tag}.pt", gauss)
-        val_bank += build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 1, out / f"val_bank{tag}.pt", gauss)
+        bank += build_bank(teacher, train_photos, cfg.train_cases, cfg.crop, cfg.seed, out / f"bank{tag}.pt", gauss,
+                           progress=progress)
+        val_bank += build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 1, out / f"val_bank{tag}.pt", gauss,
+                               progress=progress)
     if cfg.narrow_cases > 0:  # more narrow Gaussians, validated in a row of their own
         sigmas = (0.8, cfg.narrow_sigma)
         bank += build_bank(teacher, train_photos, cfg.narrow_cases, cfg.crop, cfg.seed + 2, out / "bank-narrow.pt",
-                           True, sigmas)
+                           True, sigmas, progress)
         narrow = build_bank(teacher, held, cfg.val_cases, cfg.crop, cfg.seed + 3, out / "val_bank-narrow.pt", True,
-                            sigmas)
+                            sigmas, progress)
         val_bank += [{**c, "group": "gauss_narrow"} for c in narrow]
     if cfg.teacher_only_cases > 0:  # photos the student learns from the teacher alone
         extra = build_bank(teacher, train_photos, cfg.teacher_only_cases, cfg.crop, cfg.seed + 4,
-                           out / "bank-teacher-only.pt")
+                           out / "bank-teacher-only.pt",
+                           progress=progress)
         bank += [{k: v for k, v in c.items() if k != "sharp"} | {"teacher_only": True} for c in extra]
-    labels = teacher_labels(teacher, bank, out / "labels.pt") if cfg.w_kd > 0 else None
+    labels = teacher_labels(teacher, bank, out / "labels.pt", progress) if cfg.w_kd > 0 else None
+    net_labels = network_labels(teacher, bank, out / "labels-net.pt", progress) if cfg.w_kd_net > 0 else None
     model = build_student(init, cfg)
     balance = float(model.config.balance)
     round_balance = float(model.config.round_balance or 0.0)  # the model's (an --init kernel student may set it)
-    summary = train(model, prepare(bank, balance, labels, round_balance),
+    summary = train(model, prepare(bank, balance, labels, round_balance, net_labels),
                     prepare(val_bank, balance, round_balance=round_balance), cfg, out, progress)
     info = {"stage": "kernel student", "command": "python -m sharpkd.distill_kernel " + " ".join(sys.argv[1:]),
             "steps": cfg.steps, "data": [data], "teacher": teacher_name, "init": init, "distilled": cfg.w_kd > 0,

@@ -115,7 +115,9 @@ class Sharpener:
             tiled equals untiled to within float error.
         ensemble: geometric self-ensemble (Lim et al., EDSR, 2017): run the network on 1, 2, 4 or
             8 flipped/transposed copies of the input, undo each transform and average. Costs that
-            many times the compute; typically a few hundredths of a dB better.
+            many times the compute; typically a few hundredths of a dB better. A blind teacher
+            estimates the blur of each copy; the kernel student estimates it and builds its guide once,
+            and transforms photo and guide together, so only its network runs that many times.
     """
 
     def __init__(self, model: nn.Module | Backend, *,
@@ -178,7 +180,8 @@ class Sharpener:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         x = x.float()
 
-        def run(t: torch.Tensor) -> torch.Tensor:
+        def prepare(t: torch.Tensor):
+            """What the network pass runs on (for the kernel student, photo and guide joined) and its function."""
             if self.blind:
                 est = estimates if estimates is not None and t is x else self.estimate_blur(t)
                 self.last_estimates = est
@@ -195,17 +198,26 @@ class Sharpener:
             else:
                 def fn(tile: torch.Tensor) -> torch.Tensor:
                     return run_padded(self.backend, tile, self.multiple)
+            return t, fn
+
+        def apply(t: torch.Tensor, fn) -> torch.Tensor:
             h, w = t.shape[-2:]
             if self.tile and (h > self.tile or w > self.tile):
                 return run_tiled(fn, t.cpu(), self.tile, self.overlap, self.device, self.multiple, channels=3)
             return fn(t.to(self.device)).cpu()
 
         if self.ensemble == 1:
-            return run(x)
+            return apply(*prepare(x))
         # transform the whole image (not each tile), so tiles stay on the network's pixel grid
         acc = torch.zeros(x.shape)
+        if self.blind and hasattr(self.model, "guide"):
+            # the kernel student: one estimate and one guide; photo and guide are transformed together
+            joined, fn = prepare(x)
+            for k in range(self.ensemble):
+                acc += dihedral(apply(dihedral(joined, k), fn), k, inverse=True)
+            return acc.div_(self.ensemble)
         for k in range(self.ensemble):
-            acc += dihedral(run(dihedral(x, k)), k, inverse=True)
+            acc += dihedral(apply(*prepare(dihedral(x, k))), k, inverse=True)
         return acc.div_(self.ensemble)
 
     def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:

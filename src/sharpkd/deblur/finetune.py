@@ -106,7 +106,7 @@ def case_kernel(i: int, rng: np.random.Generator, size: int, gauss_only: bool = 
 
 
 def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path, gauss_only: bool = False,
-               sigmas: tuple[float, float] = (0.8, 3.2)) -> list[dict]:
+               sigmas: tuple[float, float] = (0.8, 3.2), progress: bool = True) -> list[dict]:
     """``n`` cases from ``photos`` (cycled), cached in ``path`` and resumed from it; Gaussian widths are
     drawn from ``sigmas``."""
     from tqdm import tqdm
@@ -116,7 +116,7 @@ def build_bank(teacher, photos: list, n: int, crop: int, seed: int, path: Path, 
     bank = torch.load(path, weights_only=True) if path.is_file() else []
     rng = np.random.default_rng(seed)
     draws = [(int(rng.integers(len(photos))), int(rng.integers(1 << 30))) for _ in range(n)]
-    for i in tqdm(range(len(bank), n), desc=f"bank {path.name}", initial=len(bank), total=n):
+    for i in tqdm(range(len(bank), n), desc=f"bank {path.name}", initial=len(bank), total=n, disable=not progress):
         pi, s = draws[i]
         crng = np.random.default_rng(s)
         kind, kernel = case_kernel(i, crng, int(teacher.config.kernel_size), gauss_only, sigmas)
