@@ -10,7 +10,10 @@ with the estimated kernel and with the true one, and so is the teacher's own dec
 and prior of the case's route, as in the teacher labels). Printed: mean gain (dB) over the blurred
 crop per bank and kind. The gap between the two kernels is what a better estimate could give; the gap
 to the teacher with the same kernel is what the student's network and its Wiener guide leave.
-Kodak24 is never read.
+``--second-pass BALANCE,DAMPING`` also scores each student run twice with the estimated kernel, the
+second time guided by its first output corrected by a Wiener step on the data residual
+(:func:`sharpkd.deblur.solve.wiener_refine`): what a second guided pass of the same, untrained
+network gives (kernel ``est, second pass``). Kodak24 is never read.
 """
 
 from __future__ import annotations
@@ -46,6 +49,23 @@ def student_gains(model, bank: list[dict], kernel: str) -> dict[str, float]:
     return {k: v["guide"] for k, v in validate(model, cases).items()}
 
 
+@torch.no_grad()
+def second_pass_gains(model, bank: list[dict], balance: float, damping: float) -> dict[str, float]:
+    """Mean gains of the kernel student's second pass: guide = its first output refined against the photo
+    with the estimated kernel."""
+    from sharpkd.deblur.solve import wiener_refine
+    from sharpkd.distill_kernel import prepare, q
+    from sharpkd.metrics import batch_psnr
+
+    cases = prepare(bank, model.config.balance, round_balance=float(model.config.round_balance or 0.0))
+    gains: dict[str, list[float]] = {}
+    for c, raw in zip(cases, bank, strict=True):
+        first = model.run(c["y"], c["g"]).clamp(0, 1)
+        second = model.run(c["y"], wiener_refine(first, c["y"], raw["est"], balance, damping))
+        gains.setdefault(c["kind"], []).append(float(batch_psnr(q(second), c["x"])[0] - batch_psnr(c["y"], c["x"])[0]))
+    return {k: round(float(np.mean(v)), 3) for k, v in gains.items()}
+
+
 def teacher_gains(teacher, bank: list[dict], kernel: str, progress: bool) -> dict[str, float]:
     from sharpkd.deblur.finetune import solve
     from sharpkd.metrics import batch_psnr
@@ -70,10 +90,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", type=Path, required=True, help="a distill_kernel run folder (its val_bank*.pt)")
     ap.add_argument("--models", default="kstudent", help="comma-separated kernel-student names or files")
     ap.add_argument("--teacher", default="teacher", help="blind-teacher file ('' to skip it)")
+    ap.add_argument("--second-pass", default="", metavar="BALANCE,DAMPING",
+                    help="also score a second guided pass of each student (e.g. 0.003,0.5)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        second = tuple(float(v) for v in args.second_pass.split(",")) if args.second_pass else ()
+    except ValueError:
+        second = (0.0,)
+    if second and (len(second) != 2 or second[0] <= 0 or second[1] <= 0):
+        raise SystemExit(f"--second-pass wants BALANCE,DAMPING (two positive numbers), got {args.second_pass!r}")
     torch.set_num_threads(args.threads)
     banks = load_banks(args.run)
     rows = []
@@ -86,6 +114,11 @@ def main(argv: list[str] | None = None) -> None:
             for kernel in ("est", "true"):
                 rows.append({"model": name, "bank": bank_name, "kernel": kernel,
                              "gain": student_gains(model, bank, kernel)})
+                print(json.dumps(rows[-1]), flush=True)
+            if second:
+                rows.append({"model": name, "bank": bank_name, "kernel": "est, second pass",
+                             "second_pass": {"balance": second[0], "damping": second[1]},
+                             "gain": second_pass_gains(model, bank, *second)})
                 print(json.dumps(rows[-1]), flush=True)
     if args.teacher:
         teacher, info = load_model(args.teacher)

@@ -534,6 +534,23 @@ def test_settings_tool_changes_the_estimate_settings_only(tmp_path, load_script)
     assert [h["command"] for h in info["settings_history"]] == ["test command", "wide command"]
 
 
+def test_wiener_refine_keeps_an_explaining_estimate_and_shrinks_the_residual():
+    from sharpkd.deblur.solve import wiener_refine
+    from sharpkd.degrade import blur
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((1, 3, 48, 56))).float() * 0.8 + 0.1
+    k = torch.from_numpy(gaussian_kernel(1.5)).float()
+    y = blur(x, k)
+    torch.testing.assert_close(wiener_refine(x, y, k, 1e-3), x, atol=1e-5, rtol=0)  # nothing left to explain
+    start = y.clone()  # the blurred photo as the first estimate: one step explains much of the residual
+    refined = wiener_refine(start, y, k, 1e-3)
+    res = lambda e: float((blur(e, k) - y)[..., 8:-8, 8:-8].abs().mean())  # noqa: E731
+    assert res(refined) < 0.5 * res(start)
+    half = wiener_refine(start, y, k, 1e-3, damping=0.5)
+    assert res(refined) < res(half) < res(start)
+
+
 def test_headroom_benchmark_scores_students_and_teacher_with_both_kernels(tmp_path, load_script):
     """benchmarks/kstudent_headroom.py on two hand-made hold-out cases: each model with the estimated and the
     true kernel; the teacher's deconvolution with the true kernel beats the blurred crop."""
@@ -562,3 +579,11 @@ def test_headroom_benchmark_scores_students_and_teacher_with_both_kernels(tmp_pa
     assert rows[0]["gain"] != rows[1]["gain"]  # the student's guide follows the kernel it is given
     with pytest.raises(SystemExit, match="no validation banks"):
         tool.main(["--run", str(tmp_path / "none"), "-q"])
+    # a second guided pass of each student: a row of its own, not the one-pass figure
+    tool.main(["--run", str(tmp_path), "--models", str(tmp_path / "k.safetensors"), "--teacher", "",
+               "--second-pass", "0.003,0.5", "--json", str(tmp_path / "s.json"), "-q"])
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [r["kernel"] for r in rows] == ["est", "true", "est, second pass"]
+    assert rows[2]["second_pass"] == {"balance": 0.003, "damping": 0.5} and rows[2]["gain"] != rows[0]["gain"]
+    with pytest.raises(SystemExit, match="BALANCE,DAMPING"):
+        tool.main(["--run", str(tmp_path), "--second-pass", "0.003", "-q"])
