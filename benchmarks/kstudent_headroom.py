@@ -66,6 +66,17 @@ def second_pass_gains(model, bank: list[dict], balance: float, damping: float) -
     return {k: round(float(np.mean(v)), 3) for k, v in gains.items()}
 
 
+def second_pass_settings(text: str) -> tuple[float, float]:
+    """``--second-pass``'s "BALANCE,DAMPING": two positive numbers, or a clear exit."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) <= 0:
+        raise SystemExit(f"--second-pass wants BALANCE,DAMPING (two positive numbers), got {text!r}")
+    return values
+
+
 def teacher_gains(teacher, bank: list[dict], kernel: str, progress: bool) -> dict[str, float]:
     from sharpkd.deblur.finetune import solve
     from sharpkd.metrics import batch_psnr
@@ -96,12 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        second = tuple(float(v) for v in args.second_pass.split(",")) if args.second_pass else ()
-    except ValueError:
-        second = (0.0,)
-    if second and (len(second) != 2 or second[0] <= 0 or second[1] <= 0):
-        raise SystemExit(f"--second-pass wants BALANCE,DAMPING (two positive numbers), got {args.second_pass!r}")
+    second = second_pass_settings(args.second_pass) if args.second_pass else ()
     torch.set_num_threads(args.threads)
     banks = load_banks(args.run)
     rows = []

@@ -78,43 +78,41 @@ class KernelDistillConfig:
     seed: int = 0
 
 
+def cached_labels(bank: list[dict], path: Path, desc: str, label, progress: bool = True,
+                  save_every: int = 1) -> list[torch.Tensor]:
+    """``label(case)`` (a (1, 3, H, W) float image) as uint8 for every bank case, cached in ``path`` (written
+    every ``save_every`` cases and at the end) and resumed from it."""
+    from tqdm import tqdm
+
+    labels = torch.load(path, weights_only=True) if path.is_file() else []
+    for c in tqdm(bank[len(labels):], desc=desc, initial=len(labels), total=len(bank), disable=not progress):
+        with torch.no_grad():
+            out = label(c)
+        labels.append((out[0].clamp(0, 1) * 255).round().to(torch.uint8))
+        if len(labels) % save_every == 0 or len(labels) == len(bank):
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(labels, tmp)
+            tmp.replace(path)
+    return labels
+
+
 def teacher_labels(teacher, bank: list[dict], path: Path, progress: bool = True) -> list[torch.Tensor]:
     """The teacher's deconvolution (uint8) of every bank case with its estimated kernel, through its
     route's solver and prior; cached in ``path`` and resumed from it."""
-    from tqdm import tqdm
-
     from sharpkd.deblur.finetune import solve
 
-    labels = torch.load(path, weights_only=True) if path.is_file() else []
-    for c in tqdm(bank[len(labels):], desc="teacher labels", initial=len(labels), total=len(bank),
-                  disable=not progress):
-        y = c["blurred"][None].float() / 255
-        with torch.no_grad():
-            out = solve(teacher, y, (c["est"] / c["est"].sum())[None], c["kind"])
-        labels.append((out[0].clamp(0, 1) * 255).round().to(torch.uint8))
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(labels, tmp)
-        tmp.replace(path)
-    return labels
+    def label(c: dict) -> torch.Tensor:
+        return solve(teacher, c["blurred"][None].float() / 255, (c["est"] / c["est"].sum())[None], c["kind"])
+
+    return cached_labels(bank, path, "teacher labels", label, progress)
 
 
 def network_labels(teacher, bank: list[dict], path: Path, progress: bool = True) -> list[torch.Tensor]:
     """The teacher network's restoration (uint8) of every bank case: the teacher's own output where its
     router keeps a photo from deconvolution, as the kernel student does without a kernel. Cached in
     ``path`` and resumed from it."""
-    from tqdm import tqdm
-
-    labels = torch.load(path, weights_only=True) if path.is_file() else []
-    for c in tqdm(bank[len(labels):], desc="network labels", initial=len(labels), total=len(bank),
-                  disable=not progress):
-        with torch.no_grad():
-            out = teacher._network(c["blurred"][None].float() / 255)
-        labels.append((out[0].clamp(0, 1) * 255).round().to(torch.uint8))
-        if len(labels) % 16 == 0 or len(labels) == len(bank):
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(labels, tmp)
-            tmp.replace(path)
-    return labels
+    return cached_labels(bank, path, "network labels", lambda c: teacher._network(c["blurred"][None].float() / 255),
+                         progress, save_every=16)
 
 
 def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None = None,
@@ -321,8 +319,7 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
         val_bank += [{**c, "group": "gauss_narrow"} for c in narrow]
     if cfg.teacher_only_cases > 0:  # photos the student learns from the teacher alone
         extra = build_bank(teacher, train_photos, cfg.teacher_only_cases, cfg.crop, cfg.seed + 4,
-                           out / "bank-teacher-only.pt",
-                           progress=progress)
+                           out / "bank-teacher-only.pt", progress=progress)
         bank += [{k: v for k, v in c.items() if k != "sharp"} | {"teacher_only": True} for c in extra]
     labels = teacher_labels(teacher, bank, out / "labels.pt", progress) if cfg.w_kd > 0 else None
     net_labels = network_labels(teacher, bank, out / "labels-net.pt", progress) if cfg.w_kd_net > 0 else None

@@ -210,14 +210,11 @@ class Sharpener:
             return apply(*prepare(x))
         # transform the whole image (not each tile), so tiles stay on the network's pixel grid
         acc = torch.zeros(x.shape)
-        if self.blind and hasattr(self.model, "guide"):
-            # the kernel student: one estimate and one guide; photo and guide are transformed together
-            joined, fn = prepare(x)
-            for k in range(self.ensemble):
-                acc += dihedral(apply(dihedral(joined, k), fn), k, inverse=True)
-            return acc.div_(self.ensemble)
+        # the kernel student: one estimate and one guide; photo and guide are transformed together
+        shared = prepare(x) if self.blind and hasattr(self.model, "guide") else None
         for k in range(self.ensemble):
-            acc += dihedral(apply(*prepare(dihedral(x, k))), k, inverse=True)
+            t, fn = (dihedral(shared[0], k), shared[1]) if shared else prepare(dihedral(x, k))
+            acc += dihedral(apply(t, fn), k, inverse=True)
         return acc.div_(self.ensemble)
 
     def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:

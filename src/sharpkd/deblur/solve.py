@@ -204,32 +204,32 @@ def wiener_deconvolve(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, balanc
     """Linear baseline: Wiener deconvolution with a Laplacian regulariser, same padding as above.
     ``filt``: the :func:`wiener_filter` for this kernel and padded size, when the caller keeps it
     (video frames of one size deconvolved with one kernel)."""
-    k = torch.as_tensor(kernel, dtype=torch.float32)
+    return _wiener(y.float(), torch.as_tensor(kernel, dtype=torch.float32), balance, pad, filt).clamp(0, 1).contiguous()
+
+
+def _wiener(y: torch.Tensor, k: torch.Tensor, balance: float, pad: int | None = None,
+            filt: torch.Tensor | None = None) -> torch.Tensor:
+    """The Wiener deconvolution of :func:`wiener_deconvolve`, unclamped (``y`` may be signed)."""
     h, w = y.shape[-2:]
     p, hp, wp = wiener_grid(h, w, k.shape[-1], pad)
-    yp = pad_for_fft(y.float(), p)
+    yp = pad_for_fft(y, p)
     # the faded border ends at the image's mean: extending it by the mean keeps the wrap-around smooth
-    mean = y.float().mean(dim=(-2, -1), keepdim=True)
+    mean = y.mean(dim=(-2, -1), keepdim=True)
     yp = mean + F.pad(yp - mean, (0, wp - yp.shape[-1], 0, hp - yp.shape[-2]))
     if filt is None:
         filt = wiener_filter(k, hp, wp, balance)
     x = torch.fft.irfft2(filt.to(y.device) * torch.fft.rfft2(yp), s=(hp, wp))
-    return x[..., p : p + h, p : p + w].clamp(0, 1).contiguous()
+    return x[..., p : p + h, p : p + w]
 
 
 def wiener_refine(x: torch.Tensor, y: torch.Tensor, kernel: torch.Tensor | np.ndarray, balance: float = 3e-3,
                   damping: float = 1.0) -> torch.Tensor:
     """A linear correction of an estimate ``x`` of the sharp image behind ``y``: ``x`` plus ``damping`` x the
-    Laplacian-regularised Wiener deconvolution of the data residual ``y - kernel * x`` (same padding as
-    :func:`wiener_deconvolve`). Where ``x`` already explains ``y`` it is returned unchanged."""
+    Laplacian-regularised Wiener deconvolution of the data residual ``y - kernel * x`` (as
+    :func:`wiener_deconvolve` makes it). Where ``x`` already explains ``y`` it is returned unchanged."""
     from sharpkd.degrade import blur
 
     k = torch.as_tensor(kernel, dtype=torch.float32)
     k = k / k.sum()
     r = y.float() - blur(x.float(), k)
-    h, w = r.shape[-2:]
-    p, hp, wp = wiener_grid(h, w, k.shape[-1])
-    rp = pad_for_fft(r, p)
-    rp = F.pad(rp, (0, wp - rp.shape[-1], 0, hp - rp.shape[-2]))
-    d = torch.fft.irfft2(wiener_filter(k, hp, wp, balance).to(r.device) * torch.fft.rfft2(rp), s=(hp, wp))
-    return (x.float() + damping * d[..., p : p + h, p : p + w]).clamp(0, 1).contiguous()
+    return (x.float() + damping * _wiener(r, k, balance)).clamp(0, 1).contiguous()
