@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--teacher", default="teacher", help="the blind-teacher file (its round prior, if any, solves)")
+    ap.add_argument("--teacher-only", action="store_true", help="score only the teacher (its route and gain; "
+                    "no network-alone or fixed-kernel solver columns): to compare teacher files quickly")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -71,6 +73,13 @@ def main() -> None:
             base = psnr(y, sharp)
             with torch.no_grad():
                 est = teacher.estimate(y)[0]
+                if args.teacher_only:
+                    row = {"kind": kind, "photo": n, "blurred": base,
+                           "teacher": psnr(teacher.restore(y, [est]), sharp) - base, "route": est.route}
+                    rows.append(row)
+                    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                          flush=True)
+                    continue
                 noise = est.noise  # the teacher's own estimate, floored as it floors it
                 z = teacher._network(y)
                 fit, resid = fit_gaussian_width(y[0], z[0])
@@ -82,7 +91,7 @@ def main() -> None:
                        "teacher": psnr(teacher.restore(y, [est]), sharp) - base, "route": est.route}
             rows.append(row)
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    keys = ["blurred", "net", "hqs_true", "hqs_fit", "teacher"]
+    keys = ["blurred", "teacher"] if args.teacher_only else ["blurred", "net", "hqs_true", "hqs_fit", "teacher"]
     print("\nmean gain (dB) per blur; routes taken by the teacher\n")
     print("| blur | " + " | ".join(keys) + " | routes |\n|---|" + "---|" * (len(keys) + 1))
     for kind in dict.fromkeys(r["kind"] for r in rows):

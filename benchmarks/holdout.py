@@ -52,7 +52,9 @@ def main() -> None:
             import dataclasses
 
             fields = dict(item.split("=", 1) for item in args.set)
-            sh.model.config = dataclasses.replace(sh.model.config, **{k: float(v) for k, v in fields.items()})
+            cfg = sh.model.config  # each value takes its field's type (an int field stays an int)
+            typed = {k: type(getattr(cfg, k))(float(v)) for k, v in fields.items()}
+            sh.model.config = dataclasses.replace(cfg, **typed)
         net = sh.model if isinstance(sh.model, torch.nn.Module) else _Wrap(sh.sharpen_tensor)
         out = validate(net, blurred, sharp, per_image=True)
         kinds = gains_by_kind(out, base)

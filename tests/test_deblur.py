@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy.ndimage import convolve
 
+import sharpkd.models  # noqa: F401  (first: the blind teacher's module needs the model registry loaded)
 from sharpkd.deblur.estimate import EstimateConfig, estimate_kernel, grad, gradient_otfs, kernel_step
 from sharpkd.deblur.solve import hqs_deconvolve, psf2otf, wiener_deconvolve
 from sharpkd.degrade import make_kernel, protocol_degrade
@@ -286,3 +287,24 @@ def test_cli_saves_the_kernel_and_the_route(tmp_path, crop):
     report = json.loads((tmp_path / "k" / "o.png.kernel.json").read_text())
     assert k.sum() == pytest.approx(1) and report["route"] in ("shake", "round", "network") and report["noise_255"] > 0
     assert Image.open(tmp_path / "k" / "o.png.kernel.png").size == (k.shape[1] * 8, k.shape[0] * 8)
+
+
+def test_estimate_iters_reaches_both_estimates_and_old_files_keep_five(monkeypatch):
+    """``estimate_iters`` sets the alternations per pyramid level of the teacher's first estimate and of
+    its agreement check; a config without the field (files written before it) keeps the estimator's 5."""
+    import sharpkd.deblur.teacher as tm
+    from sharpkd.checkpoint import config_to_dict
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+
+    line = np.zeros((31, 31))
+    line[15, 9:22] = 1 / 13  # elongated enough to ask for the second estimate
+    seen = []
+    monkeypatch.setattr(tm, "estimate_kernel", lambda img, cfg: seen.append(cfg) or line.copy())
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net, estimate_iters=8))
+    monkeypatch.setattr(teacher, "_refine", lambda img, k, noise: k)
+    assert teacher.estimate(torch.full((1, 3, 96, 96), 0.5))[0].route == "shake"
+    assert [c.iters for c in seen] == [8, 8] and seen[1].lam != seen[0].lam  # the check is the other estimate
+    old = config_to_dict(BlindTeacherConfig())
+    old.pop("estimate_iters")
+    assert BlindTeacherConfig(**old).estimate_iters == EstimateConfig().iters == 5

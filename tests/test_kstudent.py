@@ -1,6 +1,7 @@
 """The kernel student: a Wiener step with the photo's estimated kernel in front of the student."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -222,6 +223,17 @@ def test_estimates_are_shared_by_content_and_estimator():
     assert (a.estimator.calls, c.estimator.calls) == (2, 2)  # same photos and crop, other threshold: estimated again
     with pytest.raises(ValueError, match="min_agreement"):
         KernelStudent(config=KernelStudentConfig(**SMALL, min_agreement=1.5))
+    # the estimator's alternations per level: 5 (what the shipped students were measured with) unless the
+    # student says otherwise or None (the estimator's own); another count is another estimate
+    shared.config = replace(shared.config, estimate_iters=8)
+    own = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=256, estimate_iters=None))
+    own.attach_estimator(shared)
+    a.attach_estimator(shared)
+    assert (a.estimator.config.estimate_iters, own.estimator.config.estimate_iters) == (5, 8)
+    own.estimate(x)
+    assert own.estimator.calls == 2  # same photos, crop and threshold as ``a``, other count: not from the cache
+    with pytest.raises(ValueError, match="estimate_iters"):
+        KernelStudent(config=KernelStudentConfig(**SMALL, estimate_iters=0))
 
 
 class SideEstimator(FixedEstimator):

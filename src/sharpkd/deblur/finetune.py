@@ -82,7 +82,8 @@ def make_case(teacher, sharp: np.ndarray, kind: str, kernel: np.ndarray, seed: i
     y = torch.from_numpy(protocol_degrade(sharp, kernel, seed)).permute(2, 0, 1).float() / 255
     with torch.no_grad():
         if kind == "motion":
-            k0 = estimate_kernel(y, EstimateConfig(kernel_size=size, max_side=cfg.estimate_side))
+            found = EstimateConfig(kernel_size=size, max_side=cfg.estimate_side, iters=cfg.estimate_iters)
+            k0 = estimate_kernel(y, found)
             est = teacher._refine(y, k0, cfg.shake_noise)
         else:
             width, _ = fit_gaussian_width(y, teacher._network(y[None])[0])

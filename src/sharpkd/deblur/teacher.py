@@ -59,6 +59,7 @@ class BlindTeacherConfig:
     sigma_max: float = 49 / 255  # first denoiser strength
     min_noise: float = 0.5 / 255  # floor on the estimated noise level
     estimate_side: int = 768  # the kernel is estimated on a central crop at most this large
+    estimate_iters: int = 5  # L0 / kernel alternations per pyramid level of both estimates (EstimateConfig.iters)
     isotropic_below: float = 1.5  # free-form estimates rounder than this are taken as Gaussian blur
     intrinsic_sigma: float = 1.5  # edge width taken as the photo's own, removed (in quadrature) from the edge
     # estimate; generous on purpose: deconvolving with a kernel 0.5 px too wide costs about 10 dB,
@@ -139,14 +140,14 @@ class BlindTeacher(nn.Module):
         noise = max(estimate_noise(img[None]), cfg.min_noise)
         if ks < 5:  # too small to say anything about its blur: leave it as it is (or to the network)
             return BlurEstimate(np.ones((1, 1)), noise, "network" if self.network is not None else "none")
-        k = estimate_kernel(img, EstimateConfig(kernel_size=ks, max_side=cfg.estimate_side))
+        k = estimate_kernel(img, EstimateConfig(kernel_size=ks, max_side=cfg.estimate_side, iters=cfg.estimate_iters))
         if self.network is not None:
             agreement = 0.0
             spread = kernel_spread(k)
             if (anisotropy(k) >= cfg.min_anisotropy and spread >= cfg.min_shake_spread
                     and float(k.max()) * spread >= cfg.min_concentration):
                 check = EstimateConfig(kernel_size=min(ks, cfg.check_kernel_size), lam=cfg.check_lam,
-                                       max_side=cfg.estimate_side)
+                                       max_side=cfg.estimate_side, iters=cfg.estimate_iters)
                 agreement = kernel_match(k, estimate_kernel(img, check))
             if agreement < cfg.min_agreement:
                 return self._round_or_network(img, k, noise, agreement)

@@ -65,6 +65,9 @@ class KernelStudentConfig:
     # central crop this large and use that: more pixels for the round fit, while camera shake is still trusted
     # from the small crop (benchmarks/kstudent_side.py --sides 384+768)
     fallback_side: int | None = None
+    # L0 / kernel alternations per pyramid level of the estimate (None: the estimator's own). 5 is what the
+    # shipped kernel students were trained and measured with; the teacher's file may set another value.
+    estimate_iters: int | None = 5
 
     @property
     def multiple(self) -> int:
@@ -92,6 +95,8 @@ class KernelStudent(nn.Module):
             raise ValueError("fallback_side must be 64-4096 px (or None: off)")
         if self.config.min_agreement is not None and not 0 <= self.config.min_agreement <= 1:
             raise ValueError("min_agreement must be in [0, 1] (or None: the estimator's own)")
+        if self.config.estimate_iters is not None and not 1 <= self.config.estimate_iters <= 50:
+            raise ValueError("estimate_iters must be 1-50 (or None: the estimator's own)")
         self.net = Student(config=self.config.student())
         self.__dict__["_estimator"] = None  # not a submodule: its weights live in their own file
         self.__dict__["_fallback"] = None  # the estimator at ``fallback_side`` (set with the estimator)
@@ -104,6 +109,8 @@ class KernelStudent(nn.Module):
         if "_estimate_token" not in teacher.__dict__:  # names this estimator in the estimate cache
             teacher.__dict__["_estimate_token"] = next(_TOKENS)
         trust = {} if self.config.min_agreement is None else {"min_agreement": self.config.min_agreement}
+        if self.config.estimate_iters is not None:
+            trust["estimate_iters"] = self.config.estimate_iters
 
         def at(side: int) -> nn.Module:
             est = copy.copy(teacher)
@@ -208,8 +215,8 @@ class KernelStudent(nn.Module):
 def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
     """``estimator``'s estimate of ``img`` (whose shape and content hash are ``digest``), from the cache
     when this estimator, at these settings, has seen it."""
-    key = (estimator.__dict__["_estimate_token"], estimator.config.estimate_side, estimator.config.min_agreement,
-           *digest)
+    cfg = estimator.config
+    key = (estimator.__dict__["_estimate_token"], cfg.estimate_side, cfg.min_agreement, cfg.estimate_iters, *digest)
     if key not in _ESTIMATES:
         _ESTIMATES[key] = estimator.estimate(img[None])[0]
         while len(_ESTIMATES) > ESTIMATE_CACHE:
