@@ -108,13 +108,12 @@ class KernelStudent(nn.Module):
         settings share its weights), so kernel students with other settings can share it."""
         if "_estimate_token" not in teacher.__dict__:  # names this estimator in the estimate cache
             teacher.__dict__["_estimate_token"] = next(_TOKENS)
-        trust = {} if self.config.min_agreement is None else {"min_agreement": self.config.min_agreement}
-        if self.config.estimate_iters is not None:
-            trust["estimate_iters"] = self.config.estimate_iters
+        own = {"min_agreement": self.config.min_agreement, "estimate_iters": self.config.estimate_iters}
+        own = {k: v for k, v in own.items() if v is not None}  # the student's settings; None: the teacher's
 
         def at(side: int) -> nn.Module:
             est = copy.copy(teacher)
-            est.config = replace(teacher.config, estimate_side=side, **trust)
+            est.config = replace(teacher.config, estimate_side=side, **own)
             return est.eval()
 
         self.__dict__["_estimator"] = at(self.config.estimate_side)
