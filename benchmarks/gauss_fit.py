@@ -73,22 +73,17 @@ def main() -> None:
             base = psnr(y, sharp)
             with torch.no_grad():
                 est = teacher.estimate(y)[0]
-                if args.teacher_only:
-                    row = {"kind": kind, "photo": n, "blurred": base,
-                           "teacher": psnr(teacher.restore(y, [est]), sharp) - base, "route": est.route}
-                    rows.append(row)
-                    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                          flush=True)
-                    continue
-                noise = est.noise  # the teacher's own estimate, floored as it floors it
-                z = teacher._network(y)
-                fit, resid = fit_gaussian_width(y[0], z[0])
-                row = {"kind": kind, "photo": n, "blurred": base, "fit": fit,
-                       "resid": resid / (math.sqrt(2) * noise), "net": psnr(z, sharp) - base,
-                       "hqs_true": psnr(teacher._solve(y, k, max(noise, cfg.round_noise), route="round"), sharp) - base,
-                       "hqs_fit": psnr(teacher._solve(y, gaussian_kernel(max(fit, 0.3)), max(noise, cfg.round_noise),
-                                                      route="round"), sharp) - base,
-                       "teacher": psnr(teacher.restore(y, [est]), sharp) - base, "route": est.route}
+                row = {"kind": kind, "photo": n, "blurred": base}
+                if not args.teacher_only:  # the fit and the fixed-kernel solver runs
+                    noise = est.noise  # the teacher's own estimate, floored as it floors it
+                    z = teacher._network(y)
+                    fit, resid = fit_gaussian_width(y[0], z[0])
+                    floor = max(noise, cfg.round_noise)
+                    row |= {"fit": fit, "resid": resid / (math.sqrt(2) * noise), "net": psnr(z, sharp) - base,
+                            "hqs_true": psnr(teacher._solve(y, k, floor, route="round"), sharp) - base,
+                            "hqs_fit": psnr(teacher._solve(y, gaussian_kernel(max(fit, 0.3)), floor, route="round"),
+                                            sharp) - base}
+                row |= {"teacher": psnr(teacher.restore(y, [est]), sharp) - base, "route": est.route}
             rows.append(row)
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     keys = ["blurred", "teacher"] if args.teacher_only else ["blurred", "net", "hqs_true", "hqs_fit", "teacher"]

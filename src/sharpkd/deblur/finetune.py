@@ -74,7 +74,7 @@ def _square_crop(pixels: np.ndarray, side: int, rng: np.random.Generator) -> np.
 def make_case(teacher, sharp: np.ndarray, kind: str, kernel: np.ndarray, seed: int) -> dict:
     """One bank case: blur ``sharp`` (uint8 HxWx3) as the benchmark does and find the kernel the
     teacher's route for that kind would deconvolve it with."""
-    from sharpkd.deblur.estimate import EstimateConfig, estimate_kernel, fit_gaussian_width
+    from sharpkd.deblur.estimate import estimate_kernel, fit_gaussian_width
     from sharpkd.degrade import gaussian_kernel, pad_kernel, protocol_degrade
 
     cfg = teacher.config
@@ -82,8 +82,7 @@ def make_case(teacher, sharp: np.ndarray, kind: str, kernel: np.ndarray, seed: i
     y = torch.from_numpy(protocol_degrade(sharp, kernel, seed)).permute(2, 0, 1).float() / 255
     with torch.no_grad():
         if kind == "motion":
-            found = EstimateConfig(kernel_size=size, max_side=cfg.estimate_side, iters=cfg.estimate_iters)
-            k0 = estimate_kernel(y, found)
+            k0 = estimate_kernel(y, teacher.estimate_config(size))
             est = teacher._refine(y, k0, cfg.shake_noise)
         else:
             width, _ = fit_gaussian_width(y, teacher._network(y[None])[0])

@@ -140,14 +140,13 @@ class BlindTeacher(nn.Module):
         noise = max(estimate_noise(img[None]), cfg.min_noise)
         if ks < 5:  # too small to say anything about its blur: leave it as it is (or to the network)
             return BlurEstimate(np.ones((1, 1)), noise, "network" if self.network is not None else "none")
-        k = estimate_kernel(img, EstimateConfig(kernel_size=ks, max_side=cfg.estimate_side, iters=cfg.estimate_iters))
+        k = estimate_kernel(img, self.estimate_config(ks))
         if self.network is not None:
             agreement = 0.0
             spread = kernel_spread(k)
             if (anisotropy(k) >= cfg.min_anisotropy and spread >= cfg.min_shake_spread
                     and float(k.max()) * spread >= cfg.min_concentration):
-                check = EstimateConfig(kernel_size=min(ks, cfg.check_kernel_size), lam=cfg.check_lam,
-                                       max_side=cfg.estimate_side, iters=cfg.estimate_iters)
+                check = self.estimate_config(min(ks, cfg.check_kernel_size), lam=cfg.check_lam)
                 agreement = kernel_match(k, estimate_kernel(img, check))
             if agreement < cfg.min_agreement:
                 return self._round_or_network(img, k, noise, agreement)
@@ -164,6 +163,11 @@ class BlindTeacher(nn.Module):
             k = gaussian_kernel(max(sigma, 0.3), min(ks, 2 * math.ceil(3 * max(sigma, 0.3)) + 1))
             return BlurEstimate(k, noise, "gaussian")
         return BlurEstimate(k, noise, "shake")
+
+    def estimate_config(self, kernel_size: int, **overrides) -> EstimateConfig:
+        """The estimator settings of this teacher's estimates (crop, alternations per level) for a kernel size."""
+        return EstimateConfig(kernel_size=kernel_size, max_side=self.config.estimate_side,
+                              iters=self.config.estimate_iters, **overrides)
 
     def _round_or_network(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
         """Round blur that a Gaussian re-blur of the network's output explains: that Gaussian, to be
