@@ -199,6 +199,18 @@ def wiener_grid(h: int, w: int, kernel_size: int, pad: int | None = None) -> tup
     return p, next_fast_len(h + 2 * p, real=True), next_fast_len(w + 2 * p, real=True)
 
 
+def pad_to_fast_grid(y: torch.Tensor, pad: int) -> torch.Tensor:
+    """:func:`pad_for_fft`, then extended at the bottom and right to the next FFT-friendly sizes
+    (:func:`wiener_grid`'s) with the image's mean, the value the faded border ends on, so the wrap-around
+    stays smooth. The image keeps its place, ``pad`` pixels from the top left corner."""
+    from scipy.fft import next_fast_len
+
+    yp = pad_for_fft(y, pad)
+    hp, wp = yp.shape[-2:]
+    mean = y.mean(dim=(-2, -1), keepdim=True)
+    return mean + F.pad(yp - mean, (0, next_fast_len(wp, real=True) - wp, 0, next_fast_len(hp, real=True) - hp))
+
+
 def wiener_deconvolve(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, balance: float = 3e-3,
                       pad: int | None = None, filt: torch.Tensor | None = None) -> torch.Tensor:
     """Linear baseline: Wiener deconvolution with a Laplacian regulariser, same padding as above.
@@ -212,10 +224,7 @@ def _wiener(y: torch.Tensor, k: torch.Tensor, balance: float, pad: int | None = 
     """The Wiener deconvolution of :func:`wiener_deconvolve`, unclamped (``y`` may be signed)."""
     h, w = y.shape[-2:]
     p, hp, wp = wiener_grid(h, w, k.shape[-1], pad)
-    yp = pad_for_fft(y, p)
-    # the faded border ends at the image's mean: extending it by the mean keeps the wrap-around smooth
-    mean = y.mean(dim=(-2, -1), keepdim=True)
-    yp = mean + F.pad(yp - mean, (0, wp - yp.shape[-1], 0, hp - yp.shape[-2]))
+    yp = pad_to_fast_grid(y, p)
     if filt is None:
         filt = wiener_filter(k, hp, wp, balance)
     x = torch.fft.irfft2(filt.to(y.device) * torch.fft.rfft2(yp), s=(hp, wp))
