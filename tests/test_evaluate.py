@@ -88,6 +88,36 @@ def test_benchmark_writes_tables_for_a_model(shared_datasets, tmp_path):
     assert "| blurred input |" in (tmp_path / "o" / "results.md").read_text()
 
 
+def test_resume_scores_only_what_an_interrupted_run_left(shared_datasets, tmp_path, monkeypatch):
+    import sharpkd.evaluate as ev
+
+    _, model = build_preset("student")
+    path = save_model(tmp_path / "m.safetensors", model, {"steps": 0})
+    data, kernels = shared_datasets / "eval" / "kodak24", shared_datasets / "kernels" / "levin09.npz"
+    args = (data, [str(path)], tmp_path / "o", kernels)
+    kw = {"limit": 1, "progress": False, "classical": False}
+    full = run_benchmark(*args, **kw)
+    journal = tmp_path / "o" / "journal" / ev.journal_name(str(path))
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 4 and json.loads(lines[0])["method"] == str(path)
+    journal.write_text("\n".join(lines[:3]) + "\n" + lines[3][:12])  # stopped while writing the third photo
+    calls = []
+    real = ev.score_case
+    monkeypatch.setattr(ev, "score_case", lambda name, *a: calls.append(name) or real(name, *a))
+    again = run_benchmark(*args, **kw, resume=True)
+    assert calls == [str(path)] * 2  # the two photos it had not finished; the blurred row was kept whole
+    assert again["rows"][1]["per_image_psnr"] == full["rows"][1]["per_image_psnr"]
+    assert len(journal.read_text().splitlines()) == 1 + 4
+    calls.clear()
+    save_model(path, model, {"steps": 1})  # another file under the same name: its records do not count
+    run_benchmark(*args, **kw, resume=True)
+    assert calls == [str(path)] * 4
+    calls.clear()
+    run_benchmark(*args, **kw)  # without --resume everything is scored again
+    assert len(calls) == 8
+    assert ev.journal_name("../../etc/x y") == "etc_x_y.jsonl"
+
+
 def test_feature_distance_orders_blur(photo):
     from sharpkd.evaluate import feature_distance
 

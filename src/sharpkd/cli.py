@@ -305,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         res = run_benchmark(args.data, models, out_dir=args.out, kernels=args.kernels, limit=args.limit,
                             device=args.device, tile=args.tile, progress=not args.quiet, backend=args.backend,
-                            vgg_distance=args.vgg_distance)
+                            vgg_distance=args.vgg_distance, resume=args.resume)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
     print(res["markdown"])
@@ -614,6 +614,9 @@ def add_eval(sub) -> None:
                    help="inference engine for the models")
     p.add_argument("--vgg-distance", action="store_true",
                    help="also report the VGG16 feature distance to the ground truth (lower is closer)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted run in --out: photos it already scored with the same models "
+                        "and settings are read from --out/journal/ instead of being run again")
     p.set_defaults(func=cmd_eval)
 
 

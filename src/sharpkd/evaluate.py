@@ -115,7 +115,7 @@ def model_method(spec: str, device: str = "cpu", tile: int = 0, backend: str = "
     uint8, kernel) that ignores the kernel, and what the table says about the model."""
     import torch
 
-    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel, read_info
+    from sharpkd.checkpoint import count_params, load_model, macs_per_pixel, read_info, resolve
     from sharpkd.infer import Sharpener
 
     m, ensemble = parse_model_spec(spec)
@@ -131,6 +131,8 @@ def model_method(spec: str, device: str = "cpu", tile: int = 0, backend: str = "
             "precision": info.get("precision", "int8" if backend == "onnx-int8" else "fp32"), "ensemble": ensemble}
     if torch_model is not None:
         meta.update(params=count_params(torch_model), macs_per_pixel=ensemble * macs_per_pixel(torch_model))
+    meta["file_sha256"] = file_sha256(Path(m) if m.endswith(".onnx") else resolve(m))
+
     def fn(b: np.ndarray, k: np.ndarray) -> np.ndarray:
         out = to_uint8(sh.sharpen_array(b.astype(np.float32) / 255.0))
         fn.route = sh.last_estimates[0].route if sh.last_estimates else None  # blind models: what it did
@@ -139,24 +141,69 @@ def model_method(spec: str, device: str = "cpu", tile: int = 0, backend: str = "
     return spec, fn, meta
 
 
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Journal:
+    """Per-photo records of one benchmark row, written as each photo is scored (a JSON header line, then
+    one line per case), so an interrupted run can go on where it stopped (``sharpkd eval --resume``).
+    Records are reused only under the same header: method, model file, data, photos, protocol, settings."""
+
+    def __init__(self, path: Path | None, header: dict, resume: bool):
+        self.path, self.done = path, {}
+        if path is None:
+            return
+        if resume and path.is_file():
+            lines = path.read_text().splitlines()
+            if lines and json.loads(lines[0]) == header:
+                for line in lines[1:]:
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # the last line of a run that was stopped while writing
+                        break
+                    self.done[(r["i"], r["j"])] = r
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:  # rewritten: the header and the records kept
+            f.writelines(json.dumps(x) + "\n" for x in [header, *self.done.values()])
+
+    def add(self, record: dict) -> None:
+        self.done[(record["i"], record["j"])] = record
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def journal_name(method: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", method).strip("._") + ".jsonl"
+
+
 def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list, vgg_distance: bool = False,
-                 bar=None) -> dict:
-    """One row of the table: mean PSNR/SSIM per degradation (and per image), time per image."""
+                 bar=None, journal: Journal | None = None) -> dict:
+    """One row of the table: mean PSNR/SSIM per degradation (and per image), time per image. Cases already
+    in ``journal`` are taken from it; new ones are added to it as they are scored."""
     per = {d: {"psnr": [], "ssim": [], "vgg": []} for d in DEGRADATIONS}
     routes: dict[str, list] = {d: [] for d in DEGRADATIONS}
+    journal = journal or Journal(None, {}, False)
     seconds = 0.0
     for i, j, blurred, k in cases:
-        t = time.perf_counter()
-        out = fn(blurred, k)
-        seconds += time.perf_counter() - t
-        routes[DEGRADATIONS[j]].append(getattr(fn, "route", None))
-        sharp = images[i][1]
-        if out.shape != sharp.shape:
-            raise ValueError(f"{name} returned shape {out.shape} for an image of shape {sharp.shape}")
-        per[DEGRADATIONS[j]]["psnr"].append(psnr(sharp, out))
-        per[DEGRADATIONS[j]]["ssim"].append(ssim(sharp, out))
-        if vgg_distance:
-            per[DEGRADATIONS[j]]["vgg"].append(feature_distance(sharp, out))
+        rec = journal.done.get((i, j))
+        if rec is None:
+            rec = score_case(name, fn, blurred, k, images[i][1], vgg_distance)
+            journal.add({"i": i, "j": j, **rec})
+        seconds += rec["seconds"]
+        routes[DEGRADATIONS[j]].append(rec["route"])
+        for key in ("psnr", "ssim", "vgg"):
+            if key in rec:
+                per[DEGRADATIONS[j]][key].append(rec[key])
         if bar is not None:
             bar.update(1)
     row = {"method": name, **meta,
@@ -177,13 +224,29 @@ def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list,
     return row
 
 
+def score_case(name: str, fn: Callable, blurred: np.ndarray, k: np.ndarray, sharp: np.ndarray,
+               vgg_distance: bool) -> dict:
+    t = time.perf_counter()
+    out = fn(blurred, k)
+    rec = {"seconds": time.perf_counter() - t, "route": getattr(fn, "route", None)}
+    if out.shape != sharp.shape:
+        raise ValueError(f"{name} returned shape {out.shape} for an image of shape {sharp.shape}")
+    rec.update(psnr=psnr(sharp, out), ssim=ssim(sharp, out))
+    if vgg_distance:
+        rec["vgg"] = feature_distance(sharp, out)
+    return rec
+
+
 def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kernels: str | Path,
                   limit: int = 0, device: str = "cpu", tile: int = 0, progress: bool = True,
-                  classical: bool = True, backend: str = "torch", vgg_distance: bool = False) -> dict:
+                  classical: bool = True, backend: str = "torch", vgg_distance: bool = False,
+                  resume: bool = False) -> dict:
     """Score the classical rows and every model; write results.json and results.md to ``out_dir``.
 
     ``vgg_distance`` also reports, per row, the VGG16 feature distance to the ground truth (the
-    perceptual training loss's measure: mean L1 over relu1_2/relu2_2/relu3_3; lower is closer)."""
+    perceptual training loss's measure: mean L1 over relu1_2/relu2_2/relu3_3; lower is closer).
+    Every row keeps per-photo records in ``out_dir/journal/`` as it goes; ``resume`` reuses those of an
+    interrupted run with the same settings instead of scoring those photos again."""
     from sharpkd.provenance import hardware
 
     images = load_eval_images(data, limit)
@@ -195,7 +258,15 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
         methods.append(("blurred input", CLASSICAL["blurred input"], {}))
     methods += [model_method(spec, device, tile, backend) for spec in models]
     bar = tqdm(total=len(methods) * len(cases), desc="eval", unit="img", disable=not progress)
-    rows = [score_method(name, fn, meta, images, cases, vgg_distance, bar) for name, fn, meta in methods]
+    out = Path(out_dir)
+    setting = {"data": str(data), "photos": [n for n, _ in images], "kernels": file_sha256(Path(kernels)),
+               "protocol_version": PROTOCOL_VERSION, "device": device, "tile": tile, "backend": backend,
+               "vgg_distance": vgg_distance}
+    rows = []
+    for name, fn, meta in methods:
+        header = {"method": name, "file_sha256": meta.get("file_sha256"), **setting}
+        journal = Journal(out / "journal" / journal_name(name), header, resume)
+        rows.append(score_method(name, fn, meta, images, cases, vgg_distance, bar, journal))
     bar.close()
     base = rows[0]["mean_psnr"]
     for r in rows:
@@ -203,7 +274,6 @@ def run_benchmark(data: str | Path, models: list[str], out_dir: str | Path, kern
     result = {"protocol": "shared/BENCHMARK.md", "protocol_version": PROTOCOL_VERSION, "data": str(data),
               "images": len(images), "hardware": hardware(), "device": device, "backend": backend, "rows": rows}
     result["markdown"] = to_markdown(result)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
     (out / "results.md").write_text(result["markdown"] + "\n")
