@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sharpkd.deblur.solve import pad_to_fast_grid, psf2otf
+from sharpkd.deblur.solve import pad_for_fft, psf2otf
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | N
                 k = torch.from_numpy(center_kernel(k.numpy()))
             k = resize_kernel(k, ks)
         pad = ks
-        yp = pad_to_fast_grid(y[None, None], pad)[0, 0]  # FFT-friendly sizes: several times faster
+        yp = pad_for_fft(y[None, None], pad)[0, 0]
         hp, wp = yp.shape
         inside = photo_mask((hp, wp), tuple(y.shape), pad, int(cfg.margin * ks))
         dxo, dyo = gradient_otfs(hp, wp)
@@ -390,8 +390,8 @@ def refine_kernel(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor | np.
         lo, scale = contrast_stretch(y)
         y, x = (y - lo) / scale, (x - lo) / scale
     ks = kernel.shape[0]
-    yp = pad_to_fast_grid(y[None, None], ks)[0, 0]
-    xp = pad_to_fast_grid(x[None, None], ks)[0, 0]
+    yp = pad_for_fft(y[None, None], ks)[0, 0]
+    xp = pad_for_fft(x[None, None], ks)[0, 0]
     inside = photo_mask(tuple(yp.shape), tuple(y.shape), ks, int(cfg.margin * ks))
     gx, gy = grad(xp)
     k0 = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float64))

@@ -1,0 +1,128 @@
+"""Time and accuracy of the blind teacher's kernel estimate on photos it was never tuned on.
+
+    python benchmarks/estimate_speed.py --json out/estimate_speed.json
+    python benchmarks/estimate_speed.py --compare OLD.json NEW.json     # two runs, case by case
+
+Photos: the hold-out photos of the training pool plus ``--train-photos`` photos of its training split
+(seeded draw), each reduced to at most 768 px (a Kodak24 photo's size; Kodak24 itself is never read),
+blurred by a procedural camera-shake kernel (length 10-25 px) with the benchmark's 1/255 noise and 8-bit
+rounding. The teacher's two estimates run as the teacher runs them (its kernel sizes, L0 weights, crop and
+alternations): the one it deconvolves with and the agreement check. Printed: seconds per photo for each
+estimate (and per megapixel), the estimate's match to the true kernel (peak normalised cross-correlation,
+1 = the same shape), the agreement of the two estimates, and the gain of a Wiener filter with the
+estimate against one with the true kernel (balance 3e-3), which scores the estimate alone.
+
+To time another version of the code, run this file with that version first on the path, e.g.
+``git worktree add /tmp/old REV; PYTHONPATH=/tmp/old/src python benchmarks/estimate_speed.py --json old.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def cases(data: str, train_photos: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    from sharpkd.data import limit_size, load_photos, split_holdout
+    from sharpkd.degrade import make_kernel, protocol_degrade
+
+    pool, held = split_holdout(load_photos(data))
+    photos = list(held)
+    if train_photos:
+        pick = np.random.default_rng(1).choice(len(pool), size=min(train_photos, len(pool)), replace=False)
+        photos += [pool[int(i)] for i in sorted(pick)]
+    rng = np.random.default_rng(0)
+    out = []
+    for i, photo in enumerate(photos):
+        sharp = limit_size(photo, 768).pixels
+        k = make_kernel("motion", length=float(rng.uniform(10, 25)), seed=int(rng.integers(1 << 30)), size=31)
+        out.append((f"photo{i}", sharp, protocol_degrade(sharp, k, 500 + i), k))
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from sharpkd.checkpoint import load_model
+    from sharpkd.deblur.estimate import EstimateConfig, estimate_kernel, kernel_match
+    from sharpkd.deblur.solve import wiener_deconvolve
+    from sharpkd.degrade import pad_kernel
+    from sharpkd.metrics import psnr
+
+    cfg = load_model(args.teacher)[0].config
+    common = {"max_side": cfg.estimate_side, "iters": getattr(cfg, "estimate_iters", 5)}
+    main_cfg = EstimateConfig(kernel_size=cfg.kernel_size, **common)
+    check_cfg = EstimateConfig(kernel_size=min(cfg.kernel_size, cfg.check_kernel_size), lam=cfg.check_lam, **common)
+
+    def to_t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
+
+    def gain(y: np.ndarray, sharp: np.ndarray, k: np.ndarray) -> float:
+        out = wiener_deconvolve(to_t(y), k, 3e-3)[0].permute(1, 2, 0).numpy()
+        return psnr(sharp, np.round(out * 255).clip(0, 255).astype(np.uint8)) - psnr(sharp, y)
+
+    rows = []
+    for name, sharp, y, k_true in cases(args.data, args.train_photos):
+        t0 = time.perf_counter()
+        k = estimate_kernel(to_t(y)[0], main_cfg)
+        t1 = time.perf_counter()
+        check = estimate_kernel(to_t(y)[0], check_cfg)
+        t2 = time.perf_counter()
+        crop = min(y.shape[0], cfg.estimate_side) * min(y.shape[1], cfg.estimate_side) / 1e6
+        rows.append({"case": name, "megapixels": crop, "seconds": t1 - t0, "check_seconds": t2 - t1,
+                     "match": kernel_match(pad_kernel(k, 31), k_true), "agreement": kernel_match(k, check),
+                     "gain_true": gain(y, sharp, k_true), "gain_estimate": gain(y, sharp, k)})
+        r = rows[-1]
+        print(f"{name}: {r['seconds']:.1f} + {r['check_seconds']:.1f} s, match {r['match']:.3f}, "
+              f"agreement {r['agreement']:.3f}, Wiener {r['gain_estimate']:+.2f} (true kernel {r['gain_true']:+.2f})",
+              flush=True)
+    return {"teacher": args.teacher, "threads": args.threads, "rows": rows}
+
+
+def summary(res: dict) -> str:
+    r = res["rows"]
+
+    def mean(key: str) -> float:
+        return float(np.mean([x[key] for x in r]))
+
+    mp = mean("megapixels")
+    return (f"{len(r)} photos: estimate {mean('seconds'):.2f} s ({mean('seconds') / mp:.1f} s/MP), check "
+            f"{mean('check_seconds'):.2f} s; match to the true kernel {mean('match'):.3f}; agreement "
+            f"{mean('agreement'):.3f}; Wiener gain with the estimate {mean('gain_estimate'):+.2f} dB "
+            f"(true kernel {mean('gain_true'):+.2f})")
+
+
+def compare(a: dict, b: dict) -> None:
+    print("A:", summary(a))
+    print("B:", summary(b))
+    moved = [(x["case"], x["match"], y["match"]) for x, y in zip(a["rows"], b["rows"], strict=True)
+             if abs(x["match"] - y["match"]) > 0.02]
+    print(f"{len(moved)} of {len(a['rows'])} estimates differ (match to the truth moved by more than 0.02):",
+          ", ".join(f"{c} {m1:.2f} -> {m2:.2f}" for c, m1, m2 in moved))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="teacher")
+    ap.add_argument("--data", default="../shared/datasets/train")
+    ap.add_argument("--train-photos", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two --json files and stop")
+    args = ap.parse_args()
+    if args.compare:
+        a, b = (json.loads(open(p).read()) for p in args.compare)
+        compare(a, b)
+        return
+    torch.set_num_threads(args.threads)
+    res = measure(args)
+    print(summary(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
