@@ -46,15 +46,15 @@ def cases(data: str, train_photos: int) -> list[tuple[str, np.ndarray, np.ndarra
 
 def measure(args: argparse.Namespace) -> dict:
     from sharpkd.checkpoint import load_model
-    from sharpkd.deblur.estimate import EstimateConfig, estimate_kernel, kernel_match
+    from sharpkd.deblur.estimate import estimate_kernel, kernel_match
     from sharpkd.deblur.solve import wiener_deconvolve
     from sharpkd.degrade import pad_kernel
     from sharpkd.metrics import psnr
 
-    cfg = load_model(args.teacher)[0].config
-    common = {"max_side": cfg.estimate_side, "iters": getattr(cfg, "estimate_iters", 5)}
-    main_cfg = EstimateConfig(kernel_size=cfg.kernel_size, **common)
-    check_cfg = EstimateConfig(kernel_size=min(cfg.kernel_size, cfg.check_kernel_size), lam=cfg.check_lam, **common)
+    teacher = load_model(args.teacher)[0]
+    cfg = teacher.config
+    main_cfg = teacher.estimate_config(cfg.kernel_size)  # the teacher's own settings for both estimates
+    check_cfg = teacher.estimate_config(min(cfg.kernel_size, cfg.check_kernel_size), lam=cfg.check_lam)
 
     def to_t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
@@ -65,10 +65,11 @@ def measure(args: argparse.Namespace) -> dict:
 
     rows = []
     for name, sharp, y, k_true in cases(args.data, args.train_photos):
+        blurred = to_t(y)[0]
         t0 = time.perf_counter()
-        k = estimate_kernel(to_t(y)[0], main_cfg)
+        k = estimate_kernel(blurred, main_cfg)
         t1 = time.perf_counter()
-        check = estimate_kernel(to_t(y)[0], check_cfg)
+        check = estimate_kernel(blurred, check_cfg)
         t2 = time.perf_counter()
         crop = min(y.shape[0], cfg.estimate_side) * min(y.shape[1], cfg.estimate_side) / 1e6
         rows.append({"case": name, "megapixels": crop, "seconds": t1 - t0, "check_seconds": t2 - t1,
