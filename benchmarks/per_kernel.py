@@ -4,7 +4,8 @@
 
 Under BENCHMARK.md the motion column gives image i the Levin kernel k{i mod 8 + 1}, so each kernel
 is used on three Kodak24 images; this prints each method's mean gain over the blurred input per
-kernel (dB), then, for blind models whose rows record them, the route each photo took per column.
+kernel (dB), then, for blind models whose rows record them, the route each photo took per column and the
+time per photo on each route.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def main() -> None:
             cols = "; ".join(f"{d} " + ", ".join(f"{n} {v.count(n)}" for n in sorted(set(v)))
                              for d, v in r["per_image_route"].items())
             print(f"- {r['method']}: {cols}")
+    timed = [r for r in rows if "per_image_seconds" in r]
+    if timed:
+        print("\nSeconds per photo by route (all columns; mean / largest):\n")
+        for r in timed:
+            by: dict[str, list] = {}
+            for d, routes in r["per_image_route"].items():
+                for route, s in zip(routes, r["per_image_seconds"][d], strict=True):
+                    by.setdefault(route, []).append(s)
+            print(f"- {r['method']}: " + "; ".join(f"{n} ({len(v)} photos) {np.mean(v):.1f} / {max(v):.1f}"
+                                                   for n, v in sorted(by.items())))
 
 
 if __name__ == "__main__":

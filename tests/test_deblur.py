@@ -288,6 +288,50 @@ def test_gaussian_width_fit_recovers_the_width_and_flags_other_blur():
     assert resid > 4 * noise_rms
 
 
+def test_gaussian_width_fit_scores_each_width_as_the_two_dimensional_kernel_does():
+    """The fit blurs with two 1-D passes; its residual at each width equals the one from a 2-D convolution
+    with degrade.gaussian_kernel, so the fit picks the width the 2-D kernel would."""
+    from scipy.ndimage import convolve
+
+    from sharpkd.deblur.estimate import fit_gaussian_width
+    from sharpkd.degrade import gaussian_kernel
+
+    rng = np.random.default_rng(4)
+    latent = rng.random((90, 110, 3))
+    blurred = np.clip(latent + rng.normal(0, 0.05, latent.shape), 0, 1)
+    grey = lambda a: a @ np.array([0.299, 0.587, 0.114])  # noqa: E731  (the fit's luma)
+    y, x = grey(blurred), grey(latent)
+    for s in (0.45, 1.3, 3.05):
+        b = convolve(x, gaussian_kernel(s), mode="reflect")
+        err = sum(float(((np.diff(b, axis=a)[12:-12, 12:-12] - np.diff(y, axis=a)[12:-12, 12:-12]) ** 2).mean())
+                  for a in (0, 1))
+        width, resid = fit_gaussian_width(blurred, latent, sigmas=np.array([s]))
+        assert width == s and resid == pytest.approx(np.sqrt(err / 2), rel=1e-9)
+
+
+def test_ffdnet_channels_last_pass_matches_plain_convolutions():
+    """FFDNet runs its convolutions on channels-last activations; the output equals the same layers applied
+    to ordinary tensors, for odd sizes and a batch with one noise level per image."""
+    import torch.nn.functional as F
+
+    from sharpkd.deblur.denoiser import FFDNet
+
+    torch.manual_seed(0)
+    net = FFDNet(width=8, depth=3).eval()
+    x = torch.rand(2, 3, 13, 18)
+    sigma = torch.tensor([0.02, 0.1])
+    with torch.no_grad():
+        out = net(x, sigma)
+        y = F.pixel_unshuffle(F.pad(x, (0, 0, 0, 1), mode="replicate"), 2)
+        y = torch.cat([y, sigma.reshape(-1, 1, 1, 1).expand(2, 1, *y.shape[-2:])], 1)
+        for n, conv in enumerate(net.body):
+            y = F.conv2d(y, conv.weight, conv.bias, padding=1)
+            y = F.relu(y) if n < 2 else y
+        ref = F.pixel_shuffle(y, 2)[..., :13, :18]
+    assert out.shape == x.shape
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
 def test_refining_against_a_sharp_latent_tightens_a_thick_kernel():
     """refine_kernel: given the sharp image as the latent, a too-thick estimate moves to the true shape."""
     import skimage.data

@@ -140,8 +140,8 @@ def test_benchmark_vgg_distance_column(shared_datasets, tmp_path):
 
 
 def test_benchmark_records_the_route_each_photo_took(tmp_path, photo):
-    """A blind model's row says which route each photo took (its blur estimate's); a plain network's
-    row has no routes."""
+    """A blind model's row says which route each photo took (its blur estimate's) and how long it took; a
+    plain network's row has neither."""
     import sharpkd.models  # noqa: F401  (architectures before the teacher module)
     from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
     from sharpkd.evaluate import model_method, score_method
@@ -156,4 +156,9 @@ def test_benchmark_records_the_route_each_photo_took(tmp_path, photo):
     routes = row["per_image_route"]
     assert sorted(routes) == ["gauss1", "gauss2", "gauss3", "motion"]
     assert all(len(v) == 1 and v[0] in ("shake", "round", "network") for v in routes.values())
-    assert "per_image_route" not in score_method(*model_method(str(plain)), images, cases)
+    # and how long each photo took (the route decides), adding up to the row's mean time
+    times = row["per_image_seconds"]
+    assert sorted(times) == sorted(routes) and all(len(v) == 1 and v[0] > 0 for v in times.values())
+    assert abs(sum(v[0] for v in times.values()) / 4 - row["seconds_per_image"]) < 1e-2
+    plain_row = score_method(*model_method(str(plain)), images, cases)
+    assert "per_image_route" not in plain_row and "per_image_seconds" not in plain_row

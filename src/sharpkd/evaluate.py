@@ -192,6 +192,7 @@ def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list,
     in ``journal`` are taken from it; new ones are added to it as they are scored."""
     per = {d: {"psnr": [], "ssim": [], "vgg": []} for d in DEGRADATIONS}
     routes: dict[str, list] = {d: [] for d in DEGRADATIONS}
+    times: dict[str, list] = {d: [] for d in DEGRADATIONS}
     journal = journal or Journal(None, {}, False)
     seconds = 0.0
     for i, j, blurred, k in cases:
@@ -200,6 +201,7 @@ def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list,
             rec = score_case(name, fn, blurred, k, images[i][1], vgg_distance)
             journal.add({"i": i, "j": j, **rec})
         seconds += rec["seconds"]
+        times[DEGRADATIONS[j]].append(round(rec["seconds"], 3))
         routes[DEGRADATIONS[j]].append(rec["route"])
         for key in ("psnr", "ssim", "vgg"):
             if key in rec:
@@ -214,7 +216,8 @@ def score_method(name: str, fn: Callable, meta: dict, images: list, cases: list,
            "megapixels_per_s": np.mean([b.shape[0] * b.shape[1] for _, _, b, _ in cases]) / 1e6
            / max(seconds / len(cases), 1e-9)}
     if any(r is not None for v in routes.values() for r in v):  # blind models: the route each photo took
-        row["per_image_route"] = routes
+        row["per_image_route"] = routes  # and its time, which depends on the route
+        row["per_image_seconds"] = times
     row["mean_psnr"] = float(np.mean([row["per_degradation"][d]["psnr"] for d in DEGRADATIONS]))
     row["mean_ssim"] = float(np.mean([row["per_degradation"][d]["ssim"] for d in DEGRADATIONS]))
     if vgg_distance:

@@ -31,8 +31,11 @@ class FFDNet(nn.Module):
         y = F.pixel_unshuffle(x, 2)
         s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         y = torch.cat([y, s.expand(y.shape[0], 1, *y.shape[-2:])], 1)
+        # channels-last activations: the CPU convolutions run about 30 % faster, same arithmetic
+        # (benchmarks/solver_speed.py)
+        y = y.contiguous(memory_format=torch.channels_last)
         for n, conv in enumerate(self.body):
             y = conv(y)
             if n < len(self.body) - 1:
                 y = F.relu(y, inplace=True)
-        return F.pixel_shuffle(y, 2)[..., :h, :w]
+        return F.pixel_shuffle(y.contiguous(), 2)[..., :h, :w]

@@ -324,9 +324,7 @@ def fit_gaussian_width(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor 
     central crop, sigma on a 0.05 px grid. Returns (width, RMS residual of those gradients, in [0, 1]
     units). Where ``latent`` still holds some of the blur the width is short of the truth (in
     quadrature); where the blur is not round, the residual stays well above the noise's."""
-    from scipy.ndimage import convolve
-
-    from sharpkd.degrade import gaussian_kernel
+    from scipy.ndimage import convolve1d
 
     y = central_crop(to_grey(blurred), side).numpy().astype(np.float64)
     x = central_crop(to_grey(latent), side).numpy().astype(np.float64)
@@ -334,7 +332,11 @@ def fit_gaussian_width(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor 
     gy = [np.diff(y, axis=a)[m:-m, m:-m] for a in (0, 1)]
     best = (np.inf, 0.0)
     for s in sigmas if sigmas is not None else np.arange(0.3, 4.0 + 1e-9, 0.05):
-        b = convolve(x, gaussian_kernel(float(s)), mode="reflect")
+        # degrade.gaussian_kernel(s) is the outer product of this normalised 1-D Gaussian with itself, so
+        # two 1-D passes give the same blur as the 2-D kernel, at a fraction of the cost
+        r = np.arange(2 * math.ceil(3 * s) + 1, dtype=np.float64) - math.ceil(3 * s)
+        g = np.exp(-(r**2) / (2 * s**2))
+        b = convolve1d(convolve1d(x, g / g.sum(), axis=0, mode="reflect"), g / g.sum(), axis=1, mode="reflect")
         err = sum(float(((np.diff(b, axis=a)[m:-m, m:-m] - g) ** 2).mean()) for a, g in zip((0, 1), gy, strict=True))
         if err < best[0]:
             best = (err, float(s))
