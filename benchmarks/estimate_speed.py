@@ -104,11 +104,15 @@ def compare(a: dict, b: dict) -> None:
           ", ".join(f"{c} {m1:.2f} -> {m2:.2f}" for c, m1, m2 in moved))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cli(doc: str, measure, summary, compare, limit: bool = False) -> None:
+    """The command line shared with ``solver_speed.py``: measure the photos of :func:`cases` with a teacher,
+    print the summary and write ``--json``; or ``--compare`` two such files."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="teacher")
     ap.add_argument("--data", default="../shared/datasets/train")
     ap.add_argument("--train-photos", type=int, default=9)
+    if limit:
+        ap.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two --json files and stop")
@@ -123,6 +127,10 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
+
+
+def main() -> None:
+    cli(__doc__, measure, summary, compare)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ To time another version of the code, run this file with that version first on th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -80,25 +79,9 @@ def compare(a: dict, b: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", default="teacher")
-    ap.add_argument("--data", default="../shared/datasets/train")
-    ap.add_argument("--train-photos", type=int, default=9)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two --json files and stop")
-    args = ap.parse_args()
-    if args.compare:
-        a, b = (json.loads(Path(p).read_text()) for p in args.compare)
-        compare(a, b)
-        return
-    torch.set_num_threads(args.threads)
-    res = measure(args)
-    print(summary(res))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    from estimate_speed import cli
+
+    cli(__doc__, measure, summary, compare, limit=True)
 
 
 if __name__ == "__main__":
