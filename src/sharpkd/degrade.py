@@ -37,14 +37,20 @@ BLUR_KINDS = ("gaussian", "defocus", "motion")
 # --------------------------------------------------------------------------------------------
 # Kernels (numpy float64, each sums to 1)
 # --------------------------------------------------------------------------------------------
-def gaussian_kernel(sigma: float, size: int | None = None) -> np.ndarray:
-    """Isotropic Gaussian sampled on a ``size`` x ``size`` grid (default 2*ceil(3*sigma)+1)."""
+def gaussian_profile(sigma: float, size: int | None = None) -> np.ndarray:
+    """The unnormalised 1-D Gaussian sampled on ``size`` points (default 2*ceil(3*sigma)+1), centred."""
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     if size is None:
         size = 2 * math.ceil(3 * sigma) + 1
     r = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    g = np.exp(-(r**2) / (2 * sigma**2))
+    return np.exp(-(r**2) / (2 * sigma**2))
+
+
+def gaussian_kernel(sigma: float, size: int | None = None) -> np.ndarray:
+    """Isotropic Gaussian sampled on a ``size`` x ``size`` grid (default 2*ceil(3*sigma)+1): the outer
+    product of :func:`gaussian_profile` with itself, normalised."""
+    g = gaussian_profile(sigma, size)
     k = np.outer(g, g)
     return k / k.sum()
 

@@ -326,17 +326,19 @@ def fit_gaussian_width(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor 
     quadrature); where the blur is not round, the residual stays well above the noise's."""
     from scipy.ndimage import convolve1d
 
+    from sharpkd.degrade import gaussian_profile
+
     y = central_crop(to_grey(blurred), side).numpy().astype(np.float64)
     x = central_crop(to_grey(latent), side).numpy().astype(np.float64)
     m = 12  # the border, where reflections differ, is left out
     gy = [np.diff(y, axis=a)[m:-m, m:-m] for a in (0, 1)]
     best = (np.inf, 0.0)
     for s in sigmas if sigmas is not None else np.arange(0.3, 4.0 + 1e-9, 0.05):
-        # degrade.gaussian_kernel(s) is the outer product of this normalised 1-D Gaussian with itself, so
-        # two 1-D passes give the same blur as the 2-D kernel, at a fraction of the cost
-        r = np.arange(2 * math.ceil(3 * s) + 1, dtype=np.float64) - math.ceil(3 * s)
-        g = np.exp(-(r**2) / (2 * s**2))
-        b = convolve1d(convolve1d(x, g / g.sum(), axis=0, mode="reflect"), g / g.sum(), axis=1, mode="reflect")
+        # degrade.gaussian_kernel(s) is the outer product of this normalised profile with itself, so two
+        # 1-D passes give the same blur as the 2-D kernel, at a fraction of the cost
+        g1 = gaussian_profile(float(s))
+        g1 /= g1.sum()
+        b = convolve1d(convolve1d(x, g1, axis=0, mode="reflect"), g1, axis=1, mode="reflect")
         err = sum(float(((np.diff(b, axis=a)[m:-m, m:-m] - g) ** 2).mean()) for a, g in zip((0, 1), gy, strict=True))
         if err < best[0]:
             best = (err, float(s))
