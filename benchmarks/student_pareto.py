@@ -55,7 +55,7 @@ def main() -> None:
     from sharpkd.backends import OnnxBackend
     from sharpkd.bench import environment
     from sharpkd.checkpoint import count_params, load_model, macs_per_pixel
-    from sharpkd.export import calibration_inputs, export_int8, export_onnx
+    from sharpkd.export import calibration_inputs, export_int8_model, export_onnx
 
     cal = calibration_inputs(["../shared/datasets/train"], 32)
     rows = []
@@ -66,7 +66,7 @@ def main() -> None:
         model, info = load_model(path)
         with tempfile.TemporaryDirectory() as tmp:
             f32 = export_onnx(model, Path(tmp) / "m.onnx", info)
-            i8 = export_int8(f32, Path(tmp) / "m8.onnx", cal)
+            i8 = export_int8_model(model, Path(tmp) / "m8.onnx", cal, info)
             r32, r8 = OnnxBackend(f32, args.threads), OnnxBackend(i8, args.threads)
             row = {"arch": info.get("preset"), "run": str(run), "steps": info.get("steps"),
                    "holdout_gain_db": round(info["val_psnr"] - info["val_blurred_psnr"], 3),

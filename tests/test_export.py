@@ -121,3 +121,61 @@ def test_cli_names_the_backend_and_refuses_missing_exports(tmp_path, photo, caps
     assert not (tmp_path / "a.png").exists()
     assert main(["sharpen", str(tmp_path / "in.png"), "-o", str(tmp_path / "b.png"), "--backend", "onnx"]) == 0
     assert "student (onnx)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["student-s", "student-x4", "student-x4r", "kstudent"])
+def test_export_forms_compute_the_students_function(tmp_path, name, perturbed):
+    """Both graph forms (fp32: strided head; int8: channels-last folds, padded tail) are the student's
+    function with re-arranged weights, in PyTorch and once exported (a batch of 2, odd multiples)."""
+    from sharpkd.checkpoint import load_model
+    from sharpkd.models.export_forms import ExportStudent, export_graph
+    from sharpkd.models.kstudent import GuidedNet
+
+    if name == "kstudent":
+        model = load_model("kstudent")[0]
+        net, channels = GuidedNet(model), 6
+    else:
+        model = net = perturbed(name)
+        channels = 3
+    m = net.config.multiple
+    x = torch.rand(2, channels, 3 * m, 5 * m)
+    with torch.no_grad():
+        ref = net(x)
+        for target in ("fp32", "int8"):
+            form = export_graph(net, target)
+            assert isinstance(form, ExportStudent) and form.target == target
+            assert (form(x) - ref).abs().max() <= 1e-5, target
+            runner = OnnxBackend(export_onnx(model, tmp_path / f"{target}.onnx", target=target))
+            assert runner.info["graph"] == target
+            assert (runner(x) - ref).abs().max() <= 1e-5, target
+    with pytest.raises(ValueError, match="export target"):
+        export_graph(net, "fp16")
+
+
+def test_students_with_a_wiener_bank_are_exported_as_written(perturbed):
+    from sharpkd.models.export_forms import export_graph
+
+    model = perturbed("student-w")
+    assert export_graph(model, "int8") is model
+
+
+def test_int8_graph_stays_channels_last(tmp_path):
+    """What makes the INT8 file fast, checked on the graph ONNX Runtime actually runs: no DepthToSpace,
+    one transpose per fold (plus the input's and the output's), and a single DequantizeLinear (the output)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from sharpkd.checkpoint import load_model
+    from sharpkd.export import calibration_inputs, export_int8_model
+
+    model, info = load_model("student")
+    path = export_int8_model(model, tmp_path / "s8.onnx", calibration_inputs(None, 4, 64), info)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node)
+    assert ops["QLinearConv"] == 12 and ops["DepthToSpace"] == 0
+    assert ops["Transpose"] <= 5 and ops["DequantizeLinear"] == 1

@@ -129,3 +129,19 @@ def test_live_preview_as_mjpeg(clip):
     stats = live(Sharpener.from_pretrained("unsharp", tile=0), str(clip), window=False, mjpeg_port=0,
                  max_frames=5, on_frame=lambda n, fps: shown.append(n))
     assert stats.frames == 5 and shown == [1, 2, 3, 4, 5]
+
+
+def test_frame_conversions_round_trip_and_swap_channels():
+    import torch
+
+    from sharpkd.infer import frame_to_tensor, tensor_to_frame
+
+    frame = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    x = frame_to_tensor(frame, bgr=True)
+    assert x.shape == (1, 3, 5, 7) and x.dtype == torch.float32 and x.is_contiguous()
+    assert torch.equal(x[0, 0], torch.from_numpy(frame[..., 2]).float() / 255)  # BGR in, RGB out
+    assert np.array_equal(tensor_to_frame(x, bgr=True), frame)
+    assert np.array_equal(tensor_to_frame(frame_to_tensor(frame)), frame)
+    # rounded to the nearest level and clipped
+    y = torch.tensor([100.49, 100.5, -3.0, 300.0]).reshape(1, 1, 1, 4).expand(1, 3, 1, 4) / 255
+    assert tensor_to_frame(y)[0, :, 0].tolist() == [100, 101, 0, 255]

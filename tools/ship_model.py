@@ -169,14 +169,15 @@ def main() -> None:
             print(f"wrote {onnx_path}")
             if args.name.startswith("student") or shipped_info["arch"] == "kstudent":  # and its INT8 version,
                 # calibrated on the training pool
-                from sharpkd.export import calibration_inputs, export_int8
+                from sharpkd.export import calibration_inputs, export_int8_model
 
                 cal = calibration_inputs(["../shared/datasets/train"], 32)
                 if shipped_info["arch"] == "kstudent":
                     from sharpkd.export import guided_calibration
 
                     cal = guided_calibration(cal)
-                print(f"wrote {export_int8(onnx_path, dest.with_name(args.name + '-int8.onnx'), cal)}")
+                int8_path = dest.with_name(args.name + "-int8.onnx")
+                print(f"wrote {export_int8_model(shipped, int8_path, cal, shipped_info)}")
     model, info = load_model(dest)
     if args.card_only and args.note:  # notes given now replace the ones stored at shipping
         info["notes"] = args.note

@@ -1,7 +1,8 @@
 """``sharpkd bench``: frames per second of the sharpening methods at common video resolutions.
 
-Each cell is the median over timed runs of one whole frame (1 x 3 x H x W, float32 in [0, 1]) through
-the same ``Sharpener`` path the CLI uses (pad, model, clamp, crop; no tiling), after warm-up runs.
+Each cell is the median over timed runs of one whole frame (an H x W x 3 uint8 frame turned into a
+1 x 3 x H x W float32 tensor in [0, 1] as ``sharpkd video`` does) through the same ``Sharpener`` path the
+CLI uses (pad, model, clamp, crop; no tiling), after warm-up runs.
 The kernel student's rows time what each video frame costs between blur estimates: the Wiener step
 with a 31 x 31 camera-shake kernel (FFTs of the whole frame) and the network. The estimate itself
 (seconds, once per photo or every N frames) is not in these rows; ``sharpkd eval`` reports it per photo.
@@ -74,7 +75,7 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
             return cv2.addWeighted(frame, 2.0, blurred, -1.0, 0)
 
         return unsharp
-    from sharpkd.infer import Sharpener
+    from sharpkd.infer import Sharpener, frame_to_tensor
 
     model, backend = split_method(name)
     sh = Sharpener.from_pretrained(model, device=device, tile=0, backend=backend, threads=threads)
@@ -87,7 +88,7 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
         est = [BlurEstimate(make_kernel("motion", length=20.0, seed=0, size=31), 1 / 255, "shake")]
 
     def run(frame: np.ndarray):
-        x = torch.from_numpy(frame).to(dev).permute(2, 0, 1)[None].float() / 255.0
+        x = frame_to_tensor(frame).to(dev)
         out = sh.sharpen_tensor(x, est)
         if dev.type == "cuda":
             torch.cuda.synchronize()

@@ -325,9 +325,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = export_onnx(model, out, info)
         print(f"exported {args.model} to {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX opset 18, dynamic batch/H/W)")
         return 0
-    import tempfile
-
-    from sharpkd.export import calibration_inputs, export_int8
+    from sharpkd.export import calibration_inputs, export_int8_model
 
     data = args.calib_data
     if data is None and Path("../shared/datasets/train").is_dir():
@@ -342,9 +340,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from sharpkd.export import guided_calibration
 
         cal = guided_calibration(cal)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", info)
-        path = export_int8(fp32, out, cal)
+    path = export_int8_model(model, out, cal, info)
     source = ", ".join(data) if data else "scikit-image photos"
     print(f"exported {args.model} to {path} ({path.stat().st_size / 1e6:.2f} MB, INT8 QDQ, calibrated on "
           f"{len(cal)} blurred {cal.shape[-1]}px patches of {source})")

@@ -28,20 +28,26 @@ from sharpkd.checkpoint import config_to_dict
 OPSET = 18
 
 
-def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None, target: str = "fp32") -> Path:
     """Export ``model`` (float32, eval mode) to ``path``; returns the path. A kernel student is
-    exported as its network (:class:`~sharpkd.models.kstudent.GuidedNet`: photo and guide, six channels)."""
+    exported as its network (:class:`~sharpkd.models.kstudent.GuidedNet`: photo and guide, six channels).
+    ``target``: the precision the file will run at; a student is traced in the graph form that is
+    fastest there (:func:`sharpkd.models.export_forms.export_graph`; ``int8`` for a file that
+    :func:`export_int8` will quantise)."""
     import onnx
 
+    from sharpkd.models.export_forms import export_graph
     from sharpkd.models.kstudent import GuidedNet, KernelStudent
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(model, KernelStudent):
         model = GuidedNet(model)
-    model = model.float().eval().cpu()
+    model = export_graph(model.float().eval().cpu(), target)
     m = int(getattr(model.config, "multiple", 1))
-    x = torch.rand(1, int(getattr(model, "input_channels", 3)), 4 * m, 6 * m)
+    # an example batch of 2: with 1 the tracer takes the batch size for a constant wherever a tensor
+    # is reshaped (the int8 form's folds), and the file would only take single images
+    x = torch.rand(2, int(getattr(model, "input_channels", 3)), 4 * m, 6 * m)
     dims = {"x": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC,
                   3: torch.export.Dim.DYNAMIC}}
     # the exporter reports its progress on stdout and warns about its own internals (and about
@@ -52,7 +58,8 @@ def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None) ->
         program = torch.onnx.export(model, (x,), input_names=[INPUT], output_names=[OUTPUT], dynamo=True,
                                     dynamic_shapes=dims, opset_version=OPSET, external_data=False, verbose=False)
     proto = program.model_proto
-    meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {}), "input_channels": x.shape[1]}
+    meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {}), "input_channels": x.shape[1],
+            "graph": target}
     entry = proto.metadata_props.add()
     entry.key, entry.value = "sharpkd", json.dumps(meta)
     tmp = path.with_name(path.name + ".tmp")
@@ -93,6 +100,24 @@ def guided_calibration(blurred: np.ndarray, seed: int = 0) -> np.ndarray:
     return torch.cat(out).numpy().astype(np.float32)
 
 
+def _shapes_from_quantised(graph) -> None:
+    """Point every ``Shape`` node that reads a dequantised tensor at the quantised one (same shape):
+    otherwise ONNX Runtime keeps a full-size DequantizeLinear alive only to read its shape."""
+    producer = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        src = producer.get(node.input[0]) if node.op_type == "Shape" else None
+        if src is not None and src.op_type == "DequantizeLinear":
+            node.input[0] = src.input[0]
+
+
+def export_int8_model(model: nn.Module, path: str | Path, calibration: np.ndarray, info: dict | None = None) -> Path:
+    """``model`` exported in its int8 graph form and quantised (:func:`export_int8`) to ``path``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_int8(export_onnx(model, Path(tmp) / "fp32.onnx", info, target="int8"), path, calibration)
+
+
 def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray, per_channel: bool = True) -> Path:
     """Statically quantise an exported fp32 model with ONNX Runtime's tools (QDQ format, uint8
     activations and int8 weights, the pairing ORT recommends for x86 CPUs), calibrated (min/max)
@@ -123,6 +148,7 @@ def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray
             quantize_static(str(pre), str(Path(tmp) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         q = onnx.load(str(Path(tmp) / "q.onnx"))
+    _shapes_from_quantised(q.graph)
     del q.metadata_props[:]
     entry = q.metadata_props.add()
     entry.key, entry.value = "sharpkd", json.dumps({**meta, "precision": "int8",

@@ -25,6 +25,25 @@ from sharpkd.models.blocks import pad_to_multiple
 __all__ = ["BACKENDS", "CLASSICAL", "MIN_TILE", "OnnxBackend", "Sharpener", "UnsharpMask", "run_padded", "run_tiled"]
 
 
+def frame_to_tensor(frame: np.ndarray, bgr: bool = False) -> torch.Tensor:
+    """An (H, W, 3) uint8 video frame (RGB; OpenCV's BGR with ``bgr``) -> a contiguous (1, 3, H, W) float32
+    RGB tensor in [0, 1]. The channels are split off while the pixels are still bytes: converting the
+    interleaved frame first and letting the backend re-lay the floats costs several times as much."""
+    t = torch.from_numpy(frame).permute(2, 0, 1)
+    if bgr:
+        t = t.flip(0)
+    return t.contiguous()[None].float().div_(255.0)
+
+
+def tensor_to_frame(y: torch.Tensor, bgr: bool = False) -> np.ndarray:
+    """The inverse of :func:`frame_to_tensor` for one image: (1, 3, H, W) float in [0, 1] -> (H, W, 3)
+    uint8, rounded to the nearest level."""
+    t = y[0].mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    if bgr:
+        t = t.flip(0)
+    return t.permute(1, 2, 0).contiguous().numpy()
+
+
 @torch.inference_mode()
 def run_padded(model: nn.Module, x: torch.Tensor, multiple: int = 1) -> torch.Tensor:
     """Model output for (B, 3, H, W) in [0, 1], any H and W; returns the same shape, clamped."""

@@ -102,13 +102,12 @@ class FrameSharpener:
         return self.estimates
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        import torch
+        from sharpkd.infer import frame_to_tensor, tensor_to_frame
 
-        x = torch.from_numpy(np.ascontiguousarray(frame[..., ::-1])).permute(2, 0, 1)[None].float() / 255.0
+        x = frame_to_tensor(frame, bgr=True)
         est = self._estimate(x) if self.sharpener.blind else None
         self.frames += 1
-        y = self.sharpener.sharpen_tensor(x, est)[0].permute(1, 2, 0).numpy()
-        return np.ascontiguousarray((y * 255 + 0.5).clip(0, 255).astype(np.uint8)[..., ::-1])
+        return tensor_to_frame(self.sharpener.sharpen_tensor(x, est), bgr=True)
 
     def close(self) -> None:
         if self._pool is not None:
