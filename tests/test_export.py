@@ -179,3 +179,15 @@ def test_int8_graph_stays_channels_last(tmp_path):
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node)
     assert ops["QLinearConv"] == 12 and ops["DepthToSpace"] == 0
     assert ops["Transpose"] <= 5 and ops["DequantizeLinear"] == 1
+
+
+def test_torch_backend_runs_students_channels_last_with_the_same_result(perturbed):
+    from sharpkd.backends import TorchBackend
+
+    model = perturbed("student-s")
+    backend = TorchBackend(model)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        y = backend(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert (y - model(x)).abs().max() <= 1e-5

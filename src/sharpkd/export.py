@@ -28,15 +28,15 @@ from sharpkd.checkpoint import config_to_dict
 OPSET = 18
 
 
-def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None, target: str = "fp32") -> Path:
+def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None, target: str | None = "fp32") -> Path:
     """Export ``model`` (float32, eval mode) to ``path``; returns the path. A kernel student is
     exported as its network (:class:`~sharpkd.models.kstudent.GuidedNet`: photo and guide, six channels).
     ``target``: the precision the file will run at; a student is traced in the graph form that is
     fastest there (:func:`sharpkd.models.export_forms.export_graph`; ``int8`` for a file that
-    :func:`export_int8` will quantise)."""
+    :func:`export_int8` will quantise; None: as written)."""
     import onnx
 
-    from sharpkd.models.export_forms import export_graph
+    from sharpkd.models.export_forms import ExportStudent, export_graph
     from sharpkd.models.kstudent import GuidedNet, KernelStudent
 
     path = Path(path)
@@ -44,6 +44,7 @@ def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None, ta
     if isinstance(model, KernelStudent):
         model = GuidedNet(model)
     model = export_graph(model.float().eval().cpu(), target)
+    graph = target if isinstance(model, ExportStudent) else "as written"
     m = int(getattr(model.config, "multiple", 1))
     # an example batch of 2: with 1 the tracer takes the batch size for a constant wherever a tensor
     # is reshaped (the int8 form's folds), and the file would only take single images
@@ -59,7 +60,7 @@ def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None, ta
                                     dynamic_shapes=dims, opset_version=OPSET, external_data=False, verbose=False)
     proto = program.model_proto
     meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {}), "input_channels": x.shape[1],
-            "graph": target}
+            "graph": graph}
     entry = proto.metadata_props.add()
     entry.key, entry.value = "sharpkd", json.dumps(meta)
     tmp = path.with_name(path.name + ".tmp")
