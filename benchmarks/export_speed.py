@@ -6,7 +6,8 @@ calibrated on 32 training-pool patches), checks that every fp32 file computes th
 times each file in ONNX Runtime on one reused random frame per resolution (2 threads, no busy-waiting,
 batch 1, median of the timed runs after warm-up). ``sharpkd bench`` times the whole path a video
 frame takes (conversion, padding, clamping); this times only what the exported graph costs, and with
-``--profile`` prints where that time goes, by operator type.
+``--profile`` prints where that time goes, by operator type. The frame form (the shipped INT8 student)
+is timed on RGBA bytes, its input.
 
     python benchmarks/export_speed.py                       # shipped student, 640x480 and 1280x720
     python benchmarks/export_speed.py --model kstudent --profile
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 FORMS = (("as written", None, "fp32"), ("fp32 form", "fp32", "fp32"), ("as written", None, "int8"),
-         ("int8 form", "int8", "int8"))
+         ("int8 form", "int8", "int8"), ("frame form (RGBA bytes in and out)", "frame", "int8"))
 
 
 def session(path: Path, threads: int, profile: bool = False):
@@ -49,10 +50,20 @@ def session(path: Path, threads: int, profile: bool = False):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def frame_input(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """A random input for ``path``: (1, channels, H, W) floats, or (1, H, W, 4) bytes for a frame graph."""
+    from sharpkd.backends import OnnxBackend
+
+    rng = np.random.default_rng(0)
+    if OnnxBackend(path).frames:
+        return rng.integers(0, 256, size=(1, size[1], size[0], 4), dtype=np.uint8)
+    return rng.random((1, channels, size[1], size[0]), dtype=np.float32)
+
+
 def time_file(path: Path, channels: int, size: tuple[int, int], threads: int, runs: int) -> float:
-    """Median seconds per run of ``path`` on one random (1, channels, H, W) frame."""
+    """Median seconds per run of ``path`` on one random frame (:func:`frame_input`)."""
     sess = session(path, threads)
-    x = np.random.default_rng(0).random((1, channels, size[1], size[0]), dtype=np.float32)
+    x = frame_input(path, channels, size)
     for _ in range(3):
         sess.run(None, {"image": x})
     times = []
@@ -66,7 +77,7 @@ def time_file(path: Path, channels: int, size: tuple[int, int], threads: int, ru
 def profile_file(path: Path, channels: int, size: tuple[int, int], threads: int, runs: int = 10) -> dict:
     """Milliseconds per run by operator type (ONNX Runtime's profiler, after the warm-up runs)."""
     sess = session(path, threads, profile=True)
-    x = np.random.default_rng(0).random((1, channels, size[1], size[0]), dtype=np.float32)
+    x = frame_input(path, channels, size)
     for _ in range(runs):
         sess.run(None, {"image": x})
     trace = Path(sess.end_profiling())
@@ -92,7 +103,9 @@ def main() -> int:
     from sharpkd.backends import OnnxBackend
     from sharpkd.bench import environment
     from sharpkd.checkpoint import load_model
-    from sharpkd.export import calibration_inputs, export_int8, export_onnx, guided_calibration
+    from sharpkd.export import calibration_inputs, export_int8, export_int8_model, export_onnx, guided_calibration
+    from sharpkd.models.export_forms import ExportStudent, export_graph
+    from sharpkd.models.kstudent import GuidedNet, KernelStudent
 
     model, info = load_model(args.model)
     channels = 6 if info.get("arch") == "kstudent" else 3
@@ -107,11 +120,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ref_x = torch.rand(1, channels, 48, 64)
         reference = OnnxBackend(export_onnx(model, Path(tmp) / "ref.onnx", target=None))(ref_x)
+        net = GuidedNet(model) if isinstance(model, KernelStudent) else model
         for i, (name, target, precision) in enumerate(FORMS):
-            path = export_onnx(model, Path(tmp) / f"f{i}.onnx", target=target)
-            if precision == "int8":
-                path = export_int8(path, Path(tmp) / f"q{i}.onnx", cal)
+            if target is not None and not isinstance(export_graph(net, target), ExportStudent):
+                continue  # no such form for this model (a kernel student takes no frames)
+            if target == "frame":  # what `sharpkd export --int8` ships for a student
+                path = export_int8_model(model, Path(tmp) / f"q{i}.onnx", cal)
+            elif precision == "int8":
+                fp32 = export_onnx(model, Path(tmp) / f"f{i}.onnx", target=target)
+                path = export_int8(fp32, Path(tmp) / f"q{i}.onnx", cal)
             else:  # every fp32 form computes the same function
+                path = export_onnx(model, Path(tmp) / f"f{i}.onnx", target=target)
                 err = float((OnnxBackend(path)(ref_x) - reference).abs().max())
                 assert err < 1e-4, f"{name}: differs from the model by {err}"
             fps = [1 / time_file(path, channels, s, args.threads, args.runs) for s in sizes]

@@ -145,6 +145,12 @@ def test_export_forms_compute_the_students_function(tmp_path, name, perturbed):
             form = export_graph(net, target)
             assert isinstance(form, ExportStudent) and form.target == target
             assert (form(x) - ref).abs().max() <= 1e-5, target
+        if channels == 3:  # the frame form: NHWC RGBA in and out, the alpha slot ignored
+            rgba = torch.cat([x, torch.rand(2, 1, *x.shape[2:])], 1).permute(0, 2, 3, 1)
+            out = export_graph(net, "frame")(rgba)[..., :3].permute(0, 3, 1, 2)
+            assert (out - ref).abs().max() <= 1e-5
+        else:
+            assert export_graph(net, "frame") is net
             runner = OnnxBackend(export_onnx(model, tmp_path / f"{target}.onnx", target=target))
             assert runner.info["graph"] == target
             assert (runner(x) - ref).abs().max() <= 1e-5, target
@@ -159,9 +165,10 @@ def test_students_with_a_wiener_bank_are_exported_as_written(perturbed):
     assert export_graph(model, "int8") is model
 
 
-def test_int8_graph_stays_channels_last(tmp_path):
-    """What makes the INT8 file fast, checked on the graph ONNX Runtime actually runs: no DepthToSpace,
-    one transpose per fold (plus the input's and the output's), and a single DequantizeLinear (the output)."""
+def test_int8_frame_graph_is_bytes_in_bytes_out_and_channels_last(tmp_path):
+    """What makes the INT8 student fast, checked on the graph ONNX Runtime actually runs: RGBA bytes in
+    and out (no QuantizeLinear, DequantizeLinear or DepthToSpace left), one transpose per fold; and the
+    frame path gives the same bytes as the float path through the same file."""
     import collections
 
     import onnx
@@ -177,8 +184,22 @@ def test_int8_graph_stays_channels_last(tmp_path):
     opts.log_severity_level = 3
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node)
-    assert ops["QLinearConv"] == 12 and ops["DepthToSpace"] == 0
-    assert ops["Transpose"] <= 5 and ops["DequantizeLinear"] == 1
+    assert ops["QLinearConv"] == 12 and ops["DepthToSpace"] == 0 and ops["Transpose"] <= 3
+    assert ops["QuantizeLinear"] == 0 and ops["DequantizeLinear"] == 0
+
+    backend = OnnxBackend(path)
+    assert backend.frames and backend.info["io"] == "rgba8" and backend.kind == "onnx-int8"
+    frame = np.random.default_rng(0).integers(0, 256, size=(37, 53, 3), dtype=np.uint8)  # padded to 40 x 56
+    sharpener = Sharpener(backend, tile=0)
+    fast = sharpener.sharpen_frame(frame)
+    assert fast.shape == frame.shape and fast.dtype == np.uint8
+    via_float = sharpener.sharpen_tensor(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255)
+    assert np.array_equal(fast, (via_float[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    # BGR frames (OpenCV's order) come back in BGR
+    assert np.array_equal(sharpener.sharpen_frame(frame[..., ::-1].copy(), bgr=True), fast[..., ::-1])
+    # and it stays close to the fp32 network
+    ref = Sharpener.from_pretrained("student", tile=0).sharpen_frame(frame)
+    assert np.abs(ref.astype(int) - fast).mean() < 3
 
 
 def test_torch_backend_runs_students_channels_last_with_the_same_result(perturbed):

@@ -100,11 +100,26 @@ class OnnxBackend:
         if not 1 <= self.multiple <= 64:
             raise CheckpointError(f"{path}: implausible size multiple {self.multiple}")
         self.kind = "onnx-int8" if self.info.get("precision") == "int8" else "onnx"
+        # an INT8 student exported for frames reads and writes (B, H, W, 4) RGBA bytes (sharpkd.export)
+        self.frames = self.info.get("io") == "rgba8"
         self.path = path
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frames:  # float images through the frame graph: 8-bit levels, which is what its INT8
+            # input quantisation keeps of them anyway
+            rgb = x.detach().cpu().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            rgba = torch.cat([rgb, rgb.new_zeros(*rgb.shape[:3], 1)], dim=3).numpy()
+            out = torch.from_numpy(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: rgba})[0])
+            return out[..., :3].permute(0, 3, 1, 2).float().div_(255)
         arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
         return torch.from_numpy(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: arr})[0])
+
+    def run_frame(self, rgba: np.ndarray) -> np.ndarray:
+        """One (H, W, 4) uint8 RGBA frame, H and W multiples of :attr:`multiple` -> the sharpened frame,
+        the same shape (its fourth channel carries nothing). Only for a file with :attr:`frames`."""
+        if not self.frames:
+            raise BackendError(f"{self.path} takes float images, not frames")
+        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: rgba[None]})[0][0]
 
 
 class UnsharpMask:

@@ -1,13 +1,14 @@
 """``sharpkd bench``: frames per second of the sharpening methods at common video resolutions.
 
-Each cell is the median over timed runs of one whole frame (an H x W x 3 uint8 frame turned into a
-1 x 3 x H x W float32 tensor in [0, 1] as ``sharpkd video`` does) through the same ``Sharpener`` path the
-CLI uses (pad, model, clamp, crop; no tiling), after warm-up runs.
+Each cell is the median over timed runs of one whole frame, an H x W x 3 uint8 frame in and out, through
+``Sharpener.sharpen_frame`` as ``sharpkd video`` runs it (for most models: to a float tensor, pad, model,
+clamp, crop, back to bytes; the INT8 student's frame graph takes the bytes as RGBA; no tiling), after
+warm-up runs.
 The kernel student's rows time what each video frame costs between blur estimates: the Wiener step
 with a 31 x 31 camera-shake kernel (FFTs of the whole frame) and the network. The estimate itself
 (seconds, once per photo or every N frames) is not in these rows; ``sharpkd eval`` reports it per photo.
 Unsharp masking is OpenCV (Gaussian blur + weighted sum on uint8), the classical baseline. On CUDA
-the clock is read after ``torch.cuda.synchronize()``. Each cell stops after ``max_seconds`` of timed
+the frame's copy back to the CPU waits for the GPU. Each cell stops after ``max_seconds`` of timed
 runs (at least ``min_runs``), so slow models do not take minutes at 1080p.
 """
 
@@ -75,11 +76,10 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
             return cv2.addWeighted(frame, 2.0, blurred, -1.0, 0)
 
         return unsharp
-    from sharpkd.infer import Sharpener, frame_to_tensor
+    from sharpkd.infer import Sharpener
 
     model, backend = split_method(name)
     sh = Sharpener.from_pretrained(model, device=device, tile=0, backend=backend, threads=threads)
-    dev = torch.device(device)
     est = None
     if sh.blind:  # the kernel student: a fixed camera-shake estimate, so that every frame is deconvolved
         from sharpkd.deblur.teacher import BlurEstimate
@@ -88,10 +88,7 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
         est = [BlurEstimate(make_kernel("motion", length=20.0, seed=0, size=31), 1 / 255, "shake")]
 
     def run(frame: np.ndarray):
-        x = frame_to_tensor(frame).to(dev)
-        out = sh.sharpen_tensor(x, est)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        out = sh.sharpen_frame(frame, estimates=est)  # on CUDA, the copy back to the CPU waits for it
         return out
 
     return run

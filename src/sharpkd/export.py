@@ -48,9 +48,11 @@ def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None, ta
     m = int(getattr(model.config, "multiple", 1))
     # an example batch of 2: with 1 the tracer takes the batch size for a constant wherever a tensor
     # is reshaped (the int8 form's folds), and the file would only take single images
-    x = torch.rand(2, int(getattr(model, "input_channels", 3)), 4 * m, 6 * m)
-    dims = {"x": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC,
-                  3: torch.export.Dim.DYNAMIC}}
+    c = int(getattr(model, "input_channels", 3))
+    nhwc = getattr(model, "channels_last_io", False)  # the frame form: (B, H, W, 4)
+    x = torch.rand(2, 4 * m, 6 * m, c) if nhwc else torch.rand(2, c, 4 * m, 6 * m)
+    dims = {"x": {0: torch.export.Dim("batch", max=1024), 1 + (not nhwc): torch.export.Dim.DYNAMIC,
+                  2 + (not nhwc): torch.export.Dim.DYNAMIC}}
     # the exporter reports its progress on stdout and warns about its own internals (and about
     # torchvision, which sharpkd does not use): keep all of that quiet
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -59,7 +61,7 @@ def export_onnx(model: nn.Module, path: str | Path, info: dict | None = None, ta
         program = torch.onnx.export(model, (x,), input_names=[INPUT], output_names=[OUTPUT], dynamo=True,
                                     dynamic_shapes=dims, opset_version=OPSET, external_data=False, verbose=False)
     proto = program.model_proto
-    meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {}), "input_channels": x.shape[1],
+    meta = {"multiple": m, "config": config_to_dict(model.config), **(info or {}), "input_channels": c,
             "graph": graph}
     entry = proto.metadata_props.add()
     entry.key, entry.value = "sharpkd", json.dumps(meta)
@@ -112,17 +114,47 @@ def _shapes_from_quantised(graph) -> None:
 
 
 def export_int8_model(model: nn.Module, path: str | Path, calibration: np.ndarray, info: dict | None = None) -> Path:
-    """``model`` exported in its int8 graph form and quantised (:func:`export_int8`) to ``path``."""
+    """``model`` exported in its int8 graph form and quantised (:func:`export_int8`) to ``path``. A plain
+    student gets the frame form: RGBA bytes in and out (:func:`_frame_io`), which
+    :class:`~sharpkd.backends.OnnxBackend` also runs on float images."""
     import tempfile
 
+    from sharpkd.models.export_forms import ExportStudent, export_graph
+    from sharpkd.models.kstudent import KernelStudent
+
+    frame = not isinstance(model, KernelStudent) and isinstance(export_graph(model, "frame"), ExportStudent)
     with tempfile.TemporaryDirectory() as tmp:
-        return export_int8(export_onnx(model, Path(tmp) / "fp32.onnx", info, target="int8"), path, calibration)
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", info, target="frame" if frame else "int8")
+        if not frame:
+            return export_int8(fp32, path, calibration)
+        rgba = np.concatenate([calibration, np.zeros_like(calibration[:, :1])], 1).transpose(0, 2, 3, 1)
+        return export_int8(fp32, path, np.ascontiguousarray(rgba), frame_io=True)
 
 
-def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray, per_channel: bool = True) -> Path:
+def _frame_io(graph) -> None:
+    """Make the graph's input and output the bytes of RGBA frames: quantised with ``scale`` 1/255 and zero
+    point 0, the input's QuantizeLinear and the output's DequantizeLinear are the identity on bytes,
+    so they are removed and the graph reads and writes uint8 directly."""
+    from onnx import TensorProto
+
+    inp, out = graph.input[0].name, graph.output[0].name
+    quant = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == inp)
+    dequant = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == out)
+    for node in graph.node:
+        node.input[:] = [inp if v == quant.output[0] else v for v in node.input]
+        node.output[:] = [out if v == dequant.input[0] else v for v in node.output]
+    graph.node.remove(quant)
+    graph.node.remove(dequant)
+    graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    graph.output[0].type.tensor_type.elem_type = TensorProto.UINT8
+
+
+def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray, per_channel: bool = True,
+                frame_io: bool = False) -> Path:
     """Statically quantise an exported fp32 model with ONNX Runtime's tools (QDQ format, uint8
     activations and int8 weights, the pairing ORT recommends for x86 CPUs), calibrated (min/max)
-    on ``calibration`` images. The sharpkd metadata is carried over with ``precision: int8``."""
+    on ``calibration`` images. The sharpkd metadata is carried over with ``precision: int8``.
+    ``frame_io``: the file is the frame form (NHWC RGBA), and reads and writes bytes (:func:`_frame_io`)."""
     import tempfile
 
     import onnx
@@ -146,14 +178,20 @@ def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            byte = {"scale": np.array(1 / 255, np.float32), "zero_point": np.array(0, np.uint8)}
+            overrides = {"TensorQuantOverrides": {INPUT: [byte], OUTPUT: [byte]}} if frame_io else {}
             quantize_static(str(pre), str(Path(tmp) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            extra_options=overrides)
         q = onnx.load(str(Path(tmp) / "q.onnx"))
     _shapes_from_quantised(q.graph)
+    if frame_io:
+        _frame_io(q.graph)
     del q.metadata_props[:]
     entry = q.metadata_props.add()
-    entry.key, entry.value = "sharpkd", json.dumps({**meta, "precision": "int8",
-                                                    "calibration_images": int(len(calibration))})
+    meta = {**meta, "precision": "int8", **({"io": "rgba8"} if frame_io else {}),
+            "calibration_images": int(len(calibration))}
+    entry.key, entry.value = "sharpkd", json.dumps(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = path.with_name(path.name + ".tmp")
     onnx.save_model(q, str(tmp_out))

@@ -236,6 +236,23 @@ class Sharpener:
             acc += dihedral(apply(t, fn), k, inverse=True)
         return acc.div_(self.ensemble)
 
+    def sharpen_frame(self, frame: np.ndarray, bgr: bool = False, estimates: list | None = None) -> np.ndarray:
+        """One (H, W, 3) uint8 video frame (RGB; OpenCV's BGR with ``bgr``) -> the sharpened frame, same
+        shape and order. An INT8 student exported for frames (``OnnxBackend.frames``) gets the bytes
+        as they are, as RGBA; anything else goes through :meth:`sharpen_tensor`."""
+        backend, (h, w) = self.backend, frame.shape[:2]
+        if getattr(backend, "frames", False) and self.ensemble == 1 and not (self.tile and max(h, w) > self.tile):
+            import cv2
+
+            rgba = cv2.cvtColor(frame, cv2.COLOR_BGR2RGBA if bgr else cv2.COLOR_RGB2RGBA)
+            ph, pw = (-h) % self.multiple, (-w) % self.multiple
+            if ph or pw:  # as pad_to_multiple: reflected borders (replicated for tiny frames)
+                border = cv2.BORDER_REFLECT_101 if ph < h and pw < w else cv2.BORDER_REPLICATE
+                rgba = cv2.copyMakeBorder(rgba, 0, ph, 0, pw, border)
+            out = backend.run_frame(rgba)[:h, :w]
+            return cv2.cvtColor(out, cv2.COLOR_RGBA2BGR if bgr else cv2.COLOR_RGBA2RGB)
+        return tensor_to_frame(self.sharpen_tensor(frame_to_tensor(frame, bgr), estimates), bgr)
+
     def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1]."""
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]

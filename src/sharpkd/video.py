@@ -102,12 +102,11 @@ class FrameSharpener:
         return self.estimates
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        from sharpkd.infer import frame_to_tensor, tensor_to_frame
+        from sharpkd.infer import frame_to_tensor
 
-        x = frame_to_tensor(frame, bgr=True)
-        est = self._estimate(x) if self.sharpener.blind else None
+        est = self._estimate(frame_to_tensor(frame, bgr=True)) if self.sharpener.blind else None
         self.frames += 1
-        return tensor_to_frame(self.sharpener.sharpen_tensor(x, est), bgr=True)
+        return self.sharpener.sharpen_frame(frame, bgr=True, estimates=est)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -14,6 +14,10 @@ time moving pixels around them as convolving (docs/realtime.md, "The exported gr
   depth-first order, so that the exporter's transposes cancel the runtime's and the whole network stays
   channels-last; the last convolution gets a fourth, zero colour slot (quantised kernels are fastest with
   16 output channels), dropped after the final transpose.
+- ``frame``: the int8 form for video frames, NHWC RGBA in and out (the alpha slot is ignored, and the
+  fourth output channel carries nothing): with RGBA the fold and the last convolution need no padding
+  or slicing, and :func:`sharpkd.export.export_int8_model` turns its float input and output into the
+  bytes of the frame itself.
 
 :func:`export_graph` picks the form; anything other than a plain student (a Wiener bank in front, an
 unshuffle factor of 1) is exported as it is.
@@ -25,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TARGETS = ("fp32", "int8")
+TARGETS = ("fp32", "int8", "frame")
 
 
 def _depth_first(channels: int, s: int) -> list[int]:
@@ -53,18 +57,18 @@ def strided_head(head: nn.Conv2d, s: int) -> nn.Conv2d:
     return _conv(k, head.bias.detach(), stride=s, padding=s)
 
 
-def fold_nhwc(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Pixel-unshuffle of an NCHW tensor written through its NHWC view: (B, C, H, W) ->
-    (B, s*s*C, H/s, W/s), channels in depth-first order (:func:`_depth_first`)."""
-    y = x.permute(0, 2, 3, 1).unflatten(1, (-1, s)).unflatten(3, (-1, s))  # B, H/s, s, W/s, s, C
+def fold_nhwc(y: torch.Tensor, s: int) -> torch.Tensor:
+    """Pixel-unshuffle of an NHWC tensor: (B, H, W, C) -> NCHW (B, s*s*C, H/s, W/s), channels in
+    depth-first order (:func:`_depth_first`)."""
+    y = y.unflatten(1, (-1, s)).unflatten(3, (-1, s))  # B, H/s, s, W/s, s, C
     return y.permute(0, 1, 3, 2, 4, 5).flatten(3, 5).permute(0, 3, 1, 2)
 
 
 def unfold_nhwc(x: torch.Tensor, channels: int, s: int) -> torch.Tensor:
     """Pixel-shuffle of an NCHW tensor whose channels are in depth-first order, written through its NHWC
-    view: (B, s*s*channels, H, W) -> (B, channels, s*H, s*W)."""
+    view: (B, s*s*channels, H, W) -> NHWC (B, s*H, s*W, channels)."""
     y = x.permute(0, 2, 3, 1).unflatten(3, (s, s, channels))  # B, H, W, s, s, C
-    return y.permute(0, 1, 3, 2, 4, 5).flatten(3, 4).flatten(1, 2).permute(0, 3, 1, 2)
+    return y.permute(0, 1, 3, 2, 4, 5).flatten(3, 4).flatten(1, 2)
 
 
 class ExportStudent(nn.Module):
@@ -78,6 +82,7 @@ class ExportStudent(nn.Module):
             raise ValueError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
         self.config, self.target, self.base = net.config, target, base
         self.input_channels = in_channels
+        self.channels_last_io = target == "frame"  # (B, H, W, 4) in and out
         s, w = net.config.unshuffle, net.config.width
         self.s, self.width = s, w
         self.enc, self.down, self.low, self.dec = net.enc, net.down, net.low, net.dec
@@ -86,7 +91,12 @@ class ExportStudent(nn.Module):
             self.head = strided_head(net.head, s)
             self.up, self.tail = up, tail
             return
-        self.head = _conv(net.head.weight.detach()[:, _depth_first(in_channels, s)], net.head.bias.detach(), padding=1)
+        head = net.head.weight.detach()
+        if target == "frame":  # RGBA in: a fourth, ignored colour slot
+            head = torch.cat([head.unflatten(1, (3, s * s)), head.new_zeros(head.shape[0], 1, s * s, 3, 3)], 1)
+            head, in_channels = head.flatten(1, 2), 4
+        self.head = _conv(head[:, _depth_first(in_channels, s)], net.head.bias.detach(), padding=1)
+        self.input_channels = in_channels
         rows = _depth_first(w, 2)
         self.up = _conv(up.weight.detach()[rows], up.bias.detach()[rows])
         # the tail's outputs in depth-first order over four colour slots, the fourth always zero
@@ -105,11 +115,15 @@ class ExportStudent(nn.Module):
             feat = self.low(F.relu(self.down(h)))
             h = self.dec(F.pixel_shuffle(F.relu(self.up(feat)), 2) + h)
             r = F.pixel_shuffle(self.tail(h), s)
-        else:
-            h = self.enc(F.relu(self.head(fold_nhwc(x, s))))
+        else:  # int8 and frame: channels-last throughout
+            nhwc = x if self.target == "frame" else x.permute(0, 2, 3, 1)
+            h = self.enc(F.relu(self.head(fold_nhwc(nhwc, s))))
             feat = self.low(F.relu(self.down(h)))
-            h = self.dec(unfold_nhwc(F.relu(self.up(feat)), self.width, 2) + h)
-            r = unfold_nhwc(self.tail(h), 4, s)[:, :3]
+            h = self.dec(unfold_nhwc(F.relu(self.up(feat)), self.width, 2).permute(0, 3, 1, 2) + h)
+            r = unfold_nhwc(self.tail(h), 4, s)
+            if self.target == "frame":  # RGBA frames in and out; the fourth channel carries nothing
+                return x + r
+            r = r.permute(0, 3, 1, 2)[:, :3]
         return x[:, self.base : self.base + 3] + r
 
 
@@ -128,5 +142,7 @@ def export_graph(model: nn.Module, target: str | None = "fp32") -> nn.Module:
     net = model.net if guided else model
     if not isinstance(net, Student) or net.bank is not None or net.config.unshuffle < 2:
         return model
+    if guided and target == "frame":
+        return model  # its input is photo and guide, not a frame
     net = net.deploy()
     return ExportStudent(net, target, in_channels=6 if guided else 3, base=3 if guided else 0).eval()
