@@ -386,3 +386,30 @@ def test_estimate_iters_reaches_both_estimates_and_old_files_keep_five(monkeypat
     old = config_to_dict(BlindTeacherConfig())
     old.pop("estimate_iters")
     assert BlindTeacherConfig(**old).estimate_iters == EstimateConfig().iters == 5
+
+
+def test_refine_rounds_refines_the_kernel_against_each_new_deconvolution(monkeypatch):
+    """``refine_rounds`` = n: n conservative deconvolutions, each with the kernel the last refinement gave."""
+    import dataclasses
+
+    import sharpkd.deblur.teacher as teacher_module
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+    from sharpkd.degrade import gaussian_kernel
+
+    teacher = BlindTeacher(config=BlindTeacherConfig(iters=2, cg_steps=1))
+    solved, refined = [], []
+    monkeypatch.setattr(teacher, "_solve", lambda img, k, noise: solved.append(k.copy()) or img)
+
+    def fake_refine(blurred, latent, kernel, config):
+        refined.append(kernel.copy())
+        return kernel * 0 + len(refined)  # a different kernel each round
+
+    monkeypatch.setattr(teacher_module, "refine_kernel", fake_refine)
+    k0 = gaussian_kernel(1.0, 5)
+    for rounds in (1, 2):
+        solved.clear()
+        refined.clear()
+        teacher.config = dataclasses.replace(teacher.config, refine_rounds=rounds)
+        out = teacher._refine(torch.rand(3, 40, 40), k0, 0.01)
+        assert len(solved) == len(refined) == rounds and np.all(out == rounds)
+        assert np.array_equal(solved[0], k0) and all(np.all(k == i) for i, k in enumerate(solved[1:], 1))

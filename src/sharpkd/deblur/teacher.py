@@ -77,6 +77,7 @@ class BlindTeacherConfig:
     check_lam: float = 3e-3
     first_noise: float = 6 / 255  # noise floor of the first (conservative) deconvolution
     shake_noise: float = 3 / 255  # noise floor of the final deconvolution, with the refined kernel
+    refine_rounds: int = 1  # kernel refinements, each against a conservative deconvolution with the last kernel
     network: dict | None = None  # NAFTeacherConfig fields of the network for everything else (None: none)
     # round blur (with a network): what is not camera shake is deconvolved with a Gaussian when the L0
     # estimate is round (anisotropy below round_anisotropy; 0: never, the network takes it all) and a
@@ -236,8 +237,10 @@ class BlindTeacher(nn.Module):
         crop = self._central(img[None])
         if min(crop.shape[-2:]) < 4 * kernel.shape[0]:
             return kernel
-        first = self._solve(crop, kernel, max(noise, cfg.first_noise))
-        return refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=cfg.estimate_side))
+        for _ in range(max(1, int(cfg.refine_rounds))):
+            first = self._solve(crop, kernel, max(noise, cfg.first_noise))
+            kernel = refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=cfg.estimate_side))
+        return kernel
 
     def _network(self, img: torch.Tensor) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(img, int(self.network.config.multiple))
