@@ -46,6 +46,7 @@ def test_video_keeps_size_rate_and_frame_count(tmp_path, clip, capsys):
     assert main(["-q", "video", str(clip), "-o", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert f"{N} frames of {W}x{H}" in printed and "FPS achieved" in printed
+    assert "(student, onnx-int8," in printed  # by default the shipped INT8 export: the fastest
     src, fps_in = read_all(clip)
     dst, fps_out = read_all(out)
     assert len(dst) == len(src) == N and fps_out == fps_in == FPS
@@ -145,3 +146,13 @@ def test_frame_conversions_round_trip_and_swap_channels():
     # rounded to the nearest level and clipped
     y = torch.tensor([100.49, 100.5, -3.0, 300.0]).reshape(1, 1, 1, 4).expand(1, 3, 1, 4) / 255
     assert tensor_to_frame(y)[0, :, 0].tolist() == [100, 101, 0, 255]
+
+
+def test_video_default_backend_is_the_fastest_one_the_model_ships(tmp_path, perturbed):
+    from sharpkd.backends import fastest_backend
+    from sharpkd.checkpoint import save_model
+
+    assert fastest_backend("student") == fastest_backend("kstudent") == "onnx-int8"
+    assert fastest_backend("student", device="cuda") == "torch"
+    assert fastest_backend("teacher") == fastest_backend("unsharp") == "torch"  # no INT8 export / classical
+    assert fastest_backend(save_model(tmp_path / "m.safetensors", perturbed("student-s"))) == "torch"

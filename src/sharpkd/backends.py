@@ -182,6 +182,20 @@ def onnx_file_for(name_or_path: str | Path, int8: bool = False) -> Path:
                        "that file as the model, or use --backend torch")
 
 
+def fastest_backend(name_or_path: str | Path, device: str | torch.device = "cpu") -> str:
+    """The backend that runs ``name_or_path`` fastest on video: ``onnx-int8`` when an INT8 export sits
+    beside its weights (the shipped students: 0.03 and 0.05 dB below fp32 on Kodak24, about three times
+    the frame rate; docs/realtime.md), ``torch`` otherwise (the blind teacher, CUDA, models without one)."""
+    key = str(name_or_path)
+    if str(device) != "cpu" or key in CLASSICAL or key.endswith(".onnx") or _arch(key) == "blind":
+        return "torch"
+    try:
+        onnx_file_for(key, int8=True)
+    except BackendError:
+        return "torch"
+    return "onnx-int8"
+
+
 def resolve(name_or_path: str | Path = "student", backend: str = "torch", *, device: str | torch.device = "cpu",
             threads: int = 0) -> Backend:
     """The backend that runs ``name_or_path`` with ``backend`` (one of :data:`BACKENDS`)."""

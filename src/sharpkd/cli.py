@@ -419,6 +419,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_video(args: argparse.Namespace) -> int:
     import torch
 
+    from sharpkd.backends import fastest_backend
     from sharpkd.infer import Sharpener
     from sharpkd.video import VideoError, live, sharpen_video
 
@@ -432,7 +433,8 @@ def cmd_video(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=0, backend=args.backend,
+        backend = fastest_backend(args.model, args.device) if args.backend == "auto" else args.backend
+        sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=0, backend=backend,
                                               threads=args.threads)
         if live_mode:
             source = args.camera if args.camera is not None else args.input
@@ -446,7 +448,7 @@ def cmd_video(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from e
     where = f" -> {args.output}" if not live_mode else ""
     print(f"{stats.frames} frames of {stats.width}x{stats.height}{where} in {stats.seconds:.1f} s: "
-          f"{stats.fps:.1f} FPS achieved ({args.model}, {args.backend}, {torch.get_num_threads()} threads)")
+          f"{stats.fps:.1f} FPS achieved ({args.model}, {sharpener.backend.kind}, {torch.get_num_threads()} threads)")
     return 0
 
 
@@ -653,7 +655,8 @@ def add_video(sub) -> None:
                    help="live: serve the preview as an MJPEG page on 127.0.0.1:PORT (for machines without a display)")
     p.add_argument("--model", default="student",
                    help="student, kstudent (estimates the blur: camera shake), teacher, unsharp, or a model file")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="inference engine (auto: the INT8 export where the model ships one, else torch)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: all)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
     p.add_argument("--estimate-every", type=int, default=300, metavar="N",
