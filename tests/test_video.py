@@ -143,6 +143,10 @@ def test_frame_conversions_round_trip_and_swap_channels():
     assert torch.equal(x[0, 0], torch.from_numpy(frame[..., 2]).float() / 255)  # BGR in, RGB out
     assert np.array_equal(tensor_to_frame(x, bgr=True), frame)
     assert np.array_equal(tensor_to_frame(frame_to_tensor(frame)), frame)
+    with pytest.raises(ValueError, match="uint8 frame"):
+        from sharpkd.infer import Sharpener
+
+        Sharpener.from_pretrained("unsharp").sharpen_frame(frame.astype(np.float32))
     # rounded to the nearest level and clipped
     y = torch.tensor([100.49, 100.5, -3.0, 300.0]).reshape(1, 1, 1, 4).expand(1, 3, 1, 4) / 255
     assert tensor_to_frame(y)[0, :, 0].tolist() == [100, 101, 0, 255]

@@ -240,6 +240,8 @@ class Sharpener:
         """One (H, W, 3) uint8 video frame (RGB; OpenCV's BGR with ``bgr``) -> the sharpened frame, same
         shape and order. An INT8 student exported for frames (``OnnxBackend.frames``) gets the bytes
         as they are, as RGBA; anything else goes through :meth:`sharpen_tensor`."""
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) uint8 frame, got {frame.dtype} of shape {frame.shape}")
         backend, (h, w) = self.backend, frame.shape[:2]
         if getattr(backend, "frames", False) and self.ensemble == 1 and not (self.tile and max(h, w) > self.tile):
             import cv2
