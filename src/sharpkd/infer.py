@@ -27,8 +27,8 @@ __all__ = ["BACKENDS", "CLASSICAL", "MIN_TILE", "OnnxBackend", "Sharpener", "Uns
 
 def frame_to_tensor(frame: np.ndarray, bgr: bool = False) -> torch.Tensor:
     """An (H, W, 3) uint8 video frame (RGB; OpenCV's BGR with ``bgr``) -> a contiguous (1, 3, H, W) float32
-    RGB tensor in [0, 1]. The channels are split off while the pixels are still bytes: converting the
-    interleaved frame first and letting the backend re-lay the floats costs several times as much."""
+    RGB tensor in [0, 1]. The channels are split off while the pixels are still bytes, which is cheaper
+    than converting the interleaved frame first and re-laying the floats."""
     t = torch.from_numpy(frame).permute(2, 0, 1)
     if bgr:
         t = t.flip(0)

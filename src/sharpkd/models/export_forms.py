@@ -12,8 +12,8 @@ time moving pixels around them as convolving (docs/realtime.md, "The exported gr
 - ``int8``: ONNX Runtime runs quantised convolutions channels-last (NHWC) and transposes around every
   node that is not one. Here every fold and unfold is written on the NHWC view with its channels in
   depth-first order, so that the exporter's transposes cancel the runtime's and the whole network stays
-  channels-last; the last convolution gets a fourth, zero colour slot (quantised kernels are fastest with
-  16 output channels), dropped after the final transpose.
+  channels-last; the last convolution gets a fourth, zero colour slot (16 outputs rather than 12, which
+  profiled faster), dropped after the final transpose.
 - ``frame``: the int8 form for video frames, NHWC RGBA in and out (the alpha slot is ignored, and the
   fourth output channel carries nothing): with RGBA the fold and the last convolution need no padding
   or slicing, and :func:`sharpkd.export.export_int8_model` turns its float input and output into the
