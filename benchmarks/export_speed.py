@@ -50,12 +50,10 @@ def session(path: Path, threads: int, profile: bool = False):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def frame_input(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """A random input for ``path``: (1, channels, H, W) floats, or (1, H, W, 4) bytes for a frame graph."""
-    from sharpkd.backends import OnnxBackend
-
+def frame_input(sess, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """A random input for ``sess``: (1, channels, H, W) floats, or (1, H, W, 4) bytes for a frame graph."""
     rng = np.random.default_rng(0)
-    if OnnxBackend(path).frames:
+    if sess.get_inputs()[0].type == "tensor(uint8)":
         return rng.integers(0, 256, size=(1, size[1], size[0], 4), dtype=np.uint8)
     return rng.random((1, channels, size[1], size[0]), dtype=np.float32)
 
@@ -63,7 +61,7 @@ def frame_input(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
 def time_file(path: Path, channels: int, size: tuple[int, int], threads: int, runs: int) -> float:
     """Median seconds per run of ``path`` on one random frame (:func:`frame_input`)."""
     sess = session(path, threads)
-    x = frame_input(path, channels, size)
+    x = frame_input(sess, channels, size)
     for _ in range(3):
         sess.run(None, {"image": x})
     times = []
@@ -77,7 +75,7 @@ def time_file(path: Path, channels: int, size: tuple[int, int], threads: int, ru
 def profile_file(path: Path, channels: int, size: tuple[int, int], threads: int, runs: int = 10) -> dict:
     """Milliseconds per run by operator type (ONNX Runtime's profiler, after the warm-up runs)."""
     sess = session(path, threads, profile=True)
-    x = frame_input(path, channels, size)
+    x = frame_input(sess, channels, size)
     for _ in range(runs):
         sess.run(None, {"image": x})
     trace = Path(sess.end_profiling())

@@ -120,9 +120,8 @@ def export_int8_model(model: nn.Module, path: str | Path, calibration: np.ndarra
     import tempfile
 
     from sharpkd.models.export_forms import ExportStudent, export_graph
-    from sharpkd.models.kstudent import KernelStudent
 
-    frame = not isinstance(model, KernelStudent) and isinstance(export_graph(model, "frame"), ExportStudent)
+    frame = isinstance(export_graph(model, "frame"), ExportStudent)  # a plain student (not a kernel student)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", info, target="frame" if frame else "int8")
         if not frame:

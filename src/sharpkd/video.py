@@ -102,11 +102,15 @@ class FrameSharpener:
         return self.estimates
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        from sharpkd.infer import frame_to_tensor
+        from sharpkd.infer import frame_to_tensor, tensor_to_frame
 
-        est = self._estimate(frame_to_tensor(frame, bgr=True)) if self.sharpener.blind else None
+        if not self.sharpener.blind:
+            self.frames += 1
+            return self.sharpener.sharpen_frame(frame, bgr=True)
+        x = frame_to_tensor(frame, bgr=True)  # once: the estimate (when due) and the sharpening share it
+        est = self._estimate(x)
         self.frames += 1
-        return self.sharpener.sharpen_frame(frame, bgr=True, estimates=est)
+        return tensor_to_frame(self.sharpener.sharpen_tensor(x, est), bgr=True)
 
     def close(self) -> None:
         if self._pool is not None:
