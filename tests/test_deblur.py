@@ -271,6 +271,53 @@ def test_round_spread_ratio_offers_elongated_estimates_to_the_round_route(monkey
             assert kernel_spread(est.kernel) == pytest.approx(spread, abs=0.1)
 
 
+def test_compact_shake_route_takes_confirmed_blobs_no_gaussian_explains(monkeypatch):
+    """With ``compact_agreement`` set, an estimate too round for the camera-shake gates goes to the
+    camera-shake route when no Gaussian explains the photo and the second estimate agrees; a good
+    Gaussian fit keeps it on the round route, disagreement or a spread below ``compact_min_spread``
+    leaves it to the network, and the option off (as shipped) never asks for the second estimate."""
+    import dataclasses
+
+    import sharpkd.deblur.teacher as tm
+    from sharpkd.deblur.estimate import anisotropy, kernel_spread
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+
+    blob = np.zeros((31, 31))
+    blob[13:18, 13:18] = 1.0  # compact, anisotropy below 1.4, not a Gaussian
+    blob[15, 18] = 1.0
+    blob /= blob.sum()
+    assert anisotropy(blob) < 1.4 and 1.0 < kernel_spread(blob) < 2.0
+    other = np.zeros((31, 31))
+    other[15, 8:23] = 1 / 15  # what a disagreeing second estimate finds
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net))
+    refined = []
+    monkeypatch.setattr(teacher, "_refine", lambda img, k, noise: refined.append(1) or k)
+    x = torch.full((1, 3, 96, 96), 0.5)
+    for agreement, min_spread, second, fit, route in (
+            (0.0, 0.0, blob, (1.5, 9.0), "network"),  # off: as shipped
+            (0.9, 0.0, blob, (1.5, 9.0), "shake"),
+            (0.9, 0.0, blob, (1.5, 0.0), "round"),  # a Gaussian explains it
+            (0.9, 0.0, other, (1.5, 9.0), "network"),  # the second estimate disagrees
+            (0.9, 3.0, blob, (1.5, 9.0), "network")):  # smaller than compact_min_spread
+        calls = []
+
+        def fake_estimate(img, cfg, second=second, calls=calls):
+            calls.append(cfg)
+            return (blob if len(calls) == 1 else second).copy()
+
+        monkeypatch.setattr(tm, "estimate_kernel", fake_estimate)
+        monkeypatch.setattr(tm, "fit_gaussian_width", lambda blurred, latent, fit=fit: fit)
+        teacher.config = dataclasses.replace(teacher.config, compact_agreement=agreement, compact_min_spread=min_spread)
+        refined.clear()
+        est = teacher.estimate(x)[0]
+        assert est.route == route, (agreement, min_spread, fit)
+        assert len(calls) == (2 if agreement > 0 and min_spread == 0 and fit[1] > 1 else 1)
+        assert bool(refined) == (route == "shake")
+        if route == "shake":
+            assert np.array_equal(est.kernel, blob) and est.agreement > 0.99
+
+
 def test_gaussian_width_fit_recovers_the_width_and_flags_other_blur():
     """fit_gaussian_width with the sharp image as the latent: the true width, a residual at the noise
     level; a camera-shake blur leaves a residual several times larger."""

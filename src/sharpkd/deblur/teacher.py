@@ -99,6 +99,12 @@ class BlindTeacherConfig:
     # the same for the round route: the Gaussian deconvolution uses its own FFDNet (``round_denoiser``),
     # fine-tuned on the widths the round route fits (which come out short of the truth)
     round_prior: bool = False
+    # compact camera shake (0: off): an estimate too round for the camera-shake gates (anisotropy below
+    # min_anisotropy) that no Gaussian explains (the round route's fit fails) is deconvolved like camera
+    # shake when the second estimate agrees with it at least this well, and its spread is at least
+    # compact_min_spread. Short, blob-like shake kernels otherwise always went to the network.
+    compact_agreement: float = 0.0
+    compact_min_spread: float = 0.0
 
 
 @dataclass
@@ -145,10 +151,12 @@ class BlindTeacher(nn.Module):
         if self.network is not None:
             agreement = 0.0
             spread = kernel_spread(k)
+            check = self.estimate_config(min(ks, cfg.check_kernel_size), lam=cfg.check_lam)
             if (anisotropy(k) >= cfg.min_anisotropy and spread >= cfg.min_shake_spread
                     and float(k.max()) * spread >= cfg.min_concentration):
-                check = self.estimate_config(min(ks, cfg.check_kernel_size), lam=cfg.check_lam)
                 agreement = kernel_match(k, estimate_kernel(img, check))
+            elif anisotropy(k) < cfg.min_anisotropy:
+                return self._compact(img, k, noise, check)
             if agreement < cfg.min_agreement:
                 return self._round_or_network(img, k, noise, agreement)
             if cfg.round_spread_ratio > 0:  # an elongated estimate that a Gaussian of its size explains
@@ -178,6 +186,23 @@ class BlindTeacher(nn.Module):
             found = self._round(img, noise, agreement)
             if found is not None:
                 return found
+        return BlurEstimate(k, noise, "network", agreement)
+
+    def _compact(self, img: torch.Tensor, k: np.ndarray, noise: float, check: EstimateConfig) -> BlurEstimate:
+        """An estimate too round for the camera-shake gates: the round route if a Gaussian explains the
+        photo (and the estimate is round enough for it), else, with ``compact_agreement`` set, camera
+        shake when the second estimate (``check``) confirms the kernel, else the network."""
+        cfg = self.config
+        if cfg.compact_agreement <= 0 or kernel_spread(k) < cfg.compact_min_spread:
+            return self._round_or_network(img, k, noise, 0.0)
+        found = self._round(img, noise, 0.0)
+        if found is not None:  # a Gaussian explains it: round blur, never the compact-shake route
+            if cfg.round_anisotropy > 0 and anisotropy(k) < cfg.round_anisotropy:
+                return found
+            return BlurEstimate(k, noise, "network", 0.0)
+        agreement = kernel_match(k, estimate_kernel(img, check))
+        if agreement >= cfg.compact_agreement:
+            return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
         return BlurEstimate(k, noise, "network", agreement)
 
     def _round(self, img: torch.Tensor, noise: float, agreement: float, min_width: float = 0.0) -> BlurEstimate | None:
