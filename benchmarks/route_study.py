@@ -128,16 +128,18 @@ def analyze(rows: list[dict]) -> None:
     def fits(r):
         return r["fit"] >= 0.5 and r["resid"] <= 1.2
 
-    def is_round(r):
-        return r["aniso"] < 1.4 and fits(r)
+    def is_round(r, below=1.4):
+        return r["aniso"] < below and fits(r)
 
-    def route(r, gate, ratio):
+    def route(r, gate, ratio, round_below=1.4):
         """The route a rule takes: round route first, then the camera-shake gate (where a Gaussian of
-        the estimate's size explains the photo and ``ratio`` is set, round again), else the network."""
-        if is_round(r):
+        the estimate's size explains the photo and ``ratio`` is set, round again), else the network.
+        ``round_below``: the round route's anisotropy limit (``round_anisotropy``); above 1.4 it is offered
+        only what the camera-shake gate refuses, as in the teacher."""
+        if is_round(r, min(round_below, 1.4)):
             return "round"
         if not gate(r):
-            return "net"
+            return "round" if is_round(r, round_below) else "net"
         return "round" if ratio and fits(r) and r["fit"] >= ratio * r["spread"] else "ref"
 
     def conc(r):
@@ -149,8 +151,13 @@ def analyze(rows: list[dict]) -> None:
     def shipped_gates(t):  # the shipped camera-shake gates with agreement threshold ``t``
         return lambda r: r["agree"] >= t and r["aniso"] >= 1.5 and r["spread"] >= 1.5 and conc(r)
 
-    rules = {  # name: (camera-shake gate, round_spread_ratio)
-        "shipped: agreement >= 0.9, anisotropy >= 1.5, spread >= 1.5, concentration >= 0.12":
+    def compact(t):  # the shipped gates, plus compact shake (nineteenth session) at agreement ``t``
+        return lambda r: (agreed(r) and r["spread"] >= 1.5 and conc(r)) or (
+            r["aniso"] < 1.5 and not fits(r) and r["agree"] >= t)
+
+    rules = {  # name: (camera-shake gate, round_spread_ratio[, round_anisotropy])
+        "before (shipped until the nineteenth session): agreement >= 0.9, anisotropy >= 1.5, spread >= 1.5, "
+        "concentration >= 0.12":
             (lambda r: agreed(r) and r["spread"] >= 1.5 and conc(r), 0),
         "without the spread gate": (lambda r: agreed(r) and conc(r), 0),
         "without the concentration gate": (lambda r: agreed(r) and r["spread"] >= 1.5, 0),
@@ -159,17 +166,18 @@ def analyze(rows: list[dict]) -> None:
         **{f"shipped gates, agreement >= {t:g}": (shipped_gates(t), 0) for t in (0.85, 0.8)},
         "without the concentration gate, round_spread_ratio 0.8": (lambda r: agreed(r) and r["spread"] >= 1.5, 0.8),
         "without either, round_spread_ratio 0.8": (agreed, 0.8),
-        **{f"shipped, plus compact shake (anisotropy < 1.5, no Gaussian fit) at agreement >= {t:g}":
-           (lambda r, t=t: (agreed(r) and r["spread"] >= 1.5 and conc(r))
-            or (r["aniso"] < 1.5 and not fits(r) and r["agree"] >= t), 0) for t in (0.9, 0.95)},
+        **{f"before, plus compact shake (anisotropy < 1.5, no Gaussian fit) at agreement >= {t:g}": (compact(t), 0)
+           for t in (0.9, 0.95)},
+        "compact shake at 0.9, round route up to anisotropy 1.5 (shipped since the nineteenth session)":
+            (compact(0.9), 0, 1.5),
     }
     kinds = ("motion", "gauss")
     count = {k: sum(r["kind"] == k for r in rows) for k in kinds}
     print(f"cases: {count}\n\n| rule | camera shake | Gaussian | shake cases deconvolved with the estimate "
           "| worst loss vs network |")
     print("|---|---|---|---|---|")
-    for name, (gate, ratio) in rules.items():
-        routes = [route(r, gate, ratio) for r in rows]
+    for name, (gate, ratio, *below) in rules.items():
+        routes = [route(r, gate, ratio, *below) for r in rows]
         gains = np.array([r[f"g_{x}"] for r, x in zip(rows, routes, strict=True)])
         m = {k: gains[[r["kind"] == k for r in rows]].mean() for k in kinds}
         n = sum(x == "ref" and r["kind"] == "motion" for r, x in zip(rows, routes, strict=True))

@@ -2,6 +2,7 @@
 
     python tools/convert_ffdnet.py ffdnet_color.pth -o blind.safetensors     # the denoiser (see that tool)
     python tools/compose_blind_teacher.py --blind blind.safetensors           # -> weights/teacher.safetensors
+    python tools/compose_blind_teacher.py --config-only --set compact_agreement=0.9   # a routing change only
 
 The blind file (made by ``tools/convert_ffdnet.py``) holds the FFDNet denoiser of the deconvolution;
 the network file is a teacher trained here (``sharpkd train teacher``). The result is a ``blind``
@@ -47,6 +48,25 @@ def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, h
     return save_model(out, model, info, half=half)
 
 
+def set_routing(blind_path: str | Path, out: str | Path, overrides: dict[str, float], why: str = "") -> Path:
+    """Rewrite a composed teacher with some config fields changed: the same weights (fp16 stays fp16)
+    and the same description, plus a note of what changed. Nothing is trained or re-composed."""
+    model, info = load_model(blind_path)
+    if info.get("arch") != "blind":
+        raise SystemExit(f"{blind_path} is not a blind-teacher file")
+    config = config_to_dict(model.config)
+    for key, value in overrides.items():
+        if key not in config or key == "network":
+            raise SystemExit(f"--set: {key!r} is not a field of the blind teacher's config")
+        config[key] = type(config[key])(value)
+    new = build_model("blind", config)
+    new.load_state_dict(model.state_dict())
+    change = ", ".join(f"{k}={v:g}" for k, v in overrides.items())
+    info = {**info, "notes": [*info.get("notes", []), f"config changed by tools/compose_blind_teacher.py "
+                                                      f"--config-only: {change}" + (f" ({why})" if why else "")]}
+    return save_model(out, new, info, half=info.get("dtype") == "float16")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blind", default=str(SHIPPED["teacher"]), help="a blind file with the denoiser (the shipped "
@@ -56,6 +76,9 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="set a routing threshold of the blind config, e.g. round_spread_ratio=0.8 (repeatable)")
+    ap.add_argument("--config-only", action="store_true",
+                    help="keep --blind's weights and description, change only the --set fields (and note them)")
+    ap.add_argument("--why", default="", help="with --config-only: the reason, added to the file's note")
     args = ap.parse_args()
     overrides = {}
     for item in args.set:
@@ -63,6 +86,9 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
         overrides[key] = float(value)
+    if args.config_only:
+        print(f"wrote {set_routing(args.blind, args.out, overrides, args.why)}")
+        return
     print(f"wrote {compose(args.blind, args.network, args.out, half=not args.fp32, overrides=overrides)}")
 
 
