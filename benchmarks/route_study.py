@@ -69,6 +69,7 @@ def collect(args: argparse.Namespace) -> list[dict]:
         fit_gaussian_width,
         kernel_match,
         kernel_spread,
+        nearest_gaussian,
         refine_kernel,
     )
     from sharpkd.degrade import gaussian_kernel, protocol_degrade
@@ -116,7 +117,12 @@ def collect(args: argparse.Namespace) -> list[dict]:
                        "g_ref": psnr(solve(kr, cfg.shake_noise), sharp) - base,
                        "g_round": psnr(solve(gaussian_kernel(max(fit, 0.3)), cfg.round_noise), sharp) - base,
                        "g_net": psnr(z, sharp) - base, "g_teacher": psnr(teacher.restore(y, [est]), sharp) - base,
-                       "match0": kernel_match(k0, k)}
+                       "match0": kernel_match(k0, k),
+                       # how Gaussian the estimates look: L1 distance to the nearest Gaussian (0-2), and the
+                       # match of the estimate and of the refined kernel with the round route's fitted Gaussian
+                       "gdist0": nearest_gaussian(k0)[0], "gdist_ref": nearest_gaussian(kr)[0],
+                       "gmatch0": kernel_match(k0, gaussian_kernel(max(fit, 0.3), k0.shape[0])),
+                       "gmatch_ref": kernel_match(kr, gaussian_kernel(max(fit, 0.3), kr.shape[0]))}
             rows.append(row)
             print(" ".join(f"{a}={b:.2f}" if isinstance(b, float) else f"{a}={b}" for a, b in row.items()), flush=True)
     return rows
