@@ -108,6 +108,7 @@ def collect(args: argparse.Namespace) -> list[dict]:
                 first = solve(k0, cfg.first_noise)
                 final0 = solve(k0, cfg.shake_noise)
                 kr = refine_kernel(y[0], first[0], k0, EstimateConfig(max_side=cfg.estimate_side))
+                gfit = gaussian_kernel(max(fit, 0.3), k0.shape[0])  # the round route's Gaussian, on the estimate's grid
                 row = {"photo": train[i].name, "kind": kind, "ktrue_spread": kernel_spread(k), "blurred": base,
                        "route": est.route, "noise": noise, "aniso": anisotropy(k0), "spread": kernel_spread(k0),
                        "peak": float(k0.max()), "agree": kernel_match(k0, k1), "fit": fit,
@@ -121,8 +122,7 @@ def collect(args: argparse.Namespace) -> list[dict]:
                        # how Gaussian the estimates look: L1 distance to the nearest Gaussian (0-2), and the
                        # match of the estimate and of the refined kernel with the round route's fitted Gaussian
                        "gdist0": nearest_gaussian(k0)[0], "gdist_ref": nearest_gaussian(kr)[0],
-                       "gmatch0": kernel_match(k0, gaussian_kernel(max(fit, 0.3), k0.shape[0])),
-                       "gmatch_ref": kernel_match(kr, gaussian_kernel(max(fit, 0.3), kr.shape[0]))}
+                       "gmatch0": kernel_match(k0, gfit), "gmatch_ref": kernel_match(kr, gfit)}
             rows.append(row)
             print(" ".join(f"{a}={b:.2f}" if isinstance(b, float) else f"{a}={b}" for a, b in row.items()), flush=True)
     return rows
@@ -189,6 +189,28 @@ def analyze(rows: list[dict]) -> None:
         n = sum(x == "ref" and r["kind"] == "motion" for r, x in zip(rows, routes, strict=True))
         worst = min(g - r["g_net"] for r, g in zip(rows, gains, strict=True))
         print(f"| {name} | {m['motion']:+.2f} | {m['gauss']:+.2f} | {n}/{count['motion']} | {worst:+.2f} |")
+    first, *_, last = rules.values()
+    print("\ncases whose route the shipped rule (last row) changes from the first row's, gain in dB:\n")
+    for r in rows:
+        a, b = route(r, *first), route(r, *last)
+        if a != b:
+            print(f"- {r['kind']}, anisotropy {r['aniso']:.2f}, agreement {r['agree']:.2f}: "
+                  f"{a} {r[f'g_{a}']:+.2f} -> {b} {r[f'g_{b}']:+.2f}")
+    took = [r for r in rows if r["kind"] == "motion" and route(r, *last) == "round"]
+    if took:
+        own, ref = np.array([r["g_teacher"] for r in took]), np.array([r["g_ref"] for r in took])
+        print(f"\ncamera shake the shipped rule sends to the round route: {len(took)}/{count['motion']}; there the "
+              f"fitted Gaussian gains {np.mean([r['g_round'] for r in took]):+.2f} dB on average (the teacher's "
+              f"run recorded with the study {own.mean():+.2f}, worst {own.min():+.2f}), the refined estimate "
+              f"{ref.mean():+.2f} (better than the teacher's run on {int((ref > own).sum())})")
+        for r in took:
+            print(f"- gmatch0 {r.get('gmatch0', float('nan')):.2f}: fitted Gaussian {r['g_round']:+.2f}, "
+                  f"refined estimate {r['g_ref']:+.2f}, network {r['g_net']:+.2f}")
+        if "gmatch0" in took[0]:  # recorded since the nineteenth session
+            gauss = [r["gmatch0"] for r in rows if r["kind"] == "gauss" and route(r, *last) == "round"]
+            print(f"match with the fitted Gaussian (gmatch0): {min(r['gmatch0'] for r in took):.2f}-"
+                  f"{max(r['gmatch0'] for r in took):.2f} for those, {min(gauss):.2f}-{max(gauss):.2f} for the "
+                  "Gaussian cases the round route takes")
     print("\nmean gain (dB) of each route applied to every case:\n\n| blur | true kernel | L0 estimate | refined "
           "| fitted Gaussian | network | shipped teacher | best of estimate/network/Gaussian |")
     print("|---|---|---|---|---|---|---|---|")

@@ -18,6 +18,16 @@ from pathlib import Path
 from sharpkd.checkpoint import SHIPPED, build_model, config_to_dict, load_model, save_model
 
 
+def with_overrides(config: dict, overrides: dict[str, float]) -> dict:
+    """``config`` with ``--set`` values, each cast to its field's type (the network's fields are not settable)."""
+    config = dict(config)
+    for key, value in overrides.items():
+        if key not in config or key == "network":
+            raise SystemExit(f"--set: {key!r} is not a field of the blind teacher's config")
+        config[key] = type(config[key])(value)
+    return config
+
+
 def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, half: bool = True,
             overrides: dict[str, float] | None = None) -> Path:
     """Write the composed teacher; ``overrides`` replaces routing thresholds of the blind config."""
@@ -26,11 +36,7 @@ def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, h
     if blind_info.get("arch") != "blind" or net_info.get("arch") != "nafunet":
         raise SystemExit("expected a blind-teacher file and a nafunet teacher file")
     config = {**config_to_dict(blind.config), "network": config_to_dict(net.config)}
-    for key, value in (overrides or {}).items():
-        if key not in config or key == "network":
-            raise SystemExit(f"--set: {key!r} is not a field of the blind teacher's config")
-        config[key] = type(config[key])(value)
-    model = build_model("blind", config)
+    model = build_model("blind", with_overrides(config, overrides or {}))
     model.denoiser.load_state_dict(blind.denoiser.state_dict())
     for attr in ("shake_denoiser", "round_denoiser"):  # a route's fine-tuned prior, or a copy of the converted one
         if getattr(model, attr) is not None:
@@ -54,12 +60,7 @@ def set_routing(blind_path: str | Path, out: str | Path, overrides: dict[str, fl
     model, info = load_model(blind_path)
     if info.get("arch") != "blind":
         raise SystemExit(f"{blind_path} is not a blind-teacher file")
-    config = config_to_dict(model.config)
-    for key, value in overrides.items():
-        if key not in config or key == "network":
-            raise SystemExit(f"--set: {key!r} is not a field of the blind teacher's config")
-        config[key] = type(config[key])(value)
-    new = build_model("blind", config)
+    new = build_model("blind", with_overrides(config_to_dict(model.config), overrides))
     new.load_state_dict(model.state_dict())
     change = ", ".join(f"{k}={v:g}" for k, v in overrides.items())
     info = {**info, "notes": [*info.get("notes", []), f"config changed by tools/compose_blind_teacher.py "

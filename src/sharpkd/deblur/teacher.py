@@ -152,11 +152,10 @@ class BlindTeacher(nn.Module):
             agreement = 0.0
             spread = kernel_spread(k)
             check = self.estimate_config(min(ks, cfg.check_kernel_size), lam=cfg.check_lam)
-            if (anisotropy(k) >= cfg.min_anisotropy and spread >= cfg.min_shake_spread
-                    and float(k.max()) * spread >= cfg.min_concentration):
-                agreement = kernel_match(k, estimate_kernel(img, check))
-            elif anisotropy(k) < cfg.min_anisotropy:
+            if anisotropy(k) < cfg.min_anisotropy:  # too round for camera shake: round, compact shake or network
                 return self._compact(img, k, noise, check)
+            if spread >= cfg.min_shake_spread and float(k.max()) * spread >= cfg.min_concentration:
+                agreement = kernel_match(k, estimate_kernel(img, check))
             if agreement < cfg.min_agreement:
                 return self._round_or_network(img, k, noise, agreement)
             if cfg.round_spread_ratio > 0:  # an elongated estimate that a Gaussian of its size explains
