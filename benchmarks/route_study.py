@@ -102,10 +102,10 @@ def collect(args: argparse.Namespace) -> list[dict]:
                 z = teacher._network(y)
                 fit, resid = fit_gaussian_width(y[0], z[0])
 
-                def solve(kk, floor, y=y, noise=noise):
-                    return teacher._solve(y, kk, max(noise, floor))
+                def solve(kk, floor, y=y, noise=noise, route=""):
+                    return teacher._solve(y, kk, max(noise, floor), route=route)
 
-                first = solve(k0, cfg.first_noise)
+                first = solve(k0, cfg.first_noise, route="refine")  # the run the teacher refines against
                 final0 = solve(k0, cfg.shake_noise)
                 kr = refine_kernel(y[0], first[0], k0, EstimateConfig(max_side=cfg.estimate_side))
                 gfit = gaussian_kernel(max(fit, 0.3), k0.shape[0])  # the round route's Gaussian, on the estimate's grid
@@ -211,6 +211,8 @@ def analyze(rows: list[dict]) -> None:
             print(f"match with the fitted Gaussian (gmatch0): {min(r['gmatch0'] for r in took):.2f}-"
                   f"{max(r['gmatch0'] for r in took):.2f} for those, {min(gauss):.2f}-{max(gauss):.2f} for the "
                   "Gaussian cases the round route takes")
+    if all("gmatch0" in r for r in rows):  # recorded since the nineteenth session
+        gate_table(rows, lambda r: route(r, *last), kinds, count)
     print("\nmean gain (dB) of each route applied to every case:\n\n| blur | true kernel | L0 estimate | refined "
           "| fitted Gaussian | network | shipped teacher | best of estimate/network/Gaussian |")
     print("|---|---|---|---|---|---|---|---|")
@@ -219,6 +221,33 @@ def analyze(rows: list[dict]) -> None:
         cols = [np.mean([r[c] for r in sel]) for c in ("g_true", "g_k0", "g_ref", "g_round", "g_net", "g_teacher")]
         best = np.mean([max(r["g_k0"], r["g_net"], r["g_round"]) for r in sel])
         print(f"| {k} | " + " | ".join(f"{v:+.2f}" for v in cols) + f" | {best:+.2f} |")
+
+
+def gate_table(rows: list[dict], shipped, kinds: tuple[str, ...], count: dict) -> None:
+    """The round route's Gaussian-match gate (``BlindTeacherConfig.round_min_match``) replayed: a photo the
+    shipped rule sends to the round route whose L0 estimate matches the fitted Gaussian less than the gate
+    (``gmatch0``) takes the camera-shake route (refined estimate) if its two estimates agree at 0.9 (the
+    compact-shake check), and stays on the round route otherwise."""
+
+    def gated(r, t):
+        x = shipped(r)
+        return "ref" if t and x == "round" and r["gmatch0"] < t and r["agree"] >= 0.9 else x
+
+    print("\nthe round route's Gaussian-match gate (round_min_match), mean gain in dB:\n\n| gate | camera shake | "
+          "Gaussian | camera shake moved off the round route (gain before -> after) | Gaussian cases moved |")
+    print("|---|---|---|---|---|")
+    for t in (0, 0.8, 0.85, 0.9, 0.92, 0.95):
+        routes = [gated(r, t) for r in rows]
+        gains = np.array([r[f"g_{x}"] for r, x in zip(rows, routes, strict=True)])
+        m = {k: gains[[r["kind"] == k for r in rows]].mean() for k in kinds}
+        moved = {k: [r for r, x in zip(rows, routes, strict=True) if r["kind"] == k and x != shipped(r)] for k in kinds}
+
+        def changes(sel):
+            return ", ".join(f"{r[f'g_{shipped(r)}']:+.2f} -> {r['g_ref']:+.2f}" for r in sel) or "-"
+
+        print(f"| {t:g}{' (off, shipped)' if not t else ''} | {m['motion']:+.2f} | {m['gauss']:+.2f} | "
+              f"{len(moved['motion'])}/{count['motion']}: {changes(moved['motion'])} | "
+              f"{len(moved['gauss'])}/{count['gauss']}: {changes(moved['gauss'])} |")
 
 
 def main() -> None:
@@ -231,10 +260,10 @@ def main() -> None:
     ap.add_argument("--json", help="write the collected rows here")
     ap.add_argument("--compact", action="store_true",
                     help="camera-shake kernels with anisotropy below 1.5 only (the compact-shake route's cases)")
-    ap.add_argument("--analyze", help="read rows from this JSON instead of collecting")
+    ap.add_argument("--analyze", help="read rows from this JSON instead of collecting (several: comma-separated)")
     args = ap.parse_args()
     if args.analyze:
-        rows = json.loads(Path(args.analyze).read_text())["rows"]
+        rows = [r for f in args.analyze.split(",") for r in json.loads(Path(f).read_text())["rows"]]
     else:
         rows = collect(args)
         if args.json:

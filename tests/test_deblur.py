@@ -120,6 +120,39 @@ def test_hqs_boundary_handling_is_what_makes_it_work(crop, ffdnet):
     assert good > bad + 2
 
 
+def test_geometric_ensemble_turns_the_denoiser_each_iteration_and_back(crop):
+    """geo_ensemble: iteration i shows the denoiser the i-th orientation (a non-square photo alternates its
+    sides) and turns the answer back; a denoiser that ignores orientation gives the plain solver's result,
+    a directional one does not."""
+    from sharpkd.deblur.solve import orient
+
+    t = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    seen = {orient(t, m).flatten().tolist().__repr__() for m in range(8)}
+    assert len(seen) == 8 and all(torch.equal(orient(orient(t, m), m, inverse=True), t) for m in range(8))
+
+    k = make_kernel("motion", length=7, seed=1, size=9)
+    y = to_t(protocol_degrade(crop, k, 3))
+    shapes = []
+
+    def smooth(x, sigma):  # symmetric 3x3 box: the same in every orientation
+        shapes.append(tuple(x.shape[-2:]))
+        return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    plain = hqs_deconvolve(y, k, smooth, iters=4)
+    assert len(set(shapes)) == 1
+    shapes.clear()
+    turned = hqs_deconvolve(y, k, smooth, iters=4, geo_ensemble=True)
+    assert shapes[0] == shapes[2] and shapes[1] == shapes[3] == shapes[0][::-1]
+    assert torch.allclose(plain, turned, atol=1e-5)
+
+    def shift(x, sigma):  # moves the picture one pixel right: directional
+        return torch.roll(x, 1, dims=-1)
+
+    a = hqs_deconvolve(y, k, shift, iters=4)
+    b = hqs_deconvolve(y, k, shift, iters=4, geo_ensemble=True)
+    assert float((a - b).abs().max()) > 0.05
+
+
 def test_estimator_finds_the_direction_of_a_straight_motion_blur():
     """A synthetic scene of sharp-edged squares blurred by a horizontal 9-pixel line: the estimate is
     centred, sums to 1 and spreads horizontally, not vertically."""
@@ -275,7 +308,9 @@ def test_compact_shake_route_takes_confirmed_blobs_no_gaussian_explains(monkeypa
     """With ``compact_agreement`` set, an estimate too round for the camera-shake gates goes to the
     camera-shake route when no Gaussian explains the photo and the second estimate agrees; a good
     Gaussian fit keeps it on the round route, disagreement or a spread below ``compact_min_spread``
-    leaves it to the network, and the option off (as shipped) never asks for the second estimate."""
+    leaves it to the network, and the option off (as shipped) never asks for the second estimate. With
+    ``round_min_match`` above the estimate's match with the fitted Gaussian, the round route's photo is
+    given the compact-shake check first and stays round only when the second estimate disagrees."""
     import dataclasses
 
     import sharpkd.deblur.teacher as tm
@@ -294,12 +329,20 @@ def test_compact_shake_route_takes_confirmed_blobs_no_gaussian_explains(monkeypa
     refined = []
     monkeypatch.setattr(teacher, "_refine", lambda img, k, noise: refined.append(1) or k)
     x = torch.full((1, 3, 96, 96), 0.5)
-    for agreement, min_spread, second, fit, route in (
-            (0.0, 0.0, blob, (1.5, 9.0), "network"),  # off: as shipped
-            (0.9, 0.0, blob, (1.5, 9.0), "shake"),
-            (0.9, 0.0, blob, (1.5, 0.0), "round"),  # a Gaussian explains it
-            (0.9, 0.0, other, (1.5, 9.0), "network"),  # the second estimate disagrees
-            (0.9, 3.0, blob, (1.5, 9.0), "network")):  # smaller than compact_min_spread
+    from sharpkd.deblur.estimate import kernel_match
+    from sharpkd.degrade import gaussian_kernel
+
+    m = kernel_match(blob, gaussian_kernel(1.5))
+    assert 0.5 < m < 0.98
+    for agreement, min_spread, second, fit, min_match, route, n_estimates in (
+            (0.0, 0.0, blob, (1.5, 9.0), 0.0, "network", 1),  # off: as shipped
+            (0.9, 0.0, blob, (1.5, 9.0), 0.0, "shake", 2),
+            (0.9, 0.0, blob, (1.5, 0.0), 0.0, "round", 1),  # a Gaussian explains it
+            (0.9, 0.0, other, (1.5, 9.0), 0.0, "network", 2),  # the second estimate disagrees
+            (0.9, 3.0, blob, (1.5, 9.0), 0.0, "network", 1),  # smaller than compact_min_spread
+            (0.9, 0.0, blob, (1.5, 0.0), m - 0.01, "round", 1),  # matches the Gaussian well enough
+            (0.9, 0.0, blob, (1.5, 0.0), m + 0.01, "shake", 2),  # unlike it, and confirmed
+            (0.9, 0.0, other, (1.5, 0.0), m + 0.01, "round", 2)):  # unlike it, not confirmed: round
         calls = []
 
         def fake_estimate(img, cfg, second=second, calls=calls):
@@ -308,11 +351,12 @@ def test_compact_shake_route_takes_confirmed_blobs_no_gaussian_explains(monkeypa
 
         monkeypatch.setattr(tm, "estimate_kernel", fake_estimate)
         monkeypatch.setattr(tm, "fit_gaussian_width", lambda blurred, latent, fit=fit: fit)
-        teacher.config = dataclasses.replace(teacher.config, compact_agreement=agreement, compact_min_spread=min_spread)
+        teacher.config = dataclasses.replace(teacher.config, compact_agreement=agreement, compact_min_spread=min_spread,
+                                             round_min_match=min_match)
         refined.clear()
         est = teacher.estimate(x)[0]
-        assert est.route == route, (agreement, min_spread, fit)
-        assert len(calls) == (2 if agreement > 0 and min_spread == 0 and fit[1] > 1 else 1)
+        assert est.route == route, (agreement, min_spread, fit, min_match)
+        assert len(calls) == n_estimates
         assert bool(refined) == (route == "shake")
         if route == "shake":
             assert np.array_equal(est.kernel, blob) and est.agreement > 0.99
@@ -445,7 +489,7 @@ def test_refine_rounds_refines_the_kernel_against_each_new_deconvolution(monkeyp
 
     teacher = BlindTeacher(config=BlindTeacherConfig(iters=2, cg_steps=1))
     solved, refined = [], []
-    monkeypatch.setattr(teacher, "_solve", lambda img, k, noise: solved.append(k.copy()) or img)
+    monkeypatch.setattr(teacher, "_solve", lambda img, k, noise, route="": solved.append(k.copy()) or img)
 
     def fake_refine(blurred, latent, kernel, config):
         refined.append(kernel.copy())
@@ -460,3 +504,38 @@ def test_refine_rounds_refines_the_kernel_against_each_new_deconvolution(monkeyp
         out = teacher._refine(torch.rand(3, 40, 40), k0, 0.01)
         assert len(solved) == len(refined) == rounds and np.all(out == rounds)
         assert np.array_equal(solved[0], k0) and all(np.all(k == i) for i, k in enumerate(solved[1:], 1))
+
+
+def test_route_iterations_and_geometric_ensemble_reach_the_solver(monkeypatch):
+    """``shake_iters`` / ``round_iters`` set the HQS iterations of the final camera-shake run and of the round
+    route's run (0: ``iters``); the refinement's conservative run keeps ``iters``; ``geo_ensemble`` reaches
+    every run. Files written before the fields existed load with them off."""
+    import dataclasses
+
+    import sharpkd.deblur.teacher as teacher_module
+    from sharpkd.checkpoint import config_to_dict
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig, BlurEstimate
+    from sharpkd.degrade import gaussian_kernel
+
+    calls = []
+    monkeypatch.setattr(teacher_module, "hqs_deconvolve",
+                        lambda img, k, prior, **kw: calls.append((kw["iters"], kw["geo_ensemble"])) or img)
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net, iters=8))
+    k = gaussian_kernel(1.0)
+    img = torch.rand(1, 3, 48, 48)
+    ests = [BlurEstimate(k, 0.01, route="shake"), BlurEstimate(k, 0.01, route="round")]
+    for shake, rnd, geo, want in ((0, 0, False, [(8, False)] * 2), (16, 12, True, [(16, True), (12, True)])):
+        calls.clear()
+        teacher.config = dataclasses.replace(teacher.config, shake_iters=shake, round_iters=rnd, geo_ensemble=geo)
+        teacher.restore(torch.cat([img, img]), ests)
+        assert calls == want
+    calls.clear()
+    teacher.config = dataclasses.replace(teacher.config, refine_rounds=1)
+    monkeypatch.setattr(teacher_module, "refine_kernel", lambda blurred, latent, kernel, config: kernel)
+    teacher._refine(torch.rand(3, 140, 140), gaussian_kernel(1.0, 31), 0.01)
+    assert calls == [(8, True)]
+    old = config_to_dict(BlindTeacherConfig())
+    for key in ("shake_iters", "round_iters", "geo_ensemble"):
+        old.pop(key)
+    assert BlindTeacherConfig(**old) == BlindTeacherConfig()

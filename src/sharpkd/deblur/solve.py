@@ -88,18 +88,24 @@ def dpir_schedule(noise: float, iters: int, sigma_max: float = 49 / 255,
 @torch.no_grad()
 def hqs_deconvolve(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, denoiser: Denoiser, *, noise: float = 1 / 255,
                    iters: int = 8, sigma_max: float = 49 / 255, lam: float = 0.23, pad: int | None = None,
-                   cg_steps: int = 8) -> torch.Tensor:
+                   cg_steps: int = 8, geo_ensemble: bool = False) -> torch.Tensor:
     """Deblur ``y`` (B, C, H, W) blurred by ``kernel``; ``noise``: the noise standard deviation in [0, 1]
-    units (estimate it with :func:`estimate_noise` when unknown). Returns (B, C, H, W), clamped."""
+    units (estimate it with :func:`estimate_noise` when unknown). Returns (B, C, H, W), clamped.
+    ``geo_ensemble``: see :func:`hqs_unrolled`."""
     return hqs_unrolled(y, kernel, denoiser, noise=noise, iters=iters, sigma_max=sigma_max, lam=lam, pad=pad,
-                        cg_steps=cg_steps)
+                        cg_steps=cg_steps, geo_ensemble=geo_ensemble)
 
 
 def hqs_unrolled(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, denoiser: Denoiser, *, noise: float = 1 / 255,
                  iters: int = 8, sigma_max: float = 49 / 255, lam: float = 0.23, pad: int | None = None,
-                 cg_steps: int = 8) -> torch.Tensor:
+                 cg_steps: int = 8, geo_ensemble: bool = False) -> torch.Tensor:
     """:func:`hqs_deconvolve` with gradients: every step is differentiable, so the denoiser can be
-    trained through the whole unrolled solver (:mod:`sharpkd.deblur.finetune`)."""
+    trained through the whole unrolled solver (:mod:`sharpkd.deblur.finetune`).
+
+    ``geo_ensemble``: iteration i hands the denoiser the image in the i-th of the eight orientations
+    (rotations by 90 degrees, with and without a mirror) and turns its answer back, DPIR's periodical
+    geometric self-ensemble: the denoiser's own directional artefacts do not pile up over the
+    iterations, at no extra cost."""
     k = torch.as_tensor(kernel, dtype=torch.float32, device=y.device)
     if k.ndim == 2:
         k = k[None]
@@ -122,13 +128,25 @@ def hqs_unrolled(y: torch.Tensor, kernel: torch.Tensor | np.ndarray, denoiser: D
 
     kty = conv(yp * inside, torch.conj(otf))  # K^T M y
     x, z = None, yp
-    for sigma, alpha in dpir_schedule(noise, iters, sigma_max, lam):
+    for i, (sigma, alpha) in enumerate(dpir_schedule(noise, iters, sigma_max, lam)):
         if x is None:  # first iteration: the circular solution for the mirrored photo, then refine
             x = torch.fft.irfft2((torch.conj(otf) * torch.fft.rfft2(yp) + alpha * torch.fft.rfft2(z)) / (k2 + alpha),
                                  s=(hp, wp))
         x = masked_data_step(x, z, kty, otf, k2, inside, alpha, cg_steps)
-        z = denoiser(x.clamp(-0.5, 1.5), sigma).clamp(0, 1)
+        mode = i % 8 if geo_ensemble else 0
+        z = orient(denoiser(orient(x.clamp(-0.5, 1.5), mode), sigma), mode, inverse=True).clamp(0, 1)
     return z[..., p : p + h, p : p + w].contiguous()
+
+
+def orient(t: torch.Tensor, mode: int, inverse: bool = False) -> torch.Tensor:
+    """The ``mode``-th of the eight orientations of the last two dimensions (0-3: rotations by
+    ``mode`` x 90 degrees; 4-7: the same after a left-right mirror); ``inverse`` turns it back."""
+    turns, mirror = mode % 4, mode >= 4
+    if not inverse:
+        t = t.flip(-1) if mirror else t
+        return torch.rot90(t, turns, dims=(-2, -1)) if turns else t
+    t = torch.rot90(t, -turns, dims=(-2, -1)) if turns else t
+    return t.flip(-1) if mirror else t
 
 
 def masked_data_step(x: torch.Tensor, z: torch.Tensor, kty: torch.Tensor, otf: torch.Tensor, k2: torch.Tensor,

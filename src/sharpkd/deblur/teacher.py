@@ -105,6 +105,18 @@ class BlindTeacherConfig:
     # compact_min_spread. Short, blob-like shake kernels otherwise always went to the network.
     compact_agreement: float = 0.0
     compact_min_spread: float = 0.0
+    # (0: off) with compact_agreement set, a photo a Gaussian explains whose L0 estimate matches that Gaussian
+    # (kernel_match) less than this is first given the compact-shake check: camera shake if the second estimate
+    # confirms the kernel, the round route otherwise. Short camera shake can pass the round route's fit.
+    round_min_match: float = 0.0
+    # every solver run hands its denoiser the image in a new orientation each iteration (DPIR's
+    # periodical geometric self-ensemble, sharpkd.deblur.solve.hqs_unrolled); False: never
+    geo_ensemble: bool = False
+    # HQS iterations of the final camera-shake run, of the round route's run and of the conservative run the
+    # kernel is refined against (0: ``iters``, as before)
+    shake_iters: int = 0
+    round_iters: int = 0
+    refine_iters: int = 0
 
 
 @dataclass
@@ -189,20 +201,22 @@ class BlindTeacher(nn.Module):
 
     def _compact(self, img: torch.Tensor, k: np.ndarray, noise: float, check: EstimateConfig) -> BlurEstimate:
         """An estimate too round for the camera-shake gates: the round route if a Gaussian explains the
-        photo (and the estimate is round enough for it), else, with ``compact_agreement`` set, camera
-        shake when the second estimate (``check``) confirms the kernel, else the network."""
+        photo (and the estimate is round enough for it, and with ``round_min_match`` set, matches it that
+        well), else, with ``compact_agreement`` set, camera shake when the second estimate (``check``)
+        confirms the kernel, else the round route if a Gaussian explained the photo, else the network."""
         cfg = self.config
         if cfg.compact_agreement <= 0 or kernel_spread(k) < cfg.compact_min_spread:
             return self._round_or_network(img, k, noise, 0.0)
         found = self._round(img, noise, 0.0)
-        if found is not None:  # a Gaussian explains it: round blur, never the compact-shake route
-            if cfg.round_anisotropy > 0 and anisotropy(k) < cfg.round_anisotropy:
+        if found is not None:  # a Gaussian explains it: round blur (unless the estimate is unlike it)
+            if not (cfg.round_anisotropy > 0 and anisotropy(k) < cfg.round_anisotropy):
+                return BlurEstimate(k, noise, "network", 0.0)
+            if kernel_match(k, found.kernel) >= cfg.round_min_match:
                 return found
-            return BlurEstimate(k, noise, "network", 0.0)
         agreement = kernel_match(k, estimate_kernel(img, check))
         if agreement >= cfg.compact_agreement:
             return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
-        return BlurEstimate(k, noise, "network", agreement)
+        return found or BlurEstimate(k, noise, "network", agreement)
 
     def _round(self, img: torch.Tensor, noise: float, agreement: float, min_width: float = 0.0) -> BlurEstimate | None:
         """The round route's estimate, or None: the Gaussian that best turns the network's output on
@@ -250,8 +264,10 @@ class BlindTeacher(nn.Module):
         """The HQS solver with the denoiser of ``route`` (see :meth:`prior`)."""
         cfg = self.config
         prior = self.prior(route)
-        return hqs_deconvolve(img, kernel, prior, noise=noise, iters=cfg.iters, sigma_max=cfg.sigma_max,
-                              lam=cfg.lam, cg_steps=cfg.cg_steps)
+        iters = int({"shake": cfg.shake_iters, "round": cfg.round_iters, "refine": cfg.refine_iters}.get(route, 0))
+        iters = iters or cfg.iters
+        return hqs_deconvolve(img, kernel, prior, noise=noise, iters=iters, sigma_max=cfg.sigma_max,
+                              lam=cfg.lam, cg_steps=cfg.cg_steps, geo_ensemble=bool(cfg.geo_ensemble))
 
     def _refine(self, img: torch.Tensor, kernel: np.ndarray, noise: float) -> np.ndarray:
         """Deconvolve (the central crop the kernel came from) conservatively, then refine the kernel
@@ -262,7 +278,7 @@ class BlindTeacher(nn.Module):
         if min(crop.shape[-2:]) < 4 * kernel.shape[0]:
             return kernel
         for _ in range(max(1, int(cfg.refine_rounds))):
-            first = self._solve(crop, kernel, max(noise, cfg.first_noise))
+            first = self._solve(crop, kernel, max(noise, cfg.first_noise), route="refine")
             kernel = refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=cfg.estimate_side))
         return kernel
 

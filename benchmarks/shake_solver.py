@@ -1,0 +1,142 @@
+"""Solver settings of the blind teacher's camera-shake route, measured on training photos.
+
+    python benchmarks/shake_solver.py --photos 16 --json docs/eval/shake_solver/study.json
+    python benchmarks/shake_solver.py --summary docs/eval/shake_solver/study.json
+
+The camera-shake route refines its L0 kernel against a conservative deconvolution (``refine_iters``
+HQS iterations, 0 = ``iters``) and then deconvolves with the refined kernel (``shake_iters``), each run
+optionally with DPIR's periodical geometric self-ensemble (``geo_ensemble``). This script asks what
+those settings are worth where they matter: on photos the shipped teacher routes to camera shake.
+
+Training-pool photos only (never the hold-out photos, never Kodak24): a seeded draw of ``--photos``,
+reduced to 768 px, one central crop of ``--crop`` px each, blurred (BENCHMARK.md's noise and 8-bit
+rounding) by two procedural camera-shake kernels (8-25 px of path, the draws of route_study.py's
+seed). The shipped teacher estimates each case once; where it takes the camera-shake route, the
+refinement and the final deconvolution are rerun from the same L0 kernel under every setting of
+``--settings`` (``name:field=value,field=value;...``; the first is the baseline and should be the
+shipped one). Other cases are left out (the settings do not touch them). Printed: mean gain (dB) per
+setting over the deconvolved cases, how many cases each setting beats or loses to the baseline by
+more than 0.1 dB, and the seconds per case of the refinement plus final run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SETTINGS = ("shipped:;refine16:refine_iters=16;refine24:refine_iters=24;geo:geo_ensemble=1;"
+                    "refine16+geo:refine_iters=16,geo_ensemble=1")
+
+
+def parse_settings(text: str) -> dict[str, dict[str, float]]:
+    """``name:field=value,...;name:...`` -> {name: {field: value}}."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        name, _, fields = item.partition(":")
+        pairs = [f.split("=", 1) for f in fields.split(",") if f.strip()]
+        out[name] = {k.strip(): float(v) for k, v in pairs}
+    return out
+
+
+def collect(args: argparse.Namespace) -> dict:
+    import torch
+    from route_study import psnr, shake_kernel
+
+    from sharpkd.data import limit_size, load_photos, split_holdout
+    from sharpkd.degrade import protocol_degrade
+    from sharpkd.infer import Sharpener
+
+    torch.set_num_threads(args.threads)
+    settings = parse_settings(args.settings)
+    train, _ = split_holdout(load_photos(args.data))
+    idx = np.random.default_rng(args.seed).choice(len(train), args.photos, replace=False)
+    teacher = Sharpener.from_pretrained("teacher", tile=0).model
+    shipped = teacher.config
+    captured = {}
+    plain_refine = teacher._refine
+
+    def capture(img, k, noise):  # the L0 kernel the shipped route refines
+        captured["k0"] = k.copy()
+        return plain_refine(img, k, noise)
+
+    teacher._refine = capture
+    rows = []
+    for j, i in enumerate(idx):
+        krng = np.random.default_rng(1000 + j)
+        p = limit_size(train[i], 768)
+        h, w = p.pixels.shape[:2]
+        c = min(args.crop, h, w)
+        s_np = np.ascontiguousarray(p.pixels[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c])
+        sharp = torch.from_numpy(s_np.copy()).permute(2, 0, 1)[None].float() / 255
+        for ci in range(2):
+            k = shake_kernel(krng, False)
+            y = torch.from_numpy(protocol_degrade(s_np, k, 500 + 3 * j + ci)).permute(2, 0, 1)[None].float() / 255
+            base = psnr(y, sharp)
+            captured.clear()
+            teacher.config = shipped
+            est = teacher.estimate(y)[0]
+            row = {"photo": train[i].name, "case": ci, "route": est.route, "blurred": base, "gain": {}, "seconds": {}}
+            if est.route == "shake" and "k0" in captured:
+                for name, fields in settings.items():
+                    cfg = shipped
+                    for key, value in fields.items():
+                        cfg = dataclasses.replace(cfg, **{key: type(getattr(shipped, key))(value)})
+                    teacher.config = cfg
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        kr = plain_refine(y[0], captured["k0"], est.noise)
+                        out = teacher._solve(y, kr, max(est.noise, cfg.shake_noise), route="shake")
+                    row["seconds"][name] = time.perf_counter() - t0
+                    row["gain"][name] = psnr(out, sharp) - base
+                print(f"{train[i].name} case {ci}: " + "  ".join(f"{n} {g:+.2f}" for n, g in row["gain"].items()),
+                      flush=True)
+            else:
+                print(f"{train[i].name} case {ci}: route {est.route}", flush=True)
+            rows.append(row)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    return {"settings": settings, "rows": rows}
+
+
+def summary(data: dict) -> None:
+    rows = [r for r in data["rows"] if r["gain"]]
+    names = list(data["settings"])
+    base = np.array([r["gain"][names[0]] for r in rows])
+    print(f"{len(rows)} of {len(data['rows'])} camera-shake cases take the camera-shake route\n")
+    print(f"| setting | mean gain (dB) | vs {names[0]} | the same without its largest change | better / worse by "
+          "> 0.1 dB | worst change | s per case |")
+    print("|---|---|---|---|---|---|---|")
+    for n in names:
+        g = np.array([r["gain"][n] for r in rows])
+        d = g - base
+        sec = np.mean([r["seconds"][n] for r in rows])
+        rest = np.delete(d, int(np.abs(d).argmax())) if len(d) > 1 else d
+        print(f"| {n} | {g.mean():+.2f} | {d.mean():+.3f} | {rest.mean():+.3f} | {int((d > 0.1).sum())} / "
+              f"{int((d < -0.1).sum())} "
+              f"| {d.min():+.2f} | {sec:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/datasets/train")
+    ap.add_argument("--photos", type=int, default=16)
+    ap.add_argument("--crop", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="name:field=value,...;... (first: the baseline)")
+    ap.add_argument("--json", help="write the rows here (rewritten after every case)")
+    ap.add_argument("--summary", help="read rows from this JSON instead of collecting")
+    args = ap.parse_args()
+    if args.summary:
+        summary(json.loads(Path(args.summary).read_text()))
+        return
+    summary(collect(args))
+
+
+if __name__ == "__main__":
+    main()
