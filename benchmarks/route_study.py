@@ -211,8 +211,7 @@ def analyze(rows: list[dict]) -> None:
             print(f"match with the fitted Gaussian (gmatch0): {min(r['gmatch0'] for r in took):.2f}-"
                   f"{max(r['gmatch0'] for r in took):.2f} for those, {min(gauss):.2f}-{max(gauss):.2f} for the "
                   "Gaussian cases the round route takes")
-    if all("gmatch0" in r for r in rows):  # recorded since the nineteenth session
-        gate_table(rows, lambda r: route(r, *last), kinds, count)
+    gate_table(rows, lambda r: route(r, *last), kinds, count)
     print("\nmean gain (dB) of each route applied to every case:\n\n| blur | true kernel | L0 estimate | refined "
           "| fitted Gaussian | network | shipped teacher | best of estimate/network/Gaussian |")
     print("|---|---|---|---|---|---|---|---|")
@@ -224,20 +223,27 @@ def analyze(rows: list[dict]) -> None:
 
 
 def gate_table(rows: list[dict], shipped, kinds: tuple[str, ...], count: dict) -> None:
-    """The round route's Gaussian-match gate (``BlindTeacherConfig.round_min_match``) replayed: a photo the
-    shipped rule sends to the round route whose L0 estimate matches the fitted Gaussian less than the gate
-    (``gmatch0``) takes the camera-shake route (refined estimate) if its two estimates agree at 0.9 (the
+    """The round route's doubt gates replayed (``BlindTeacherConfig.round_min_match``, ``round_doubt_residual``):
+    a photo the shipped rule sends to the round route whose L0 estimate matches the fitted Gaussian less than
+    the match gate (``gmatch0``), or whose fit leaves a residual above the residual gate (``resid``, over the
+    noise's), takes the camera-shake route (refined estimate) if its two estimates agree at 0.9 (the
     compact-shake check), and stays on the round route otherwise."""
 
-    def gated(r, t):
-        x = shipped(r)
-        return "ref" if t and x == "round" and r["gmatch0"] < t and r["agree"] >= 0.9 else x
+    def doubted(r, match, resid):
+        return (match and r["gmatch0"] < match) or (resid and r["resid"] > resid)
 
-    print("\nthe round route's Gaussian-match gate (round_min_match), mean gain in dB:\n\n| gate | camera shake | "
-          "Gaussian | camera shake moved off the round route (gain before -> after) | Gaussian cases moved |")
+    def gated(r, match, resid):
+        x = shipped(r)
+        return "ref" if x == "round" and doubted(r, match, resid) and r["agree"] >= 0.9 else x
+
+    print("\nthe round route's doubt gates, mean gain in dB:\n\n| gate | camera shake | Gaussian | camera shake moved "
+          "off the round route (gain before -> after) | Gaussian cases moved |")
     print("|---|---|---|---|---|")
-    for t in (0, 0.8, 0.85, 0.9, 0.92, 0.95):
-        routes = [gated(r, t) for r in rows]
+    matches = (0.8, 0.85, 0.9, 0.92, 0.95) if all("gmatch0" in r for r in rows) else ()  # recorded since the
+    # nineteenth session
+    gates = [(0, 0), *((t, 0) for t in matches), *((0, t) for t in (0.85, 0.9, 0.95, 1.0))]
+    for match, resid in gates:
+        routes = [gated(r, match, resid) for r in rows]
         gains = np.array([r[f"g_{x}"] for r, x in zip(rows, routes, strict=True)])
         m = {k: gains[[r["kind"] == k for r in rows]].mean() for k in kinds}
         moved = {k: [r for r, x in zip(rows, routes, strict=True) if r["kind"] == k and x != shipped(r)] for k in kinds}
@@ -245,9 +251,14 @@ def gate_table(rows: list[dict], shipped, kinds: tuple[str, ...], count: dict) -
         def changes(sel):
             return ", ".join(f"{r[f'g_{shipped(r)}']:+.2f} -> {r['g_ref']:+.2f}" for r in sel) or "-"
 
-        print(f"| {t:g}{' (off, shipped)' if not t else ''} | {m['motion']:+.2f} | {m['gauss']:+.2f} | "
+        name = f"match < {match:g}" if match else f"residual > {resid:g}" if resid else "off (shipped)"
+        print(f"| {name} | {m['motion']:+.2f} | {m['gauss']:+.2f} | "
               f"{len(moved['motion'])}/{count['motion']}: {changes(moved['motion'])} | "
               f"{len(moved['gauss'])}/{count['gauss']}: {changes(moved['gauss'])} |")
+    print("\nthe round route's cases by fit residual (over the noise's):\n")
+    for k in kinds:
+        res = sorted(r["resid"] for r in rows if shipped(r) == "round" and r["kind"] == k)
+        print(f"- {k}: " + ", ".join(f"{v:.2f}" for v in res))
 
 
 def main() -> None:
@@ -263,7 +274,12 @@ def main() -> None:
     ap.add_argument("--analyze", help="read rows from this JSON instead of collecting (several: comma-separated)")
     args = ap.parse_args()
     if args.analyze:
-        rows = [r for f in args.analyze.split(",") for r in json.loads(Path(f).read_text())["rows"]]
+        rows, seen = [], set()
+        for r in (r for f in args.analyze.split(",") for r in json.loads(Path(f).read_text())["rows"]):
+            key = (r["photo"], r["kind"], round(r["blurred"], 6), round(r["ktrue_spread"], 6))
+            if key not in seen:  # two seeds can draw the same photo at the same place, hence the same case
+                seen.add(key)
+                rows.append(r)
     else:
         rows = collect(args)
         if args.json:

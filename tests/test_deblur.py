@@ -310,7 +310,8 @@ def test_compact_shake_route_takes_confirmed_blobs_no_gaussian_explains(monkeypa
     Gaussian fit keeps it on the round route, disagreement or a spread below ``compact_min_spread``
     leaves it to the network, and the option off (as shipped) never asks for the second estimate. With
     ``round_min_match`` above the estimate's match with the fitted Gaussian, the round route's photo is
-    given the compact-shake check first and stays round only when the second estimate disagrees."""
+    given the compact-shake check first and stays round only when the second estimate disagrees; the same
+    with ``round_doubt_residual`` below the fit's residual (over the noise's)."""
     import dataclasses
 
     import sharpkd.deblur.teacher as tm
@@ -334,15 +335,20 @@ def test_compact_shake_route_takes_confirmed_blobs_no_gaussian_explains(monkeypa
 
     m = kernel_match(blob, gaussian_kernel(1.5))
     assert 0.5 < m < 0.98
-    for agreement, min_spread, second, fit, min_match, route, n_estimates in (
-            (0.0, 0.0, blob, (1.5, 9.0), 0.0, "network", 1),  # off: as shipped
-            (0.9, 0.0, blob, (1.5, 9.0), 0.0, "shake", 2),
-            (0.9, 0.0, blob, (1.5, 0.0), 0.0, "round", 1),  # a Gaussian explains it
-            (0.9, 0.0, other, (1.5, 9.0), 0.0, "network", 2),  # the second estimate disagrees
-            (0.9, 3.0, blob, (1.5, 9.0), 0.0, "network", 1),  # smaller than compact_min_spread
-            (0.9, 0.0, blob, (1.5, 0.0), m - 0.01, "round", 1),  # matches the Gaussian well enough
-            (0.9, 0.0, blob, (1.5, 0.0), m + 0.01, "shake", 2),  # unlike it, and confirmed
-            (0.9, 0.0, other, (1.5, 0.0), m + 0.01, "round", 2)):  # unlike it, not confirmed: round
+    doubtful = 1.0 * np.sqrt(2) * teacher.config.min_noise  # a fit residual of 1.0 x the noise's (flat photo)
+    for agreement, min_spread, second, fit, min_match, doubt, route, n_estimates in (
+            (0.0, 0.0, blob, (1.5, 9.0), 0.0, 0.0, "network", 1),  # off: as shipped
+            (0.9, 0.0, blob, (1.5, 9.0), 0.0, 0.0, "shake", 2),
+            (0.9, 0.0, blob, (1.5, 0.0), 0.0, 0.0, "round", 1),  # a Gaussian explains it
+            (0.9, 0.0, other, (1.5, 9.0), 0.0, 0.0, "network", 2),  # the second estimate disagrees
+            (0.9, 3.0, blob, (1.5, 9.0), 0.0, 0.0, "network", 1),  # smaller than compact_min_spread
+            (0.9, 0.0, blob, (1.5, 0.0), m - 0.01, 0.0, "round", 1),  # matches the Gaussian well enough
+            (0.9, 0.0, blob, (1.5, 0.0), m + 0.01, 0.0, "shake", 2),  # unlike it, and confirmed
+            (0.9, 0.0, other, (1.5, 0.0), m + 0.01, 0.0, "round", 2),  # unlike it, not confirmed: round
+            (0.9, 0.0, blob, (1.5, doubtful), 0.0, 0.0, "round", 1),  # residual within round_residual: round
+            (0.9, 0.0, blob, (1.5, doubtful), 0.0, 0.9, "shake", 2),  # above round_doubt_residual, confirmed
+            (0.9, 0.0, blob, (1.5, doubtful), 0.0, 1.1, "round", 1),  # below it
+            (0.9, 0.0, other, (1.5, doubtful), 0.0, 0.9, "round", 2)):  # above it, not confirmed: round
         calls = []
 
         def fake_estimate(img, cfg, second=second, calls=calls):
@@ -352,10 +358,10 @@ def test_compact_shake_route_takes_confirmed_blobs_no_gaussian_explains(monkeypa
         monkeypatch.setattr(tm, "estimate_kernel", fake_estimate)
         monkeypatch.setattr(tm, "fit_gaussian_width", lambda blurred, latent, fit=fit: fit)
         teacher.config = dataclasses.replace(teacher.config, compact_agreement=agreement, compact_min_spread=min_spread,
-                                             round_min_match=min_match)
+                                             round_min_match=min_match, round_doubt_residual=doubt)
         refined.clear()
         est = teacher.estimate(x)[0]
-        assert est.route == route, (agreement, min_spread, fit, min_match)
+        assert est.route == route, (agreement, min_spread, fit, min_match, doubt)
         assert len(calls) == n_estimates
         assert bool(refined) == (route == "shake")
         if route == "shake":

@@ -109,6 +109,9 @@ class BlindTeacherConfig:
     # (kernel_match) less than this is first given the compact-shake check: camera shake if the second estimate
     # confirms the kernel, the round route otherwise. Short camera shake can pass the round route's fit.
     round_min_match: float = 0.0
+    # (0: off) the same check for a photo whose Gaussian fit leaves a gradient residual above this x the noise's
+    # (still within round_residual): a Gaussian explains compact camera shake less well than Gaussian blur
+    round_doubt_residual: float = 0.0
     # every solver run hands its denoiser the image in a new orientation each iteration (DPIR's
     # periodical geometric self-ensemble, sharpkd.deblur.solve.hqs_unrolled); False: never
     geo_ensemble: bool = False
@@ -131,6 +134,7 @@ class BlurEstimate:
     route: str = "shake"
     agreement: float = 1.0
     fit: float = 0.0  # round route: the Gaussian width fitted against the network's output (px)
+    residual: float = 0.0  # round route: the fit's gradient residual over the noise's (sqrt(2) x noise)
 
 
 class BlindTeacher(nn.Module):
@@ -201,9 +205,10 @@ class BlindTeacher(nn.Module):
 
     def _compact(self, img: torch.Tensor, k: np.ndarray, noise: float, check: EstimateConfig) -> BlurEstimate:
         """An estimate too round for the camera-shake gates: the round route if a Gaussian explains the
-        photo (and the estimate is round enough for it, and with ``round_min_match`` set, matches it that
-        well), else, with ``compact_agreement`` set, camera shake when the second estimate (``check``)
-        confirms the kernel, else the round route if a Gaussian explained the photo, else the network."""
+        photo (and the estimate is round enough for it; with ``round_min_match`` set, the estimate matches
+        the Gaussian that well; with ``round_doubt_residual`` set, the fit leaves no larger residual), else,
+        with ``compact_agreement`` set, camera shake when the second estimate (``check``) confirms the
+        kernel, else the round route if a Gaussian explained the photo, else the network."""
         cfg = self.config
         if cfg.compact_agreement <= 0 or kernel_spread(k) < cfg.compact_min_spread:
             return self._round_or_network(img, k, noise, 0.0)
@@ -211,7 +216,8 @@ class BlindTeacher(nn.Module):
         if found is not None:  # a Gaussian explains it: round blur (unless the estimate is unlike it)
             if not (cfg.round_anisotropy > 0 and anisotropy(k) < cfg.round_anisotropy):
                 return BlurEstimate(k, noise, "network", 0.0)
-            if kernel_match(k, found.kernel) >= cfg.round_min_match:
+            unlike = cfg.round_min_match > 0 and kernel_match(k, found.kernel) < cfg.round_min_match
+            if not unlike and not 0 < cfg.round_doubt_residual < found.residual:
                 return found
         agreement = kernel_match(k, estimate_kernel(img, check))
         if agreement >= cfg.compact_agreement:
@@ -226,8 +232,9 @@ class BlindTeacher(nn.Module):
         cfg = self.config
         crop = self._central(img[None])
         width, residual = fit_gaussian_width(crop[0], self._network(crop)[0])
-        if width >= max(cfg.min_round_width, min_width) and residual <= cfg.round_residual * math.sqrt(2) * noise:
-            return BlurEstimate(gaussian_kernel(width), noise, "round", agreement, fit=width)
+        ratio = residual / (math.sqrt(2) * noise)
+        if width >= max(cfg.min_round_width, min_width) and ratio <= cfg.round_residual:
+            return BlurEstimate(gaussian_kernel(width), noise, "round", agreement, fit=width, residual=ratio)
         return None
 
     def _central(self, img: torch.Tensor) -> torch.Tensor:
