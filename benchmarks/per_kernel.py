@@ -4,8 +4,8 @@
 
 Under BENCHMARK.md the motion column gives image i the Levin kernel k{i mod 8 + 1}, so each kernel
 is used on three Kodak24 images; this prints each method's mean gain over the blurred input per
-kernel (dB), then, for blind models whose rows record them, the route each photo took per column and the
-time per photo on each route.
+kernel (dB), then, for blind models whose rows record them, the route each photo took per column, the
+mean gain of each route per column and the time per photo on each route.
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ def main() -> None:
             cols = "; ".join(f"{d} " + ", ".join(f"{n} {v.count(n)}" for n in sorted(set(v)))
                              for d, v in r["per_image_route"].items())
             print(f"- {r['method']}: {cols}")
+        print("\nMean gain (dB) by route, per column:\n")
+        for r in routed:
+            cols = []
+            for d, v in r["per_image_route"].items():
+                gain = np.asarray(r["per_image_psnr"][d]) - np.asarray(rows[0]["per_image_psnr"][d])
+                cols.append(f"{d} " + ", ".join(f"{n} {gain[[x == n for x in v]].mean():+.2f}" for n in sorted(set(v))))
+            print(f"- {r['method']}: " + "; ".join(cols))
     timed = [r for r in rows if "per_image_seconds" in r]
     if timed:
         print("\nSeconds per photo by route (all columns; mean / largest):\n")
