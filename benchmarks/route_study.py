@@ -58,10 +58,37 @@ def shake_kernel(rng: np.random.Generator, compact: bool) -> np.ndarray:
             return k
 
 
-def collect(args: argparse.Namespace) -> list[dict]:
+def study_photos(args: argparse.Namespace):
+    """The study's photos, in the order of their seeded draw (``--photos`` training-pool photos, ``--seed``):
+    yields (place in the draw, file name, central ``--crop``-px crop of the photo reduced to 768 px as uint8
+    H x W x 3, the same as a (1, 3, H, W) tensor in [0, 1])."""
     import torch
 
     from sharpkd.data import limit_size, load_photos, split_holdout
+
+    train, _ = split_holdout(load_photos(args.data))
+    idx = np.random.default_rng(args.seed).choice(len(train), args.photos, replace=False)
+    for j, i in enumerate(idx):
+        p = limit_size(train[i], 768)
+        h, w = p.pixels.shape[:2]
+        c = min(args.crop, h, w)
+        s_np = np.ascontiguousarray(p.pixels[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c])
+        yield j, train[i].name, s_np, torch.from_numpy(s_np.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def blurred_case(s_np: np.ndarray, k: np.ndarray, j: int, ci: int):
+    """Case ``ci`` of the ``j``-th photo blurred by ``k`` (BENCHMARK.md's noise and 8-bit rounding, a seed of its
+    own), as a (1, 3, H, W) tensor in [0, 1]."""
+    import torch
+
+    from sharpkd.degrade import protocol_degrade
+
+    return torch.from_numpy(protocol_degrade(s_np, k, 500 + 3 * j + ci)).permute(2, 0, 1)[None].float() / 255
+
+
+def collect(args: argparse.Namespace) -> list[dict]:
+    import torch
+
     from sharpkd.deblur.estimate import (
         EstimateConfig,
         anisotropy,
@@ -72,26 +99,19 @@ def collect(args: argparse.Namespace) -> list[dict]:
         nearest_gaussian,
         refine_kernel,
     )
-    from sharpkd.degrade import gaussian_kernel, protocol_degrade
+    from sharpkd.degrade import gaussian_kernel
     from sharpkd.infer import Sharpener
 
     torch.set_num_threads(args.threads)
-    train, _ = split_holdout(load_photos(args.data))
-    idx = np.random.default_rng(args.seed).choice(len(train), args.photos, replace=False)
     teacher = Sharpener.from_pretrained("teacher", tile=0).model
     cfg = teacher.config
     rows = []
-    for j, i in enumerate(idx):
+    for j, name, s_np, sharp in study_photos(args):
         krng = np.random.default_rng(1000 + j)
         cases = [("motion", shake_kernel(krng, args.compact)) for _ in range(2)]
         cases.append(("gauss", gaussian_kernel([1.0, 2.0, 3.0, 1.5][j % 4])))
-        p = limit_size(train[i], 768)
-        h, w = p.pixels.shape[:2]
-        c = min(args.crop, h, w)
-        s_np = np.ascontiguousarray(p.pixels[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c])
-        sharp = torch.from_numpy(s_np.copy()).permute(2, 0, 1)[None].float() / 255
         for ci, (kind, k) in enumerate(cases):
-            y = torch.from_numpy(protocol_degrade(s_np, k, 500 + 3 * j + ci)).permute(2, 0, 1)[None].float() / 255
+            y = blurred_case(s_np, k, j, ci)
             base = psnr(y, sharp)
             with torch.no_grad():
                 est = teacher.estimate(y)[0]
@@ -109,7 +129,7 @@ def collect(args: argparse.Namespace) -> list[dict]:
                 final0 = solve(k0, cfg.shake_noise)
                 kr = refine_kernel(y[0], first[0], k0, EstimateConfig(max_side=cfg.estimate_side))
                 gfit = gaussian_kernel(max(fit, 0.3), k0.shape[0])  # the round route's Gaussian, on the estimate's grid
-                row = {"photo": train[i].name, "kind": kind, "ktrue_spread": kernel_spread(k), "blurred": base,
+                row = {"photo": name, "kind": kind, "ktrue_spread": kernel_spread(k), "blurred": base,
                        "route": est.route, "noise": noise, "aniso": anisotropy(k0), "spread": kernel_spread(k0),
                        "peak": float(k0.max()), "agree": kernel_match(k0, k1), "fit": fit,
                        "resid": resid / (math.sqrt(2) * noise), "res_first": grad_residual(y, first, k0, noise),
@@ -239,8 +259,8 @@ def gate_table(rows: list[dict], shipped, kinds: tuple[str, ...], count: dict) -
     print("\nthe round route's doubt gates, mean gain in dB:\n\n| gate | camera shake | Gaussian | camera shake moved "
           "off the round route (gain before -> after) | Gaussian cases moved |")
     print("|---|---|---|---|---|")
-    matches = (0.8, 0.85, 0.9, 0.92, 0.95) if all("gmatch0" in r for r in rows) else ()  # recorded since the
-    # nineteenth session
+    # the match gates need gmatch0, recorded since the nineteenth session
+    matches = (0.8, 0.85, 0.9, 0.92, 0.95) if all("gmatch0" in r for r in rows) else ()
     gates = [(0, 0), *((t, 0) for t in matches), *((0, t) for t in (0.85, 0.9, 0.95, 1.0))]
     for match, resid in gates:
         routes = [gated(r, match, resid) for r in rows]

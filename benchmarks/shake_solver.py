@@ -45,18 +45,16 @@ def parse_settings(text: str) -> dict[str, dict[str, float]]:
 
 def collect(args: argparse.Namespace) -> dict:
     import torch
-    from route_study import psnr, shake_kernel
+    from route_study import blurred_case, psnr, shake_kernel, study_photos
 
-    from sharpkd.data import limit_size, load_photos, split_holdout
-    from sharpkd.degrade import protocol_degrade
     from sharpkd.infer import Sharpener
 
     torch.set_num_threads(args.threads)
     settings = parse_settings(args.settings)
-    train, _ = split_holdout(load_photos(args.data))
-    idx = np.random.default_rng(args.seed).choice(len(train), args.photos, replace=False)
     teacher = Sharpener.from_pretrained("teacher", tile=0).model
     shipped = teacher.config
+    configs = {name: dataclasses.replace(shipped, **{k: type(getattr(shipped, k))(v) for k, v in fields.items()})
+               for name, fields in settings.items()}
     captured = {}
     plain_refine = teacher._refine
 
@@ -66,26 +64,17 @@ def collect(args: argparse.Namespace) -> dict:
 
     teacher._refine = capture
     rows = []
-    for j, i in enumerate(idx):
+    for j, photo, s_np, sharp in study_photos(args):
         krng = np.random.default_rng(1000 + j)
-        p = limit_size(train[i], 768)
-        h, w = p.pixels.shape[:2]
-        c = min(args.crop, h, w)
-        s_np = np.ascontiguousarray(p.pixels[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c])
-        sharp = torch.from_numpy(s_np.copy()).permute(2, 0, 1)[None].float() / 255
         for ci in range(2):
-            k = shake_kernel(krng, False)
-            y = torch.from_numpy(protocol_degrade(s_np, k, 500 + 3 * j + ci)).permute(2, 0, 1)[None].float() / 255
+            y = blurred_case(s_np, shake_kernel(krng, False), j, ci)
             base = psnr(y, sharp)
             captured.clear()
             teacher.config = shipped
             est = teacher.estimate(y)[0]
-            row = {"photo": train[i].name, "case": ci, "route": est.route, "blurred": base, "gain": {}, "seconds": {}}
+            row = {"photo": photo, "case": ci, "route": est.route, "blurred": base, "gain": {}, "seconds": {}}
             if est.route == "shake" and "k0" in captured:
-                for name, fields in settings.items():
-                    cfg = shipped
-                    for key, value in fields.items():
-                        cfg = dataclasses.replace(cfg, **{key: type(getattr(shipped, key))(value)})
+                for name, cfg in configs.items():
                     teacher.config = cfg
                     t0 = time.perf_counter()
                     with torch.no_grad():
@@ -93,10 +82,10 @@ def collect(args: argparse.Namespace) -> dict:
                         out = teacher._solve(y, kr, max(est.noise, cfg.shake_noise), route="shake")
                     row["seconds"][name] = time.perf_counter() - t0
                     row["gain"][name] = psnr(out, sharp) - base
-                print(f"{train[i].name} case {ci}: " + "  ".join(f"{n} {g:+.2f}" for n, g in row["gain"].items()),
+                print(f"{photo} case {ci}: " + "  ".join(f"{n} {g:+.2f}" for n, g in row["gain"].items()),
                       flush=True)
             else:
-                print(f"{train[i].name} case {ci}: route {est.route}", flush=True)
+                print(f"{photo} case {ci}: route {est.route}", flush=True)
             rows.append(row)
             if args.json:
                 Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
