@@ -599,3 +599,99 @@ def test_headroom_benchmark_scores_students_and_teacher_with_both_kernels(tmp_pa
     assert rows[2]["second_pass"] == {"balance": 0.003, "damping": 0.5} and rows[2]["gain"] != rows[0]["gain"]
     with pytest.raises(SystemExit, match="BALANCE,DAMPING"):
         tool.main(["--run", str(tmp_path), "--second-pass", "0.003", "-q"])
+
+
+def test_further_passes_are_guided_by_the_corrected_output_on_deconvolved_routes_only():
+    """``passes=2``: a photo on a deconvolved route gets a second network pass whose guide is the first
+    pass's output corrected towards the photo (``refine_guide``); a photo the router keeps from
+    deconvolution keeps its single pass, in the same batch."""
+    from sharpkd.models.kstudent import refine_guide
+
+    torch.manual_seed(0)
+    model = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL, passes=2)))
+    x = torch.rand(2, 3, 24, 32)
+    k = gaussian_kernel(1.5)
+    ests = [BlurEstimate(k, 1 / 255, "shake"), BlurEstimate(np.ones((1, 1)), 1 / 255, "network")]
+    first = model.run(x, model.guide(x, ests))
+    g2 = refine_guide(first[:1], x[:1], torch.as_tensor(k, dtype=torch.float32), 3e-3, 1.0)
+    want = torch.cat([model.run(x[:1], g2), first[1:]])
+    out = model.restore(x, ests)
+    torch.testing.assert_close(out, want)
+    assert not torch.allclose(out[:1], first[:1], atol=1e-3)  # the second pass changed the guided photo
+    one = KernelStudent(config=replace(model.config, passes=1))
+    one.load_state_dict(model.state_dict())
+    torch.testing.assert_close(one.restore(x, ests), first)
+    with pytest.raises(ValueError, match="passes"):
+        KernelStudent(config=KernelStudentConfig(**SMALL, passes=0))
+
+
+def test_two_pass_training_turns_the_kernel_with_its_window_and_trains_through_both_passes():
+    """Training with ``passes=2``: windows are ``margin`` px wider, each carries its case's kernel turned and
+    flipped as the window was (so the photo is still the window's sharp image blurred by it), the loss reads
+    the final pass inside the margin plus the first pass's own L1, and the gradient reaches the network
+    through the second pass."""
+    from sharpkd.degrade import blur
+    from sharpkd.distill_kernel import KernelDistillConfig, loss_terms, passes_forward, prepare, windows
+
+    rng = np.random.default_rng(0)
+    k = np.zeros((9, 9), np.float32)
+    k[4, 2:9] = 1.0  # a one-sided line: any wrong turn of the kernel moves the blur
+    k[1:5, 8] = 1.0
+    k = torch.from_numpy(k / k.sum())
+    sharp = torch.from_numpy(rng.random((3, 64, 64), dtype=np.float32))
+    blurred = blur(sharp[None], k)[0]
+    u8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
+    bank = [{"kind": "motion", "blurred": u8(blurred), "sharp": u8(sharp), "est": k}]
+    cases = prepare(bank, 1e-2, [u8(sharp)])
+    cfg = KernelDistillConfig(batch=8, patch=24, margin=8, passes=2, no_kernel_share=0.5, w_perceptual=0)
+    b = windows(cases, cfg, np.random.default_rng(5))
+    assert b["y"].shape[-1] == 40 and len(b["k"]) == 8
+    for i in range(8):  # inside the kernel's reach from the border, the window's photo = its sharp image * its kernel
+        again = blur(b["x"][i:i + 1], b["k"][i])[..., 5:-5, 5:-5]
+        assert float((again - b["y"][i:i + 1, :, 5:-5, 5:-5]).abs().max()) < 3 / 255
+    model = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL, passes=2)))
+    guides: list = []
+    model.net.register_forward_pre_hook(lambda m, a, kw: guides.append(kw["guide"]), with_kwargs=True)
+    pred, inside, first = passes_forward(model, b, cfg)
+    assert pred.shape[-1] == 24 and inside["x"].shape[-1] == 24 and "first" in first
+    kd = b["kd"].bool()
+    assert kd.any() and (~kd).any()
+    # two network runs: the first pass on every window, the second on the windows with a kernel, whose
+    # guide is computed from the first pass's output (so the loss trains the first pass through it)
+    assert len(guides) == 2 and guides[1].shape[0] == int(kd.sum()) and guides[1].requires_grad
+    torch.testing.assert_close(pred[~kd], model.run(b["y"][~kd], b["g"][~kd])[..., 8:-8, 8:-8])
+    total, parts = loss_terms(model, b, cfg, 1, None)
+    assert float(total.detach()) == pytest.approx(parts["rec"] + parts["kd"] + 0.5 * parts["first"], rel=1e-4)
+    first_only = torch.autograd.grad(pred[kd].sum(), guides[1])[0]
+    assert float(first_only.abs().sum()) > 0
+
+
+def test_sharpener_runs_the_further_passes_over_tiles_and_the_self_ensemble():
+    """The Sharpener gives a two-pass kernel student its second pass (tiled like the first, so tiles match
+    the whole image), and with the self-ensemble it averages each pass over the transformed copies."""
+    from sharpkd.infer import Sharpener
+
+    torch.manual_seed(1)
+    model = random_weights(KernelStudent(config=KernelStudentConfig(**SMALL, passes=2)))
+    model.attach_estimator(FixedEstimator("shake")).eval()
+    x = torch.rand(1, 3, 160, 200)
+    est = model.estimate(x)
+    want = model.restore(x, est).clamp(0, 1)
+    whole = Sharpener(model, tile=0).sharpen_tensor(x)
+    torch.testing.assert_close(whole, want, atol=2e-5, rtol=0)
+    tiled = Sharpener(model, tile=128, overlap=64).sharpen_tensor(x)
+    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
+    one = KernelStudent(config=replace(model.config, passes=1)).eval()
+    one.load_state_dict(model.state_dict())
+    one.attach_estimator(FixedEstimator("shake"))
+    assert (Sharpener(one, tile=0).sharpen_tensor(x) - whole).abs().max() > 1e-3
+    from sharpkd.infer import dihedral
+
+    def average(joined):
+        return sum(dihedral(model.run_joined(dihedral(joined, k)).clamp(0, 1), k, inverse=True) for k in range(2)) / 2
+
+    first = average(torch.cat([x, model.guide(x, est)], dim=1))
+    second = average(torch.cat([x, model.refine_guide(x, first, est)[0]], dim=1)).clamp(0, 1)
+    ens = Sharpener(model, tile=0, ensemble=2).sharpen_tensor(x)
+    torch.testing.assert_close(ens, second, atol=2e-5, rtol=0)
+    assert (ens - whole).abs().max() > 1e-4

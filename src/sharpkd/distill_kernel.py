@@ -74,6 +74,15 @@ class KernelDistillConfig:
     round_balance: float = 0.0  # the guide's weight for Gaussian cases (the round route); 0: ``balance``
     deepen: int = 0  # residual blocks appended to the encoder and to the decoder, each starting as the identity
     estimate_side: int = 384  # the shipped model's estimate crop (inference only)
+    # network passes on windows with a kernel (KernelStudentConfig.passes), trained end to end. With more than
+    # one, windows are ``margin`` px wider on each side (the later passes' guides need the photo around a
+    # window) and the loss reads the final output inside that border, plus ``w_first`` x the L1 of the first
+    # pass to the ground truth (so the first pass stays a result of its own, for video)
+    passes: int = 1
+    refine_balance: float = 3e-3
+    refine_damping: float = 1.0
+    margin: int = 16
+    w_first: float = 0.5
     val_every: int = 1000
     seed: int = 0
 
@@ -126,8 +135,9 @@ def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None 
     for i, c in enumerate(bank):
         y = c["blurred"][None].float() / 255
         b = round_balance if c["kind"] == "gauss" and round_balance > 0 else balance
+        k = (c["est"] / c["est"].sum()).float()
         case = {"kind": c["kind"], "y": y, "x": c["sharp"][None].float() / 255 if "sharp" in c else None,
-                "g": wiener_deconvolve(y, c["est"] / c["est"].sum(), b)}
+                "g": wiener_deconvolve(y, k, b), "k": k}
         if "group" in c:
             case["group"] = c["group"]
         if labels is not None:
@@ -147,11 +157,12 @@ def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generato
     teacher-only case, whose ``x`` is the teacher's label). Where a case has a network label ``n``, a
     window without a kernel takes it as its ``t`` (a teacher-only case keeps its deconvolution)."""
     keys = ("y", "g", "x", "t") if "t" in cases[0] else ("y", "g", "x")
-    batch: dict[str, list] = {k: [] for k in (*keys, "kd", "gt")}
+    batch: dict[str, list] = {k: [] for k in (*keys, "kd", "gt", "k")}
+    size = cfg.patch + (2 * cfg.margin if cfg.passes > 1 else 0)
     for _ in range(cfg.batch):
         c = cases[int(rng.integers(len(cases)))]
         h, w = c["y"].shape[-2:]
-        p = min(cfg.patch, h, w)
+        p = min(size, h, w)
         y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
         rot, flip = int(rng.integers(4)), bool(rng.integers(2))
         crop = {}
@@ -167,7 +178,11 @@ def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generato
             batch[k].append(crop[k])
         batch["kd"].append(float(kernel))
         batch["gt"].append(float(c.get("gt", 1.0)))
-    return {k: torch.stack(v) if k not in ("kd", "gt") else torch.tensor(v) for k, v in batch.items()}
+        k = torch.rot90(c["k"], rot, dims=(-2, -1))  # the window's kernel: turned as the window was
+        batch["k"].append(k.flip(-1) if flip else k)
+    out = {k: torch.stack(v) if k not in ("kd", "gt", "k") else torch.tensor(v) for k, v in batch.items() if k != "k"}
+    out["k"] = batch["k"]
+    return out
 
 
 def q(t: torch.Tensor) -> torch.Tensor:
@@ -179,14 +194,26 @@ def validate(model, cases: list[dict]) -> dict[str, dict[str, float]]:
     """Mean gain (dB) per kind (per ``group`` where a case has one): ``guide`` with the estimate's
     guide, ``no_kernel`` with the photo."""
     from sharpkd.metrics import batch_psnr
+    from sharpkd.models.kstudent import refine_guide
 
     model.eval()
     rows: dict[str, dict[str, list[float]]] = {}
+    passes = model.config.passes
     for c in cases:
-        r = rows.setdefault(c.get("group", c["kind"]), {"guide": [], "no_kernel": []})
+        r = rows.setdefault(c.get("group", c["kind"]), {"guide": [], "no_kernel": []} |
+                            ({"first_pass": []} if passes > 1 else {}))
         base = float(batch_psnr(c["y"], c["x"])[0])
+        outs = {}
         for name, g in (("guide", c["g"]), ("no_kernel", c["y"])):
-            r[name].append(float(batch_psnr(q(model.run(c["y"], g)), c["x"])[0]) - base)
+            outs[name] = model.run(c["y"], g)
+        if passes > 1:  # the guide row is the final pass; the first pass is its own row
+            outs["first_pass"] = out = outs["guide"]
+            for _ in range(passes - 1):
+                out = model.run(c["y"], refine_guide(out, c["y"], c["k"], model.config.refine_balance,
+                                                     model.config.refine_damping))
+            outs["guide"] = out
+        for name, out in outs.items():
+            r[name].append(float(batch_psnr(q(out), c["x"])[0]) - base)
     return {k: {m: round(float(np.mean(v)), 3) for m, v in r.items()} for k, r in rows.items()}
 
 
@@ -202,11 +229,12 @@ def build_student(init: str, cfg: KernelDistillConfig):
 
     base, info = load_model(init)
     round_balance = cfg.round_balance or None
+    passes = {"passes": cfg.passes, "refine_balance": cfg.refine_balance, "refine_damping": cfg.refine_damping}
     if info.get("arch") == "kstudent":
         if abs(base.config.balance - cfg.balance) > 1e-12:
             raise SystemExit(f"--init {init} was trained with --balance {base.config.balance}, not {cfg.balance}")
         model = KernelStudent(config=replace(base.config, round_balance=round_balance or base.config.round_balance,
-                                             high_blocks=base.config.high_blocks + cfg.deepen))
+                                             high_blocks=base.config.high_blocks + cfg.deepen, **passes))
         load_deepened(model.net, base.float().net.state_dict())
         return model
     if info.get("arch") != "student" or base.config.wiener or base.config.guide:
@@ -216,7 +244,7 @@ def build_student(init: str, cfg: KernelDistillConfig):
     model = KernelStudent(config=KernelStudentConfig(
         unshuffle=b.unshuffle, width=b.width, low_width=b.low_width, low_blocks=b.low_blocks,
         high_blocks=b.high_blocks + cfg.deepen, balance=cfg.balance, round_balance=round_balance,
-        estimate_side=cfg.estimate_side))
+        estimate_side=cfg.estimate_side, **passes))
     load_deepened(model.net, widen_inputs(base.float().state_dict(), model.net.state_dict()))
     return model
 
@@ -236,10 +264,38 @@ def load_deepened(net, state: dict[str, torch.Tensor]) -> None:
         torch.nn.init.zeros_(conv.bias)
 
 
+def passes_forward(model, b: dict, cfg: KernelDistillConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    """The network's passes on a batch of windows: the final output and the batch, both cut to the windows'
+    inside (``margin`` px in from each side) where there is more than one pass, and the loss terms of the
+    first pass (``first``: L1 to the ground truth on the windows with a kernel)."""
+    from sharpkd.models.kstudent import refine_guide
+
+    pred = model.run(b["y"], b["g"])
+    if cfg.passes <= 1:
+        return pred, b, {}
+    kd = b["kd"].bool()
+    extra = {}
+    if kd.any():
+        gt = kd & b["gt"].bool()
+        if gt.any():
+            extra["first"] = F.l1_loss(pred[gt], b["x"][gt])
+        rows = kd.nonzero()[:, 0].tolist()
+        out, y = pred[kd], b["y"][kd]
+        for _ in range(cfg.passes - 1):
+            g = torch.cat([refine_guide(out[j:j + 1], y[j:j + 1], b["k"][i], cfg.refine_balance, cfg.refine_damping)
+                           for j, i in enumerate(rows)])
+            out = model.run(y, g)
+        pred = pred.clone()
+        pred[kd] = out
+    m = cfg.margin
+    inside = {k: (v[..., m:-m, m:-m] if isinstance(v, torch.Tensor) and v.ndim == 4 else v) for k, v in b.items()}
+    return pred[..., m:-m, m:-m], inside, extra
+
+
 def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step: int, vgg):
     from sharpkd.losses import perceptual
 
-    pred = model.run(b["y"], b["g"])
+    pred, b, first = passes_forward(model, b, cfg)
     gt = b["gt"].bool()
     # reconstruction: windows with a ground truth; distillation: windows with a kernel (the teacher's labels
     # are deconvolutions), and every teacher-only window (its label is all it has)
@@ -253,6 +309,9 @@ def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step
     if cfg.w_kd_net > 0 and net.any():
         parts["kd_net"] = F.l1_loss(pred[net], b["t"][net])
         total = total + cfg.w_kd_net * parts["kd_net"]
+    if "first" in first:
+        parts["first"] = first["first"]
+        total = total + cfg.w_first * parts["first"]
     if cfg.w_perceptual > 0 and step % max(1, cfg.perceptual_every) == 0:
         parts["perceptual"] = perceptual(pred, b["x"], vgg, taps=cfg.perceptual_taps)
         total = total + cfg.w_perceptual * parts["perceptual"]

@@ -225,16 +225,35 @@ class Sharpener:
                 return run_tiled(fn, t.cpu(), self.tile, self.overlap, self.device, self.multiple, channels=3)
             return fn(t.to(self.device)).cpu()
 
+        if self.blind and hasattr(self.model, "guide"):  # the kernel student: one estimate and one guide
+            return self._guided_passes(x, *prepare(x), apply)
         if self.ensemble == 1:
             return apply(*prepare(x))
         # transform the whole image (not each tile), so tiles stay on the network's pixel grid
         acc = torch.zeros(x.shape)
-        # the kernel student: one estimate and one guide; photo and guide are transformed together
-        shared = prepare(x) if self.blind and hasattr(self.model, "guide") else None
         for k in range(self.ensemble):
-            t, fn = (dihedral(shared[0], k), shared[1]) if shared else prepare(dihedral(x, k))
-            acc += dihedral(apply(t, fn), k, inverse=True)
+            acc += dihedral(apply(*prepare(dihedral(x, k))), k, inverse=True)
         return acc.div_(self.ensemble)
+
+    def _guided_passes(self, x: torch.Tensor, t: torch.Tensor, fn, apply) -> torch.Tensor:
+        """The kernel student's network on photo and guide joined (``t``), over the self-ensemble's copies
+        (photo and guide transformed together), then each further pass of its config (``passes``) on the
+        photos with a deconvolved route, guided by the previous result corrected towards the photo."""
+
+        def average(joined: torch.Tensor) -> torch.Tensor:
+            acc = torch.zeros(x.shape)
+            for k in range(self.ensemble):
+                acc += dihedral(apply(dihedral(joined, k), fn), k, inverse=True)
+            return acc.div_(self.ensemble)
+
+        out = average(t)
+        for _ in range(getattr(self.model.config, "passes", 1) - 1):
+            g, mask = self.model.refine_guide(x.to(self.device), out.to(self.device), self.last_estimates)
+            if not mask.any():
+                break
+            again = average(torch.cat([x, g.cpu()], dim=1)).clamp(0, 1)
+            out = torch.where(mask.cpu()[:, None, None, None], again, out)
+        return out
 
     def sharpen_frame(self, frame: np.ndarray, bgr: bool = False, estimates: list | None = None) -> np.ndarray:
         """One (H, W, 3) uint8 video frame (RGB; OpenCV's BGR with ``bgr``) -> the sharpened frame, same

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sharpkd.deblur.solve import wiener_deconvolve, wiener_filter, wiener_grid
+from sharpkd.deblur.solve import wiener_deconvolve, wiener_filter, wiener_grid, wiener_refine
 from sharpkd.models.blocks import pad_to_multiple
 from sharpkd.models.student import Student, StudentConfig
 
@@ -68,6 +68,13 @@ class KernelStudentConfig:
     # L0 / kernel alternations per pyramid level of the estimate (None: the estimator's own). 5 is what the
     # shipped kernel students were trained and measured with; the teacher's file may set another value.
     estimate_iters: int | None = 5
+    # network passes on photos with a deconvolved route. Each pass after the first is guided by the previous
+    # output corrected towards the photo: plus ``refine_damping`` x the Wiener deconvolution (weight
+    # ``refine_balance``) of what the output leaves of the photo (``refine_guide``), a step of half-quadratic
+    # splitting with the network as its prior. The first pass alone is still a whole result (video may stop there).
+    passes: int = 1
+    refine_balance: float = 3e-3
+    refine_damping: float = 1.0
 
     @property
     def multiple(self) -> int:
@@ -97,6 +104,10 @@ class KernelStudent(nn.Module):
             raise ValueError("min_agreement must be in [0, 1] (or None: the estimator's own)")
         if self.config.estimate_iters is not None and not 1 <= self.config.estimate_iters <= 50:
             raise ValueError("estimate_iters must be 1-50 (or None: the estimator's own)")
+        if not 1 <= self.config.passes <= 4 or not 0 < self.config.refine_balance < 1:
+            raise ValueError("passes must be 1-4 and refine_balance in (0, 1)")
+        if not 0 < self.config.refine_damping <= 2:
+            raise ValueError("refine_damping must be in (0, 2]")
         self.net = Student(config=self.config.student())
         self.__dict__["_estimator"] = None  # not a submodule: its weights live in their own file
         self.__dict__["_fallback"] = None  # the estimator at ``fallback_side`` (set with the estimator)
@@ -188,9 +199,35 @@ class KernelStudent(nn.Module):
             zp = zp.contiguous(memory_format=torch.channels_last)
         return (self.runner or GuidedNet(self))(zp)[..., :h, :w]
 
+    def refine_guide(self, x: torch.Tensor, out: torch.Tensor, estimates: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide of a further pass for each image whose route is deconvolved (:func:`refine_guide`, the
+        previous output ``out`` corrected towards the photo ``x``), and the boolean mask of those images
+        (the others keep ``out``; their rows of the guide are ``out`` itself)."""
+        c = self.config
+        rows, mask = [], []
+        for img, o, est in zip(x, out, estimates, strict=True):
+            deconvolved = est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1
+            mask.append(deconvolved)
+            rows.append(refine_guide(o[None], img[None], torch.as_tensor(est.kernel, dtype=torch.float32),
+                                     c.refine_balance, c.refine_damping) if deconvolved else o[None])
+        return torch.cat(rows), torch.tensor(mask, dtype=torch.bool, device=x.device)
+
     @torch.no_grad()
     def restore(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
-        return self.run(x, self.guide(x, estimates))
+        out = self.run(x, self.guide(x, estimates))
+        for _ in range(self.config.passes - 1):
+            out = self.further_pass(x, out, estimates)
+        return out
+
+    @torch.no_grad()
+    def further_pass(self, x: torch.Tensor, out: torch.Tensor, estimates: list) -> torch.Tensor:
+        """One more network pass on the images with a deconvolved route, guided by :meth:`refine_guide`."""
+        g, mask = self.refine_guide(x, out, estimates)
+        if not mask.any():
+            return out
+        new = out.clone()
+        new[mask] = self.run(x[mask], g[mask])
+        return new
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,6 +248,15 @@ class KernelStudent(nn.Module):
         n = (512 + 32) ** 2
         fft = 3 * 2 * (2.5 * math.log2(n) + 2) * n / 512**2
         return fc.get_total_flops() / 2 / (size * size) + fft
+
+
+def refine_guide(out: torch.Tensor, photo: torch.Tensor, kernel: torch.Tensor, balance: float,
+                 damping: float) -> torch.Tensor:
+    """(1, 3, H, W) ``out`` (a restoration of ``photo``) plus ``damping`` x the Wiener deconvolution of the
+    photo's residual ``photo - kernel * out`` (:func:`sharpkd.deblur.solve.wiener_refine`): the guide of a
+    further network pass. ``out`` is clamped to [0, 1] first, as a finished result would be. Differentiable in
+    ``out`` (training runs the passes end to end)."""
+    return wiener_refine(out.clamp(0, 1), photo, kernel, balance, damping)
 
 
 def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
