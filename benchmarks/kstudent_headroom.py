@@ -13,7 +13,11 @@ to the teacher with the same kernel is what the student's network and its Wiener
 ``--second-pass BALANCE,DAMPING`` also scores each student run twice with the estimated kernel, the
 second time guided by its first output corrected by a Wiener step on the data residual
 (:func:`sharpkd.deblur.solve.wiener_refine`): what a second guided pass of the same, untrained
-network gives (kernel ``est, second pass``). Kodak24 is never read.
+network gives (kernel ``est, second pass``). ``--refine "SB,SD,RB,RD;..."`` scores a student trained with
+several passes (``distill_kernel --passes``) again with other run-time settings of its later passes' guides:
+Wiener weight and damping for camera shake, then for the round route (a row per setting and kernel, with
+``refine`` in it). Rows of a multi-pass student also give its first pass alone (``first_pass``). Kodak24 is
+never read.
 """
 
 from __future__ import annotations
@@ -46,7 +50,35 @@ def student_gains(model, bank: list[dict], kernel: str) -> dict[str, float]:
 
     cases = prepare([{**c, "est": c[kernel]} for c in bank], model.config.balance,
                     round_balance=float(model.config.round_balance or 0.0))
-    return {k: v["guide"] for k, v in validate(model, cases).items()}
+    rows = validate(model, cases)
+    out = {k: v["guide"] for k, v in rows.items()}
+    first = {k: v["first_pass"] for k, v in rows.items() if "first_pass" in v}
+    return out | ({"first_pass": first} if first else {})
+
+
+def refine_settings(text: str) -> list[dict[str, float]]:
+    """``--refine``'s "SB,SD,RB,RD;...": the later passes' Wiener weight and damping for camera shake and for
+    the round route, each four positive numbers, or a clear exit."""
+    out = []
+    for part in [p for p in text.split(";") if p.strip()]:
+        try:
+            values = [float(v) for v in part.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 4 or min(values) <= 0:
+            raise SystemExit(f"--refine wants SHAKE_BALANCE,SHAKE_DAMPING,ROUND_BALANCE,ROUND_DAMPING, got {part!r}")
+        out.append(dict(zip(("refine_balance", "refine_damping", "round_refine_balance", "round_refine_damping"),
+                            values, strict=True)))
+    return out
+
+
+def with_refine(model, settings: dict[str, float]):
+    """A copy of the kernel student ``model`` (same weights) whose later passes use ``settings``."""
+    from dataclasses import replace
+
+    copy = type(model)(config=replace(model.config, **settings))
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
 
 
 @torch.no_grad()
@@ -103,11 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher", default="teacher", help="blind-teacher file ('' to skip it)")
     ap.add_argument("--second-pass", default="", metavar="BALANCE,DAMPING",
                     help="also score a second guided pass of each student (e.g. 0.003,0.5)")
+    ap.add_argument("--refine", default="", metavar="SB,SD,RB,RD;...",
+                    help="also score multi-pass students with these later-pass settings (camera shake, round route)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     second = second_pass_settings(args.second_pass) if args.second_pass else ()
+    refines = refine_settings(args.refine)
     torch.set_num_threads(args.threads)
     banks = load_banks(args.run)
     rows = []
@@ -121,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append({"model": name, "bank": bank_name, "kernel": kernel,
                              "gain": student_gains(model, bank, kernel)})
                 print(json.dumps(rows[-1]), flush=True)
+            for settings in refines if model.config.passes > 1 else ():
+                for kernel in ("est", "true"):
+                    rows.append({"model": name, "bank": bank_name, "kernel": kernel, "refine": settings,
+                                 "gain": student_gains(with_refine(model, settings), bank, kernel)})
+                    print(json.dumps(rows[-1]), flush=True)
             if second:
                 rows.append({"model": name, "bank": bank_name, "kernel": "est, second pass",
                              "second_pass": {"balance": second[0], "damping": second[1]},

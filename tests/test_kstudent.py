@@ -599,9 +599,23 @@ def test_headroom_benchmark_scores_students_and_teacher_with_both_kernels(tmp_pa
     assert rows[2]["second_pass"] == {"balance": 0.003, "damping": 0.5} and rows[2]["gain"] != rows[0]["gain"]
     with pytest.raises(SystemExit, match="BALANCE,DAMPING"):
         tool.main(["--run", str(tmp_path), "--second-pass", "0.003", "-q"])
+    # a two-pass student: its first pass too, and rows again with other run-time settings of its second pass
+    two = small_kstudent()
+    two.config = replace(two.config, passes=2)
+    save_model(tmp_path / "k2.safetensors", two)
+    tool.main(["--run", str(tmp_path), "--models", str(tmp_path / "k2.safetensors"), "--teacher", "",
+               "--refine", "0.003,0.5,0.1,1", "--json", str(tmp_path / "r.json"), "-q"])
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["kernel"] for r in rows] == ["est", "true", "est", "true"] and "first_pass" in rows[0]["gain"]
+    assert rows[2]["refine"] == {"refine_balance": 0.003, "refine_damping": 0.5, "round_refine_balance": 0.1,
+                                 "round_refine_damping": 1.0}
+    assert rows[2]["gain"]["gauss"] != rows[0]["gain"]["gauss"]  # the round route's later pass took 0.1 / 1
+    assert rows[2]["gain"]["first_pass"] == rows[0]["gain"]["first_pass"]  # the first pass does not change
+    with pytest.raises(SystemExit, match="ROUND_DAMPING"):
+        tool.main(["--run", str(tmp_path), "--refine", "0.003,0.5", "-q"])
 
 
-def test_further_passes_are_guided_by_the_corrected_output_on_deconvolved_routes_only():
+def test_further_passes_are_guided_by_the_corrected_output_on_deconvolved_routes_only(tmp_path):
     """``passes=2``: a photo on a deconvolved route gets a second network pass whose guide is the first
     pass's output corrected towards the photo (``refine_guide``); a photo the router keeps from
     deconvolution keeps its single pass, in the same batch."""
@@ -621,8 +635,21 @@ def test_further_passes_are_guided_by_the_corrected_output_on_deconvolved_routes
     one = KernelStudent(config=replace(model.config, passes=1))
     one.load_state_dict(model.state_dict())
     torch.testing.assert_close(one.restore(x, ests), first)
+    loaded, _ = load_model(save_model(tmp_path / "k.safetensors", model))
+    assert (loaded.config.passes, loaded.config.refine_balance, loaded.config.refine_damping) == (2, 3e-3, 1.0)
     with pytest.raises(ValueError, match="passes"):
         KernelStudent(config=KernelStudentConfig(**SMALL, passes=0))
+    # the round route may take settings of its own; camera shake keeps the general ones
+    own = KernelStudent(config=replace(model.config, round_refine_balance=0.1, round_refine_damping=0.8))
+    own.load_state_dict(model.state_dict())
+    assert own.refine_settings("round") == (0.1, 0.8) and own.refine_settings("shake") == (3e-3, 1.0)
+    rnd = [BlurEstimate(k, 1 / 255, "round")]
+    g, mask = own.refine_guide(x[:1], first[:1], rnd)
+    torch.testing.assert_close(g, refine_guide(first[:1], x[:1], torch.as_tensor(k, dtype=torch.float32), 0.1, 0.8))
+    assert mask.tolist() == [True]
+    torch.testing.assert_close(own.restore(x[:1], rnd), own.run(x[:1], g))
+    with pytest.raises(ValueError, match="refine"):
+        KernelStudent(config=KernelStudentConfig(**SMALL, round_refine_damping=3.0))
 
 
 def test_two_pass_training_turns_the_kernel_with_its_window_and_trains_through_both_passes():
@@ -641,11 +668,16 @@ def test_two_pass_training_turns_the_kernel_with_its_window_and_trains_through_b
     sharp = torch.from_numpy(rng.random((3, 64, 64), dtype=np.float32))
     blurred = blur(sharp[None], k)[0]
     u8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
-    bank = [{"kind": "motion", "blurred": u8(blurred), "sharp": u8(sharp), "est": k}]
-    cases = prepare(bank, 1e-2, [u8(sharp)])
+    kg = torch.from_numpy(gaussian_kernel(1.0)).float()
+    kg = kg / kg.sum()
+    bank = [{"kind": "motion", "blurred": u8(blurred), "sharp": u8(sharp), "est": k},
+            {"kind": "gauss", "blurred": u8(blur(sharp[None], kg)[0]), "sharp": u8(sharp), "est": kg}]
+    cases = prepare(bank, 1e-2, [u8(sharp), u8(sharp)])
     cfg = KernelDistillConfig(batch=8, patch=24, margin=8, passes=2, no_kernel_share=0.5, w_perceptual=0)
     b = windows(cases, cfg, np.random.default_rng(5))
     assert b["y"].shape[-1] == 40 and len(b["k"]) == 8
+    # a Gaussian case's windows take the round route's refine settings
+    assert b["round"] == [torch.equal(kk, kg) for kk in b["k"]] and any(b["round"]) and not all(b["round"])
     for i in range(8):  # inside the kernel's reach from the border, the window's photo = its sharp image * its kernel
         again = blur(b["x"][i:i + 1], b["k"][i])[..., 5:-5, 5:-5]
         assert float((again - b["y"][i:i + 1, :, 5:-5, 5:-5]).abs().max()) < 3 / 255

@@ -81,6 +81,8 @@ class KernelDistillConfig:
     passes: int = 1
     refine_balance: float = 3e-3
     refine_damping: float = 1.0
+    round_refine_balance: float = 0.0  # the Gaussian (round-route) cases' own (0: the two above)
+    round_refine_damping: float = 0.0
     margin: int = 16
     w_first: float = 0.5
     val_every: int = 1000
@@ -157,7 +159,7 @@ def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generato
     teacher-only case, whose ``x`` is the teacher's label). Where a case has a network label ``n``, a
     window without a kernel takes it as its ``t`` (a teacher-only case keeps its deconvolution)."""
     keys = ("y", "g", "x", "t") if "t" in cases[0] else ("y", "g", "x")
-    batch: dict[str, list] = {k: [] for k in (*keys, "kd", "gt", "k")}
+    batch: dict[str, list] = {k: [] for k in (*keys, "kd", "gt", "k", "round")}
     size = cfg.patch + (2 * cfg.margin if cfg.passes > 1 else 0)
     for _ in range(cfg.batch):
         c = cases[int(rng.integers(len(cases)))]
@@ -180,9 +182,10 @@ def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generato
         batch["gt"].append(float(c.get("gt", 1.0)))
         k = torch.rot90(c["k"], rot, dims=(-2, -1))  # the window's kernel: turned as the window was
         batch["k"].append(k.flip(-1) if flip else k)
-    out = {k: torch.stack(v) if k not in ("kd", "gt", "k") else torch.tensor(v) for k, v in batch.items() if k != "k"}
-    out["k"] = batch["k"]
-    return out
+        batch["round"].append(c["kind"] == "gauss")  # Gaussian cases stand for the round route
+    out = {k: torch.stack(v) if k not in ("kd", "gt") else torch.tensor(v) for k, v in batch.items()
+           if k not in ("k", "round")}
+    return out | {"k": batch["k"], "round": batch["round"]}
 
 
 def q(t: torch.Tensor) -> torch.Tensor:
@@ -209,8 +212,8 @@ def validate(model, cases: list[dict]) -> dict[str, dict[str, float]]:
         if passes > 1:  # the guide row is the final pass; the first pass is its own row
             outs["first_pass"] = out = outs["guide"]
             for _ in range(passes - 1):
-                out = model.run(c["y"], refine_guide(out, c["y"], c["k"], model.config.refine_balance,
-                                                     model.config.refine_damping))
+                settings = model.refine_settings("round" if c["kind"] == "gauss" else "shake")
+                out = model.run(c["y"], refine_guide(out, c["y"], c["k"], *settings))
             outs["guide"] = out
         for name, out in outs.items():
             r[name].append(float(batch_psnr(q(out), c["x"])[0]) - base)
@@ -229,7 +232,9 @@ def build_student(init: str, cfg: KernelDistillConfig):
 
     base, info = load_model(init)
     round_balance = cfg.round_balance or None
-    passes = {"passes": cfg.passes, "refine_balance": cfg.refine_balance, "refine_damping": cfg.refine_damping}
+    passes = {"passes": cfg.passes, "refine_balance": cfg.refine_balance, "refine_damping": cfg.refine_damping,
+              "round_refine_balance": cfg.round_refine_balance or None,
+              "round_refine_damping": cfg.round_refine_damping or None}
     if info.get("arch") == "kstudent":
         if abs(base.config.balance - cfg.balance) > 1e-12:
             raise SystemExit(f"--init {init} was trained with --balance {base.config.balance}, not {cfg.balance}")
@@ -282,7 +287,8 @@ def passes_forward(model, b: dict, cfg: KernelDistillConfig) -> tuple[torch.Tens
         rows = kd.nonzero()[:, 0].tolist()
         out, y = pred[kd], b["y"][kd]
         for _ in range(cfg.passes - 1):
-            g = torch.cat([refine_guide(out[j:j + 1], y[j:j + 1], b["k"][i], cfg.refine_balance, cfg.refine_damping)
+            g = torch.cat([refine_guide(out[j:j + 1], y[j:j + 1], b["k"][i],
+                                        *model.refine_settings("round" if b["round"][i] else "shake"))
                            for j, i in enumerate(rows)])
             out = model.run(y, g)
         pred = pred.clone()

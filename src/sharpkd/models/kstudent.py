@@ -75,6 +75,10 @@ class KernelStudentConfig:
     passes: int = 1
     refine_balance: float = 3e-3
     refine_damping: float = 1.0
+    # (None: the two above) the round route's own: its kernel is a fitted width, whose small errors a sharp
+    # correction amplifies, so its later passes may lean on the previous output more
+    round_refine_balance: float | None = None
+    round_refine_damping: float | None = None
 
     @property
     def multiple(self) -> int:
@@ -104,10 +108,12 @@ class KernelStudent(nn.Module):
             raise ValueError("min_agreement must be in [0, 1] (or None: the estimator's own)")
         if self.config.estimate_iters is not None and not 1 <= self.config.estimate_iters <= 50:
             raise ValueError("estimate_iters must be 1-50 (or None: the estimator's own)")
-        if not 1 <= self.config.passes <= 4 or not 0 < self.config.refine_balance < 1:
-            raise ValueError("passes must be 1-4 and refine_balance in (0, 1)")
-        if not 0 < self.config.refine_damping <= 2:
-            raise ValueError("refine_damping must be in (0, 2]")
+        if not 1 <= self.config.passes <= 4:
+            raise ValueError("passes must be 1-4")
+        for route in ("shake", "round"):
+            balance, damping = self.refine_settings(route)
+            if not 0 < balance < 1 or not 0 < damping <= 2:
+                raise ValueError("refine balances must be in (0, 1) and refine dampings in (0, 2]")
         self.net = Student(config=self.config.student())
         self.__dict__["_estimator"] = None  # not a submodule: its weights live in their own file
         self.__dict__["_fallback"] = None  # the estimator at ``fallback_side`` (set with the estimator)
@@ -199,17 +205,24 @@ class KernelStudent(nn.Module):
             zp = zp.contiguous(memory_format=torch.channels_last)
         return (self.runner or GuidedNet(self))(zp)[..., :h, :w]
 
+    def refine_settings(self, route: str) -> tuple[float, float]:
+        """The Wiener weight and damping of the later passes' guides on ``route``."""
+        c = self.config
+        if route == "round":
+            return (c.refine_balance if c.round_refine_balance is None else c.round_refine_balance,
+                    c.refine_damping if c.round_refine_damping is None else c.round_refine_damping)
+        return c.refine_balance, c.refine_damping
+
     def refine_guide(self, x: torch.Tensor, out: torch.Tensor, estimates: list) -> tuple[torch.Tensor, torch.Tensor]:
         """The guide of a further pass for each image whose route is deconvolved (:func:`refine_guide`, the
         previous output ``out`` corrected towards the photo ``x``), and the boolean mask of those images
         (the others keep ``out``; their rows of the guide are ``out`` itself)."""
-        c = self.config
         rows, mask = [], []
         for img, o, est in zip(x, out, estimates, strict=True):
             deconvolved = est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1
             mask.append(deconvolved)
             rows.append(refine_guide(o[None], img[None], torch.as_tensor(est.kernel, dtype=torch.float32),
-                                     c.refine_balance, c.refine_damping) if deconvolved else o[None])
+                                     *self.refine_settings(est.route)) if deconvolved else o[None])
         return torch.cat(rows), torch.tensor(mask, dtype=torch.bool, device=x.device)
 
     @torch.no_grad()
