@@ -32,8 +32,13 @@ student does; a kernel-student file there is trained further as it is. ``--deepe
 blocks to the network's encoder and to its decoder, each starting as the identity (more capacity, same
 starting function). ``--round-balance`` gives the
 guides of Gaussian cases (the round route, whose kernel is a fitted Gaussian) a Wiener weight of their
-own, stored in the model so that it guides the same way at run time. Validation: the hold-out banks,
-mean gain (dB) per blur kind with the estimate's guide and with the photo in its place.
+own, stored in the model so that it guides the same way at run time. ``--passes 2`` trains a network that
+runs twice on windows with a kernel (:attr:`KernelStudentConfig.passes`): the second pass is guided by the
+first pass's output corrected towards the photo by a Wiener step on the residual, a half-quadratic-splitting
+step with the network as its prior, and the gradient runs through both passes (``--refine-*`` set that
+step, ``--round-refine-*`` its weights for Gaussian cases; the windows grow by ``--margin`` on each side).
+Validation: the hold-out banks, mean gain (dB) per blur kind with the estimate's guide (the last pass) and
+with the photo in its place (and the first pass alone, for a multi-pass network).
 """
 
 from __future__ import annotations
