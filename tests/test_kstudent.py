@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -696,6 +697,19 @@ def test_two_pass_training_turns_the_kernel_with_its_window_and_trains_through_b
     assert float(total.detach()) == pytest.approx(parts["rec"] + parts["kd"] + 0.5 * parts["first"], rel=1e-4)
     first_only = torch.autograd.grad(pred[kd].sum(), guides[1])[0]
     assert float(first_only.abs().sum()) > 0
+    # --w-first-kd: the first pass also learns the teacher's label on the windows with a kernel
+    import dataclasses
+
+    first_pass = model.run(b["y"], b["g"])
+    total, parts = loss_terms(model, b, dataclasses.replace(cfg, w_first_kd=0.25), 1, None)
+    assert parts["first_kd"] == pytest.approx(float(torch.nn.functional.l1_loss(first_pass[kd], b["t"][kd])), rel=1e-4)
+    assert float(total.detach()) == pytest.approx(parts["rec"] + parts["kd"] + 0.5 * parts["first"]
+                                                  + 0.25 * parts["first_kd"], rel=1e-4)
+    from sharpkd.distill_kernel import run
+
+    for bad in (dict(passes=1), dict(w_kd=0.0)):  # refused before any bank is built
+        with pytest.raises(SystemExit, match="w-first-kd"):
+            run("none", "teacher", "student", Path("unused"), dataclasses.replace(cfg, w_first_kd=0.5, **bad))
 
 
 def test_sharpener_runs_the_further_passes_over_tiles_and_the_self_ensemble():

@@ -90,6 +90,7 @@ class KernelDistillConfig:
     round_refine_damping: float = 0.0
     margin: int = 16
     w_first: float = 0.5
+    w_first_kd: float = 0.0  # L1 of the first pass to the teacher's label on windows with a kernel (needs w_kd)
     val_every: int = 1000
     seed: int = 0
 
@@ -289,6 +290,8 @@ def passes_forward(model, b: dict, cfg: KernelDistillConfig) -> tuple[torch.Tens
         gt = kd & b["gt"].bool()
         if gt.any():
             extra["first"] = F.l1_loss(pred[gt], b["x"][gt])
+        if cfg.w_first_kd > 0 and "t" in b:
+            extra["first_kd"] = F.l1_loss(pred[kd], b["t"][kd])
         rows = kd.nonzero()[:, 0].tolist()
         out, y = pred[kd], b["y"][kd]
         for _ in range(cfg.passes - 1):
@@ -323,6 +326,9 @@ def loss_terms(model, b: dict[str, torch.Tensor], cfg: KernelDistillConfig, step
     if "first" in first:
         parts["first"] = first["first"]
         total = total + cfg.w_first * parts["first"]
+    if "first_kd" in first:
+        parts["first_kd"] = first["first_kd"]
+        total = total + cfg.w_first_kd * parts["first_kd"]
     if cfg.w_perceptual > 0 and step % max(1, cfg.perceptual_every) == 0:
         parts["perceptual"] = perceptual(pred, b["x"], vgg, taps=cfg.perceptual_taps)
         total = total + cfg.w_perceptual * parts["perceptual"]
@@ -371,6 +377,8 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
 
     if cfg.teacher_only_cases > 0 and cfg.w_kd <= 0:  # before any bank is built
         raise SystemExit("--teacher-only-cases needs --w-kd > 0: those cases have no other target")
+    if cfg.w_first_kd > 0 and (cfg.w_kd <= 0 or cfg.passes < 2):
+        raise SystemExit("--w-first-kd needs --w-kd > 0 and --passes 2 or more")
     if cfg.w_kd_net > 0 and cfg.w_kd <= 0:
         raise SystemExit("--w-kd-net needs --w-kd > 0 (a twin without the teacher has neither)")
     teacher, _, train_photos, held = start_run(data, teacher_name, out, cfg.seed, threads)
