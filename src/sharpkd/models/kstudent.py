@@ -14,7 +14,11 @@ student splits the work the way the teacher's router does, with the expensive pa
    the photo itself;
 3. **restore** (the network): a :class:`~sharpkd.models.student.Student` that sees the photo and the
    guide (six channels) and adds its residual to the guide, removing the ringing and noise the
-   linear filter leaves and finishing what it could not do.
+   linear filter leaves and finishing what it could not do;
+4. (optional, ``config.passes`` > 1; off in the shipped files) **further passes** of the same network on
+   photos with a deconvolved route, each guided by the previous output corrected towards the photo by a
+   Wiener step on what it leaves of it (:func:`refine_guide`): half-quadratic splitting with the network as
+   its prior (docs/realtime.md, "A second, guided pass").
 
 The model file holds the network only; the estimator is the shipped blind teacher named by
 ``config.estimator``, which :func:`sharpkd.checkpoint.load_model` attaches. ``restore(x, estimates)``
