@@ -25,3 +25,19 @@ def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "--methods", "warp-drive"]) == 2
     assert main(["bench", "--methods", "unsharp-opencv", "--resolutions", "big"]) == 2
     assert "WxH" in capsys.readouterr().err
+
+
+def test_bench_times_a_model_file_by_its_path(tmp_path, capsys):
+    """A model file (or run folder) that exists can be timed beside the shipped methods; a path that does not
+    exist is an unknown method."""
+    from sharpkd.checkpoint import save_model
+    from sharpkd.models import Student, StudentConfig
+
+    path = save_model(tmp_path / "tiny.safetensors", Student(config=StudentConfig(width=8, low_width=8)))
+    out = tmp_path / "b.json"
+    assert main(["bench", "--methods", f"{path}-torch", "--resolutions", "64x48", "--runs", "3", "--warmup", "1",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["fps"] > 0
+    assert main(["bench", "--methods", f"{tmp_path / 'missing.safetensors'}-torch"]) == 2
+    assert "PATH-torch" in capsys.readouterr().err

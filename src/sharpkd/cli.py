@@ -348,12 +348,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sharpkd.bench import METHODS, environment, header, plot, ratios, row_line, run_bench, save_json
+    from sharpkd.bench import METHODS, environment, header, plot, ratios, row_line, run_bench, save_json, split_method
+
+    def known(method: str) -> bool:
+        """A shipped method, or a model file / training run folder that exists, with its backend."""
+        if method in METHODS:
+            return True
+        try:
+            model, backend = split_method(method)
+        except ValueError:
+            return False
+        return backend != "opencv" and Path(model).exists()
 
     methods = tuple(m for m in args.methods.split(",") if m)
-    unknown = set(methods) - set(METHODS)
+    unknown = sorted(m for m in methods if not known(m))
     if unknown:
-        raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, "
+                        "or name a model file or run folder that exists: PATH-torch")
     try:
         sizes = tuple(tuple(int(v) for v in r.lower().split("x")) for r in args.resolutions.split(","))
     except ValueError as e:
@@ -633,7 +644,8 @@ def add_export(sub) -> None:
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed table: FPS and MP/s per method and resolution")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated MODEL-BACKEND (backend: {', '.join(BACKENDS)}) or unsharp-opencv")
+                   help=f"comma-separated MODEL-BACKEND (backend: {', '.join(BACKENDS)}) or unsharp-opencv; "
+                   "MODEL may be a model file or training run folder")
     p.add_argument("--resolutions", default="640x480,1280x720,1920x1080")
     p.add_argument("--runs", type=int, default=20, help="at most this many timed runs per cell")
     p.add_argument("--max-seconds", type=float, default=15.0, help="stop timing a cell after this long (>= 3 runs)")
