@@ -7,6 +7,10 @@ a forward and inverse real FFT of three channels on the grid the image padded by
 (``plain``: 542 x 702 at 640x480) and on the grid ``solve.wiener_grid`` pads it to (``fast``:
 factors 2, 3 and 5 only), and of the whole guide (``KernelStudent.guide``: padding, FFTs, the kept
 filter, crop). Take it with nothing else running.
+
+``--refine`` also times what a second guided pass adds per frame (``KernelStudentConfig.passes``): the
+correction of the first output (``kstudent.refine_guide`` with camera-shake settings), its spatial blur by the
+kernel alone (``degrade.blur``), and one pass of the shipped kernel student's network.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def median_ms(fn, runs: int = 20) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refine", action="store_true", help="also time a second guided pass's parts")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -57,6 +62,26 @@ def main() -> None:
         with torch.inference_mode():
             guide = median_ms(lambda x=x: ks.guide(x, est))
         print(f"| {w}x{h} | {grids[0][0]}x{grids[0][1]} | {ms[0]:.1f} | {hf}x{wf} | {ms[1]:.1f} | {guide:.1f} |")
+    if args.refine:
+        refine_table(kernel)
+
+
+def refine_table(kernel) -> None:
+    """Median ms of a second guided pass's parts per frame (see the module's docstring)."""
+    from sharpkd.checkpoint import load_model
+    from sharpkd.degrade import blur
+    from sharpkd.models.kstudent import refine_guide
+
+    model, _ = load_model("kstudent")
+    model = model.float().eval()
+    k = torch.as_tensor(kernel, dtype=torch.float32)
+    print("\n| frame | refine guide, ms | its spatial blur, ms | one network pass, ms |\n|---|---|---|---|")
+    for w, h in ((640, 480), (1280, 720)):
+        x = torch.rand(1, 3, h, w)
+        with torch.inference_mode():
+            parts = [median_ms(lambda x=x: refine_guide(x, x, k, 3e-3, 0.5)),
+                     median_ms(lambda x=x: blur(x, k / k.sum())), median_ms(lambda x=x: model.run(x, x))]
+        print(f"| {w}x{h} | " + " | ".join(f"{v:.1f}" for v in parts) + " |")
 
 
 if __name__ == "__main__":
