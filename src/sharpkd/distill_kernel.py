@@ -203,7 +203,6 @@ def validate(model, cases: list[dict]) -> dict[str, dict[str, float]]:
     """Mean gain (dB) per kind (per ``group`` where a case has one): ``guide`` with the estimate's
     guide, ``no_kernel`` with the photo."""
     from sharpkd.metrics import batch_psnr
-    from sharpkd.models.kstudent import refine_guide
 
     model.eval()
     rows: dict[str, dict[str, list[float]]] = {}
@@ -216,11 +215,9 @@ def validate(model, cases: list[dict]) -> dict[str, dict[str, float]]:
         for name, g in (("guide", c["g"]), ("no_kernel", c["y"])):
             outs[name] = model.run(c["y"], g)
         if passes > 1:  # the guide row is the final pass; the first pass is its own row
-            outs["first_pass"] = out = outs["guide"]
-            for _ in range(passes - 1):
-                settings = model.refine_settings("round" if c["kind"] == "gauss" else "shake")
-                out = model.run(c["y"], refine_guide(out, c["y"], c["k"], *settings))
-            outs["guide"] = out
+            outs["first_pass"] = outs["guide"]
+            outs["guide"] = model.later_passes(c["y"], outs["guide"], [c["k"]],
+                                               ["round" if c["kind"] == "gauss" else "shake"])
         for name, out in outs.items():
             r[name].append(float(batch_psnr(q(out), c["x"])[0]) - base)
     return {k: {m: round(float(np.mean(v)), 3) for m, v in r.items()} for k, r in rows.items()}
@@ -279,8 +276,6 @@ def passes_forward(model, b: dict, cfg: KernelDistillConfig) -> tuple[torch.Tens
     """The network's passes on a batch of windows: the final output and the batch, both cut to the windows'
     inside (``margin`` px in from each side) where there is more than one pass, and the loss terms of the
     first pass (``first``: L1 to the ground truth on the windows with a kernel)."""
-    from sharpkd.models.kstudent import refine_guide
-
     pred = model.run(b["y"], b["g"])
     if cfg.passes <= 1:
         return pred, b, {}
@@ -293,12 +288,8 @@ def passes_forward(model, b: dict, cfg: KernelDistillConfig) -> tuple[torch.Tens
         if cfg.w_first_kd > 0 and "t" in b:
             extra["first_kd"] = F.l1_loss(pred[kd], b["t"][kd])
         rows = kd.nonzero()[:, 0].tolist()
-        out, y = pred[kd], b["y"][kd]
-        for _ in range(cfg.passes - 1):
-            g = torch.cat([refine_guide(out[j:j + 1], y[j:j + 1], b["k"][i],
-                                        *model.refine_settings("round" if b["round"][i] else "shake"))
-                           for j, i in enumerate(rows)])
-            out = model.run(y, g)
+        out = model.later_passes(b["y"][kd], pred[kd], [b["k"][i] for i in rows],
+                                 ["round" if b["round"][i] else "shake" for i in rows])
         pred = pred.clone()
         pred[kd] = out
     m = cfg.margin

@@ -247,7 +247,7 @@ class Sharpener:
             return acc.div_(self.ensemble)
 
         out = average(t)
-        for _ in range(getattr(self.model.config, "passes", 1) - 1):
+        for _ in range(self.model.config.passes - 1):
             g, mask = self.model.refine_guide(x.to(self.device), out.to(self.device), self.last_estimates)
             if not mask.any():
                 break

@@ -229,22 +229,26 @@ class KernelStudent(nn.Module):
                                      *self.refine_settings(est.route)) if deconvolved else o[None])
         return torch.cat(rows), torch.tensor(mask, dtype=torch.bool, device=x.device)
 
-    @torch.no_grad()
-    def restore(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
-        out = self.run(x, self.guide(x, estimates))
+    def later_passes(self, x: torch.Tensor, out: torch.Tensor, kernels: list, routes: list[str]) -> torch.Tensor:
+        """The passes after the first (``config.passes`` - 1) on images that all have a kernel: each guided by the
+        previous output ``out`` corrected towards the photo ``x`` with the image's kernel and its route's
+        settings. Differentiable (training runs it end to end); the final output."""
         for _ in range(self.config.passes - 1):
-            out = self.further_pass(x, out, estimates)
+            g = torch.cat([refine_guide(o[None], img[None], torch.as_tensor(k, dtype=torch.float32),
+                                        *self.refine_settings(r)) for img, o, k, r in zip(x, out, kernels, routes,
+                                                                                          strict=True)])
+            out = self.run(x, g)
         return out
 
     @torch.no_grad()
-    def further_pass(self, x: torch.Tensor, out: torch.Tensor, estimates: list) -> torch.Tensor:
-        """One more network pass on the images with a deconvolved route, guided by :meth:`refine_guide`."""
-        g, mask = self.refine_guide(x, out, estimates)
-        if not mask.any():
-            return out
-        new = out.clone()
-        new[mask] = self.run(x[mask], g[mask])
-        return new
+    def restore(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
+        out = self.run(x, self.guide(x, estimates))
+        mask = [est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1 for est in estimates]
+        guided = [est for est, d in zip(estimates, mask, strict=True) if d]
+        if self.config.passes > 1 and guided:
+            m = torch.tensor(mask, device=x.device)
+            out[m] = self.later_passes(x[m], out[m], [e.kernel for e in guided], [e.route for e in guided])
+        return out
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
