@@ -9,8 +9,9 @@ factors 2, 3 and 5 only), and of the whole guide (``KernelStudent.guide``: paddi
 filter, crop). Take it with nothing else running.
 
 ``--refine`` also times what a second guided pass adds per frame (``KernelStudentConfig.passes``): the
-correction of the first output (``kstudent.refine_guide`` with camera-shake settings), its spatial blur by the
-kernel alone (``degrade.blur``), and one pass of the shipped kernel student's network.
+correction of the first output (``kstudent.refine_guide`` with camera-shake settings), its blur by the kernel
+alone (``solve.fft_blur``, what the correction uses since the twenty-second session), the same blur in space
+(``degrade.blur``, what it used before), and one pass of the shipped kernel student's network.
 """
 
 from __future__ import annotations
@@ -69,18 +70,21 @@ def main() -> None:
 def refine_table(kernel) -> None:
     """Median ms of a second guided pass's parts per frame (see the module's docstring)."""
     from sharpkd.checkpoint import load_model
+    from sharpkd.deblur.solve import fft_blur
     from sharpkd.degrade import blur
     from sharpkd.models.kstudent import refine_guide
 
     model, _ = load_model("kstudent")
     model = model.float().eval()
     k = torch.as_tensor(kernel, dtype=torch.float32)
-    print("\n| frame | refine guide, ms | its spatial blur, ms | one network pass, ms |\n|---|---|---|---|")
+    print("\n| frame | refine guide, ms | its FFT blur, ms | the same blur in space (kornia), ms | one network pass, ms |"
+          "\n|---|---|---|---|---|")
     for w, h in ((640, 480), (1280, 720)):
         x = torch.rand(1, 3, h, w)
         with torch.inference_mode():
             parts = [median_ms(lambda x=x: refine_guide(x, x, k, 3e-3, 0.5)),
-                     median_ms(lambda x=x: blur(x, k / k.sum())), median_ms(lambda x=x: model.run(x, x))]
+                     median_ms(lambda x=x: fft_blur(x, k / k.sum())), median_ms(lambda x=x: blur(x, k / k.sum())),
+                     median_ms(lambda x=x: model.run(x, x))]
         print(f"| {w}x{h} | " + " | ".join(f"{v:.1f}" for v in parts) + " |")
 
 
