@@ -77,8 +77,8 @@ def refine_table(kernel) -> None:
     model, _ = load_model("kstudent")
     model = model.float().eval()
     k = torch.as_tensor(kernel, dtype=torch.float32)
-    print("\n| frame | refine guide, ms | its FFT blur, ms | the same blur in space (kornia), ms | one network pass, ms |"
-          "\n|---|---|---|---|---|")
+    print("\n| frame | refine guide, ms | its FFT blur, ms | the same blur in space (kornia), ms "
+          "| one network pass, ms |\n|---|---|---|---|---|")
     for w, h in ((640, 480), (1280, 720)):
         x = torch.rand(1, 3, h, w)
         with torch.inference_mode():

@@ -720,7 +720,8 @@ def test_two_pass_training_turns_the_kernel_with_its_window_and_trains_through_b
 
     first_pass = model.run(b["y"], b["g"])
     total, parts = loss_terms(model, b, dataclasses.replace(cfg, w_first_kd=0.25), 1, None)
-    assert parts["first_kd"] == pytest.approx(float(torch.nn.functional.l1_loss(first_pass[kd], b["t"][kd]).detach()), rel=1e-4)
+    first_kd = torch.nn.functional.l1_loss(first_pass[kd], b["t"][kd]).detach()
+    assert parts["first_kd"] == pytest.approx(float(first_kd), rel=1e-4)
     assert float(total.detach()) == pytest.approx(parts["rec"] + parts["kd"] + 0.5 * parts["first"]
                                                   + 0.25 * parts["first_kd"], rel=1e-4)
     from sharpkd.distill_kernel import run
