@@ -161,8 +161,9 @@ def test_model_spec_parses_ensemble():
     from sharpkd.evaluate import parse_model_spec
 
     assert parse_model_spec("teacher@x8") == ("teacher", 8)
-    assert parse_model_spec("runs/a@b/model.safetensors") == ("runs/a@b/model.safetensors", 1)
-    assert parse_model_spec("student") == ("student", 1)
+    assert parse_model_spec("runs/a@b/model.safetensors") == ("runs/a@b/model.safetensors", None)
+    assert parse_model_spec("student") == ("student", None)
+    assert parse_model_spec("kstudent@x1") == ("kstudent", 1)
 
 
 def test_average_models_tool(tmp_path, perturbed, load_script):

@@ -303,6 +303,52 @@ def test_self_ensemble_estimates_and_guides_once_and_turns_photo_and_guide_toget
     assert tiled.shape == (1, 3, 150, 190)
 
 
+def test_photos_take_the_models_own_ensemble_and_frames_one_copy(tmp_path):
+    """``photo_ensemble`` is a photo's default: Sharpener(ensemble=None), the CLI's sharpen and ``sharpkd eval``'s
+    plain name use it, ``@x1`` / an explicit size override it, and video and the frame benchmark run one copy."""
+    from sharpkd import cli
+    from sharpkd.evaluate import model_method
+    from sharpkd.infer import Sharpener
+    from sharpkd.models.student import Student
+
+    ks = small_kstudent()
+    ks.config = replace(ks.config, photo_ensemble=8)
+    x = torch.rand(1, 3, 40, 56)
+    auto = Sharpener(ks, tile=0)
+    assert auto.ensemble == 8 and Sharpener(ks, tile=0, ensemble=1).ensemble == 1
+    torch.testing.assert_close(auto.sharpen_tensor(x), Sharpener(ks, tile=0, ensemble=8).sharpen_tensor(x))
+    assert Sharpener(small_kstudent(), tile=0).ensemble == 1  # the field's default
+    assert Sharpener(random_weights(Student(config=StudentConfig(**SMALL))), tile=0).ensemble == 1
+    with pytest.raises(ValueError, match="photo_ensemble"):
+        KernelStudent(config=KernelStudentConfig(**SMALL, photo_ensemble=3))
+    path = save_model(tmp_path / "ks.safetensors", ks)
+    assert load_model(path)[0].config.photo_ensemble == 8
+    assert model_method(str(path))[2]["ensemble"] == 8 and model_method(f"{path}@x1")[2]["ensemble"] == 1
+
+    seen = []
+
+    def record(name, **kw):
+        seen.append(kw.get("ensemble"))
+        raise ValueError("stop here")
+
+    import sharpkd.infer
+
+    real = sharpkd.infer.Sharpener.from_pretrained
+    sharpkd.infer.Sharpener.from_pretrained = record
+    try:
+        img = tmp_path / "a.png"
+        from PIL import Image
+
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+        assert cli.main(["-q", "sharpen", str(img), "-o", str(tmp_path / "out"), "--model", str(path)]) != 0
+        assert cli.main(["-q", "sharpen", str(img), "-o", str(tmp_path / "out"), "--model", str(path),
+                         "--ensemble", "2"]) != 0
+        assert cli.main(["-q", "video", str(img), "-o", str(tmp_path / "v.avi"), "--model", str(path)]) != 0
+    finally:
+        sharpkd.infer.Sharpener.from_pretrained = real
+    assert seen == [None, 2, 1]
+
+
 def test_frame_sharpener_renews_the_estimate_every_n_frames():
     from sharpkd.infer import Sharpener
     from sharpkd.video import FrameSharpener
@@ -545,6 +591,14 @@ def test_settings_tool_changes_the_estimate_settings_only(tmp_path, load_script)
     assert model.config.fallback_side == 768 and model.__dict__["_fallback"].config.estimate_side == 768
     assert "on a 768-px crop instead" in load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
     assert [h["command"] for h in info["settings_history"]] == ["test command", "wide command"]
+    # the photos' default ensemble, and a two-pass file's later passes, named on the card
+    two = save_model(tmp_path / "two.safetensors", KernelStudent(config=KernelStudentConfig(**SMALL, passes=2)))
+    ens = tool.apply(str(two), tmp_path / "ens", {"photo_ensemble": 8}, "ensemble command")
+    model, info = load_model(ens)
+    card = load_script("tools/ship_model.py").card_kstudent("kstudent", model, info, None)
+    assert model.config.photo_ensemble == 8 and "average 8 flipped copies" in card and "2 passes" in card
+    with pytest.raises(ValueError, match="photo_ensemble"):
+        tool.apply(str(two), tmp_path / "bad", {"photo_ensemble": 5}, "x")
 
 
 def test_wiener_refine_keeps_an_explaining_estimate_and_shrinks_the_residual():

@@ -82,7 +82,13 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              "(`shake`"
              + (f" when its two estimates agree at least {model.config.min_agreement}"
                 if model.config.min_agreement is not None else "")
-             + ", `round`), the photo itself elsewhere; then the network",
+             + ", `round`), the photo itself elsewhere; then the network"
+             + (f", {model.config.passes} passes on deconvolved photos (each later pass guided by the previous "
+                f"output corrected towards the photo: Wiener weight {model.config.refine_balance}, damping "
+                f"{model.config.refine_damping} for camera shake; {model.config.round_refine_balance} and "
+                f"{model.config.round_refine_damping} on the round route)" if model.config.passes > 1 else "")
+             + (f"; photos average {model.config.photo_ensemble} flipped copies of photo and guide by default "
+                "(video: one)" if model.config.photo_ensemble > 1 else ""),
              f"- stage: {info.get('stage')}; distilled: {info.get('distilled')}"
              + (f" from `{info['teacher']}`" if info.get("distilled") else ""),
              *[f"- earlier training, continued by the command below: `{e['command']}` ({e['steps']} steps from "

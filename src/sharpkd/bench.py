@@ -79,7 +79,8 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
     from sharpkd.infer import Sharpener
 
     model, backend = split_method(name)
-    sh = Sharpener.from_pretrained(model, device=device, tile=0, backend=backend, threads=threads)
+    sh = Sharpener.from_pretrained(model, device=device, tile=0, backend=backend, threads=threads,
+                                   ensemble=1)  # per frame: one copy
     est = None
     if sh.blind:  # the kernel student: a fixed camera-shake estimate, so that every frame is deconvolved
         from sharpkd.deblur.teacher import BlurEstimate

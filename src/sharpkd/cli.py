@@ -446,7 +446,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     try:
         backend = fastest_backend(args.model, args.device) if args.backend == "auto" else args.backend
         sharpener = Sharpener.from_pretrained(args.model, device=args.device, tile=0, backend=backend,
-                                              threads=args.threads)
+                                              threads=args.threads, ensemble=1)  # one copy per frame
         if live_mode:
             source = args.camera if args.camera is not None else args.input
             stats = live(sharpener, source, mjpeg_port=args.mjpeg, max_frames=args.max_frames,
@@ -504,8 +504,10 @@ def add_sharpen(sub) -> None:
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images (0: no tiling)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference engine")
-    p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
-                   help="average over N flipped/transposed copies (N times slower, slightly better)")
+    p.add_argument("--ensemble", type=int, default=None, choices=ENSEMBLE_SIZES,
+                   help="average over N flipped/transposed copies (N times the network's time, slightly better; "
+                        "default: the model's own, 8 for kstudent, whose photos wait seconds for their blur "
+                        "estimate anyway, 1 otherwise)")
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders, keeping their relative paths")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
     p.add_argument("--format", choices=list(OUTPUT_FORMATS),

@@ -92,12 +92,14 @@ CLASSICAL: dict[str, Callable] = {
 }
 
 
-def parse_model_spec(spec: str) -> tuple[str, int]:
-    """``teacher@x8`` -> ("teacher", 8): a model with its self-ensemble size (default 1)."""
+def parse_model_spec(spec: str) -> tuple[str, int | None]:
+    """``teacher@x8`` -> ("teacher", 8): a model with its self-ensemble size; without ``@xN`` None, the
+    model's own default for photos (what ``sharpkd sharpen`` gives: 8 copies for the shipped kernel student,
+    1 otherwise; ``@x1`` asks for one copy)."""
     name, sep, suffix = spec.rpartition("@x")
     if sep and suffix.isdigit():
         return name, int(suffix)
-    return spec, 1
+    return spec, None
 
 
 def protocol_cases(images: list[tuple[str, np.ndarray]], levin: list[np.ndarray]) -> list[tuple]:
@@ -120,6 +122,7 @@ def model_method(spec: str, device: str = "cpu", tile: int = 0, backend: str = "
 
     m, ensemble = parse_model_spec(spec)
     sh = Sharpener.from_pretrained(m, device=device, tile=tile, backend=backend, ensemble=ensemble)
+    ensemble = sh.ensemble
     if isinstance(sh.model, torch.nn.Module):
         torch_model, info = sh.model, read_info(m)  # header only; the weights are loaded once
     elif m.endswith(".onnx"):

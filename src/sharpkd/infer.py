@@ -137,21 +137,25 @@ class Sharpener:
             many times the compute; typically a few hundredths of a dB better. A blind teacher
             estimates the blur of each copy; the kernel student estimates it and builds its guide once,
             and transforms photo and guide together, so only its network runs that many times.
+            None: the model's own default (a kernel student's ``photo_ensemble``, 8 for the shipped
+            one; 1 for every other model). Video passes 1.
     """
 
     def __init__(self, model: nn.Module | Backend, *,
                  device: str | torch.device = "cpu", tile: int = 512,
-                 overlap: int = 96, name: str = "model", ensemble: int = 1):
-        if ensemble not in ENSEMBLE_SIZES:
+                 overlap: int = 96, name: str = "model", ensemble: int | None = None):
+        if ensemble is not None and ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
         if tile < 0 or 0 < tile < MIN_TILE:
             raise ValueError(f"tile must be 0 (no tiling) or at least {MIN_TILE} pixels, got {tile}")
-        self.ensemble = ensemble
         if isinstance(model, nn.Module):
             model = TorchBackend(model, device)
         if not isinstance(model, Backend):
             raise TypeError(f"expected a network or a backend (kind, multiple, callable), got {type(model).__name__}")
         self.backend: Backend = model
+        if ensemble is None:  # the model's own default for photos
+            ensemble = int(getattr(getattr(self.model, "config", None), "photo_ensemble", 1))
+        self.ensemble = ensemble
         self.device = model.device if isinstance(model, TorchBackend) else torch.device("cpu")
         self.multiple = int(model.multiple)
         self.tile = tile
@@ -167,7 +171,7 @@ class Sharpener:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
                         overlap: int = 96, backend: str = "torch", threads: int = 0,
-                        ensemble: int = 1) -> Sharpener:
+                        ensemble: int | None = None) -> Sharpener:
         """``student`` or ``teacher`` (the shipped weights), ``unsharp`` (the classical filter), a
         model file, a training run folder, or an exported ``.onnx`` file.
 

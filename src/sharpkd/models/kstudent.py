@@ -83,6 +83,10 @@ class KernelStudentConfig:
     # correction amplifies, so its later passes may lean on the previous output more
     round_refine_balance: float | None = None
     round_refine_damping: float | None = None
+    # copies of the self-ensemble a photo gets when the caller does not say (``Sharpener(ensemble=None)``, the CLI's
+    # and web page's default): a photo waits seconds for its blur estimate, and the network's eight flipped copies
+    # add well under a second to that. Video and the frame benchmark always run one copy.
+    photo_ensemble: int = 1
 
     @property
     def multiple(self) -> int:
@@ -104,6 +108,8 @@ class KernelStudent(nn.Module):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.config.estimator!r}")
         if not 64 <= self.config.estimate_side <= 4096 or not 0 < self.config.balance < 1:
             raise ValueError("estimate_side must be 64-4096 px and balance in (0, 1)")
+        if self.config.photo_ensemble not in (1, 2, 4, 8):
+            raise ValueError(f"photo_ensemble must be 1, 2, 4 or 8, got {self.config.photo_ensemble}")
         if self.config.round_balance is not None and not 0 < self.config.round_balance < 1:
             raise ValueError("round_balance must be in (0, 1) (or None: balance)")
         if self.config.fallback_side is not None and not 64 <= self.config.fallback_side <= 4096:
