@@ -41,3 +41,12 @@ def test_bench_times_a_model_file_by_its_path(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["fps"] > 0
     assert main(["bench", "--methods", f"{tmp_path / 'missing.safetensors'}-torch"]) == 2
     assert "PATH-torch" in capsys.readouterr().err
+    # a two-pass kernel student: one pass per frame by default (as sharpkd video), two on request
+    from sharpkd.models.kstudent import KernelStudent, KernelStudentConfig
+
+    ks = save_model(tmp_path / "ks.safetensors", KernelStudent(config=KernelStudentConfig(
+        width=8, low_width=8, low_blocks=1, high_blocks=1, passes=2)))
+    for flag, want in (([], 1), (["--passes", "2"], 2)):
+        assert main(["bench", "--methods", f"{ks}-torch", "--resolutions", "64x48", "--runs", "3", "--warmup", "1",
+                     "--json", str(out), *flag]) == 0
+        assert json.loads(out.read_text())["rows"][0]["passes"] == want

@@ -804,6 +804,12 @@ def test_sharpener_runs_the_further_passes_over_tiles_and_the_self_ensemble():
     one.load_state_dict(model.state_dict())
     one.attach_estimator(FixedEstimator("shake"))
     assert (Sharpener(one, tile=0).sharpen_tensor(x) - whole).abs().max() > 1e-3
+    # passes=1 (video's default) runs the first pass alone: the one-pass file's output
+    first_only = Sharpener(model, tile=0, passes=1)
+    assert first_only.passes == 1 and Sharpener(model, tile=0).passes == 2
+    torch.testing.assert_close(first_only.sharpen_tensor(x), Sharpener(one, tile=0).sharpen_tensor(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="passes"):
+        Sharpener(model, tile=0, passes=5)
     from sharpkd.infer import dihedral
 
     def average(joined):

@@ -66,7 +66,7 @@ def split_method(name: str) -> tuple[str, str]:
     raise ValueError(f"method {name!r} should end in -torch, -onnx or -onnx-int8")
 
 
-def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], object]:
+def _method(name: str, device: str, threads: int, passes: int = 1) -> Callable[[np.ndarray], object]:
     """A function of one uint8 H x W x 3 frame that sharpens it (what is timed)."""
     if name == "unsharp-opencv":
         import cv2
@@ -80,7 +80,7 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
 
     model, backend = split_method(name)
     sh = Sharpener.from_pretrained(model, device=device, tile=0, backend=backend, threads=threads,
-                                   ensemble=1)  # per frame: one copy
+                                   ensemble=1, passes=passes)  # per frame: one copy, as sharpkd video runs it
     est = None
     if sh.blind:  # the kernel student: a fixed camera-shake estimate, so that every frame is deconvolved
         from sharpkd.deblur.teacher import BlurEstimate
@@ -92,19 +92,21 @@ def _method(name: str, device: str, threads: int) -> Callable[[np.ndarray], obje
         out = sh.sharpen_frame(frame, estimates=est)  # on CUDA, the copy back to the CPU waits for it
         return out
 
+    run.passes = sh.passes  # type: ignore[attr-defined]
     return run
 
 
 def run_bench(methods: tuple[str, ...] = METHODS, resolutions: tuple[tuple[int, int], ...] = RESOLUTIONS,
               warmup: int = 2, min_runs: int = 3, max_runs: int = 20, max_seconds: float = 15.0,
               device: str = "cpu", threads: int = 0, on_row: Callable[[dict], None] | None = None,
-              on_start: Callable[[str, int, int], None] | None = None) -> dict:
+              on_start: Callable[[str, int, int], None] | None = None, passes: int = 1) -> dict:
     """Time every method at every resolution. ``on_start(method, w, h)`` is called before each cell and
-    ``on_row(row)`` as soon as it is measured (``sharpkd bench`` prints it then)."""
+    ``on_row(row)`` as soon as it is measured (``sharpkd bench`` prints it then). ``passes``: network passes
+    per frame of a multi-pass kernel student (as ``sharpkd video --passes``; other models have one)."""
     rng = np.random.default_rng(0)
     rows = []
     for name in methods:
-        fn = _method(name, device, threads)
+        fn = _method(name, device, threads, passes)
         model, backend = split_method(name)
         for w, h in resolutions:
             if on_start is not None:
@@ -120,7 +122,8 @@ def run_bench(methods: tuple[str, ...] = METHODS, resolutions: tuple[tuple[int, 
             med = statistics.median(times)
             row = {"method": name, "backend": backend, "precision": "int8" if backend == "onnx-int8" else
                    ("uint8" if backend == "opencv" else "fp32"),
-                   "threads": _threads(backend, threads), "width": w, "height": h, "runs": len(times),
+                   "threads": _threads(backend, threads), "passes": getattr(fn, "passes", 1), "width": w, "height": h,
+                   "runs": len(times),
                    "median_s": med, "fps": 1 / med, "mp_per_s": w * h / 1e6 / med, "peak_rss_mb": _peak_rss_mb()}
             rows.append(row)
             if on_row is not None:

@@ -139,11 +139,13 @@ class Sharpener:
             and transforms photo and guide together, so only its network runs that many times.
             None: the model's own default (a kernel student's ``photo_ensemble``, 8 for the shipped
             one; 1 for every other model). Video passes 1.
+        passes: network passes of a multi-pass kernel student on deconvolved photos (None: its config's
+            ``passes``; 1: the first pass alone, what ``sharpkd video`` runs by default for the frame rate).
     """
 
     def __init__(self, model: nn.Module | Backend, *,
                  device: str | torch.device = "cpu", tile: int = 512,
-                 overlap: int = 96, name: str = "model", ensemble: int | None = None):
+                 overlap: int = 96, name: str = "model", ensemble: int | None = None, passes: int | None = None):
         if ensemble is not None and ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
         if tile < 0 or 0 < tile < MIN_TILE:
@@ -153,9 +155,13 @@ class Sharpener:
         if not isinstance(model, Backend):
             raise TypeError(f"expected a network or a backend (kind, multiple, callable), got {type(model).__name__}")
         self.backend: Backend = model
+        config = getattr(self.model, "config", None)
         if ensemble is None:  # the model's own default for photos
-            ensemble = int(getattr(getattr(self.model, "config", None), "photo_ensemble", 1))
+            ensemble = int(getattr(config, "photo_ensemble", 1))
         self.ensemble = ensemble
+        if passes is not None and not 1 <= passes <= 4:
+            raise ValueError(f"passes must be 1 to 4, got {passes}")
+        self.passes = passes if passes is not None else int(getattr(config, "passes", 1))
         self.device = model.device if isinstance(model, TorchBackend) else torch.device("cpu")
         self.multiple = int(model.multiple)
         self.tile = tile
@@ -171,7 +177,7 @@ class Sharpener:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "student", *, device: str = "cpu", tile: int = 512,
                         overlap: int = 96, backend: str = "torch", threads: int = 0,
-                        ensemble: int | None = None) -> Sharpener:
+                        ensemble: int | None = None, passes: int | None = None) -> Sharpener:
         """``student`` or ``teacher`` (the shipped weights), ``unsharp`` (the classical filter), a
         model file, a training run folder, or an exported ``.onnx`` file.
 
@@ -180,7 +186,8 @@ class Sharpener:
         ``threads``: ONNX Runtime intra-op threads (0: its default). ``ensemble``: see the class.
         """
         runner = resolve(name_or_path, backend, device=device, threads=threads)
-        return cls(runner, device=device, tile=tile, overlap=overlap, name=str(name_or_path), ensemble=ensemble)
+        return cls(runner, device=device, tile=tile, overlap=overlap, name=str(name_or_path), ensemble=ensemble,
+                   passes=passes)
 
     @property
     def blind(self) -> bool:
@@ -241,7 +248,7 @@ class Sharpener:
 
     def _guided_passes(self, x: torch.Tensor, t: torch.Tensor, fn, apply) -> torch.Tensor:
         """The kernel student's network on photo and guide joined (``t``), over the self-ensemble's copies
-        (photo and guide transformed together), then each further pass of its config (``passes``) on the
+        (photo and guide transformed together), then each further pass (``self.passes``) on the
         photos with a deconvolved route, guided by the previous result corrected towards the photo."""
 
         def average(joined: torch.Tensor) -> torch.Tensor:
@@ -251,7 +258,7 @@ class Sharpener:
             return acc.div_(self.ensemble)
 
         out = average(t)
-        for _ in range(self.model.config.passes - 1):
+        for _ in range(self.passes - 1):
             g, mask = self.model.refine_guide(x.to(self.device), out.to(self.device), self.last_estimates)
             if not mask.any():
                 break
