@@ -117,8 +117,9 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
                for h in info.get("settings_history", [])], ""]
     if eval_rows:
         lines += [f"## Benchmark (Kodak24, `shared/BENCHMARK.md` version {protocol_version}), PSNR dB / SSIM", "",
-                  "`sharpkd eval --data ../shared/datasets/eval/kodak24 --models kstudent,kstudent-nokd "
-                  "--out docs/eval/kstudent` (the shipped files themselves)", "",
+                  "`sharpkd eval --data ../shared/datasets/eval/kodak24 --models kstudent,kstudent-nokd,"
+                  "kstudent@x1,kstudent-nokd@x1 --out docs/eval/kstudent-2pass/shipped` (the shipped files "
+                  "themselves; a plain name is the photo default, `@x1` one copy)", "",
                   *results_table(eval_rows, speed=False), ""]
     lines += [*info.get("notes", []), "",
               "Intended use: photographs with camera shake or defocus, when the teacher is too slow. The estimate",
@@ -193,7 +194,8 @@ def main() -> None:
         version = data.get("protocol_version", 1)
         # the reference rows (no parameters, not an exported file) and this model's own row
         rows = [r for r in data["rows"]
-                if (not r.get("params") and not r["method"].endswith(".onnx")) or r["method"] in (args.name, str(dest))]
+                if (not r.get("params") and not r["method"].endswith(".onnx"))
+                or r["method"] in (args.name, str(dest), f"{args.name}@x1")]
     write = card_kstudent if info["arch"] == "kstudent" else card
     (WEIGHTS_DIR / f"{args.name}.md").write_text(write(args.name, model, info, rows, version))
     print(f"wrote {WEIGHTS_DIR / (args.name + '.md')}")
