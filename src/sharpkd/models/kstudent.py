@@ -263,7 +263,9 @@ class KernelStudent(nn.Module):
     def macs_per_pixel(self, size: int = 64) -> float:
         """Multiply-accumulates per pixel of the network plus the guide's FFTs (a real FFT of n points
         taken as 2.5 n log2 n: forward and inverse per channel on the photo padded by 16 px, a 512 px
-        tile). The per-photo estimate is not included (it is made once per photo or per N frames)."""
+        tile). Each later pass (``passes``, on deconvolved photos) adds the network again and a correction
+        that costs two such transform pairs (its blur and its Wiener step). The per-photo estimate is not
+        included (it is made once per photo or per N frames)."""
         import math
 
         from torch.utils.flop_counter import FlopCounterMode
@@ -274,7 +276,8 @@ class KernelStudent(nn.Module):
             GuidedNet(self)(torch.zeros(1, 6, size, size))
         n = (512 + 32) ** 2
         fft = 3 * 2 * (2.5 * math.log2(n) + 2) * n / 512**2
-        return fc.get_total_flops() / 2 / (size * size) + fft
+        passes = self.config.passes
+        return passes * fc.get_total_flops() / 2 / (size * size) + (2 * passes - 1) * fft
 
 
 def refine_guide(out: torch.Tensor, photo: torch.Tensor, kernel: torch.Tensor, balance: float,
