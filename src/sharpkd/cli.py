@@ -405,8 +405,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"MACs per pixel: {macs_per_pixel(model):,.0f} for the FFDNet passes of the two solver runs on "
               "camera shake (the blur estimates, FFTs and the network route are not counted)")
     elif info["arch"] == "kstudent":
-        print(f"MACs per pixel: {macs_per_pixel(model):,.0f} for the network and the Wiener step's FFTs (the blur "
-              f"estimate, once per photo by the {model.config.estimator} file, is not counted)")
+        c = model.config
+        print(f"MACs per pixel: {macs_per_pixel(model):,.0f} for the network and the Wiener step's FFTs"
+              + (f", {c.passes} passes with their corrections" if c.passes > 1 else "")
+              + f" (the blur estimate, once per photo by the {c.estimator} file, is not counted)")
+        print(f"photos:         {c.passes} network pass(es), the self-ensemble of {c.photo_ensemble} by default; "
+              "video: one pass and one copy per frame unless --passes says otherwise")
     else:
         print(f"MACs per pixel: {macs_per_pixel(model):,.0f}")
     init = (info.get("train_config") or {}).get("init")
