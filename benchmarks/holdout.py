@@ -10,6 +10,10 @@ compare with Kodak24 (generalisation) without touching Kodak24.
 ``--max-side PX`` first reduces the hold-out photos (Lanczos) so their longer side is at most PX:
 the same scenes with crisper pixels, closer to typical photos than full-size wallpapers are.
 
+A model goes through its ``Sharpener`` with the self-ensemble it gets by default (the shipped kernel student's
+photo default: 8 copies); ``NAME@xN`` chooses one, as in ``sharpkd eval``. With one copy the network itself is
+scored, as before the twenty-second session.
+
 ``--set FIELD=VALUE`` (repeatable) overrides a field of the models' config before evaluating, e.g.
 ``--set min_shake_spread=0`` to try a routing threshold of the blind teacher without a new file.
 """
@@ -35,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from sharpkd.data import limit_size, load_photos, split_holdout
-    from sharpkd.evaluate import DEGRADATIONS, fixed_validation_set, gains_by_kind, validate
+    from sharpkd.evaluate import DEGRADATIONS, fixed_validation_set, gains_by_kind, parse_model_spec, validate
     from sharpkd.infer import Sharpener
 
     _, held = split_holdout(load_photos(args.data))
@@ -47,7 +51,8 @@ def main() -> None:
     print(f"hold-out: {len(held)} photos, {len(blurred)} crops, blurred {float(base.mean()):.3f} dB\n")
     print("| model | " + " | ".join(DEGRADATIONS) + " | mean gain |\n|---|" + "---|" * (len(DEGRADATIONS) + 1))
     for m in args.models:
-        sh = Sharpener.from_pretrained(m, tile=0)
+        name, ensemble = parse_model_spec(m)
+        sh = Sharpener.from_pretrained(name, tile=0, ensemble=ensemble)
         if args.set:
             import dataclasses
 
@@ -55,11 +60,11 @@ def main() -> None:
             cfg = sh.model.config  # each value takes its field's type (an int field stays an int)
             typed = {k: type(getattr(cfg, k))(float(v)) for k, v in fields.items()}
             sh.model.config = dataclasses.replace(cfg, **typed)
-        net = sh.model if isinstance(sh.model, torch.nn.Module) else _Wrap(sh.sharpen_tensor)
+        net = sh.model if isinstance(sh.model, torch.nn.Module) and sh.ensemble == 1 else _Wrap(sh.sharpen_tensor)
         out = validate(net, blurred, sharp, per_image=True)
         kinds = gains_by_kind(out, base)
         mean = float((out - base).mean())
-        rows.append({"model": m, "gain_by_kind": kinds, "mean_gain": round(mean, 3)})
+        rows.append({"model": m, "ensemble": sh.ensemble, "gain_by_kind": kinds, "mean_gain": round(mean, 3)})
         print(f"| {m} | " + " | ".join(f"{kinds[k]:+.2f}" for k in DEGRADATIONS) + f" | {mean:+.3f} |")
     if args.json:
         from pathlib import Path
