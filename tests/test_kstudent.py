@@ -463,7 +463,7 @@ def test_teacher_only_cases_learn_from_the_teacher_alone():
     assert parts["rec"] == 0 and parts["kd"] > 0  # the label is the target even without a kernel
     both = windows(cases, dataclasses.replace(cfg, batch=16), np.random.default_rng(2))
     assert set(both["gt"].tolist()) == {0.0, 1.0}
-    pred = model.run(both["y"], both["g"])
+    pred = model.run(both["y"], both["g"]).detach()
     gt = both["gt"].bool()
     _, parts = loss_terms(model, both, cfg, 1, None)
     assert parts["rec"] == pytest.approx(float(torch.nn.functional.l1_loss(pred[gt], both["x"][gt])), rel=1e-4)
