@@ -162,3 +162,24 @@ def test_benchmark_records_the_route_each_photo_took(tmp_path, photo):
     assert abs(sum(v[0] for v in times.values()) / 4 - row["seconds_per_image"]) < 1e-2
     plain_row = score_method(*model_method(str(plain)), images, cases)
     assert "per_image_route" not in plain_row and "per_image_seconds" not in plain_row
+
+
+def test_holdout_benchmark_runs_a_model_with_the_ensemble_it_is_given(tmp_path, shared_datasets, load_script,
+                                                                      monkeypatch, perturbed):
+    """benchmarks/holdout.py: ``NAME@xN`` runs the model through its Sharpener with N copies (recorded per row);
+    a plain name with one copy scores the network itself, as before."""
+    import sys
+
+    import torch
+
+    torch.manual_seed(0)
+    path = save_model(tmp_path / "s.safetensors", perturbed("student"))
+    out = tmp_path / "h.json"
+    mod = load_script("benchmarks/holdout.py")
+    monkeypatch.setattr(sys, "argv", ["holdout.py", str(path), f"{path}@x2", "--data", str(shared_datasets / "train"),
+                                      "--threads", "1", "--json", str(out)])
+    mod.main()
+    one, two = json.loads(out.read_text())["rows"]
+    assert (one["ensemble"], two["ensemble"]) == (1, 2) and one["model"] == str(path)
+    assert set(one["gain_by_kind"]) == {"gauss1", "gauss2", "gauss3", "motion"}
+    assert one["mean_gain"] != two["mean_gain"]  # a random network is not flip-equivariant
