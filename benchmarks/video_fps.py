@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--estimate-every", type=int, default=300,
                     help="kstudent/teacher: renew the blur estimate every N frames (0: once, from the first)")
+    ap.add_argument("--passes", type=int, default=1, help="kstudent: network passes per frame (sharpkd video --passes)")
     args = ap.parse_args()
     w, h = map(int, args.size.split("x"))
     with tempfile.TemporaryDirectory() as d:
@@ -51,7 +52,7 @@ def main() -> int:
         make_clip(clip, w, h, args.frames)
         r = subprocess.run([sys.executable, "-m", "sharpkd", "video", str(clip), "-o", str(out), "--model", args.model,
                             "--backend", args.backend, "--threads", str(args.threads),
-                            "--estimate-every", str(args.estimate_every)],
+                            "--estimate-every", str(args.estimate_every), "--passes", str(args.passes)],
                            capture_output=True, text=True)
         print(r.stdout.strip() or r.stderr.strip())
         return r.returncode

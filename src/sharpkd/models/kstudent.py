@@ -15,10 +15,11 @@ student splits the work the way the teacher's router does, with the expensive pa
 3. **restore** (the network): a :class:`~sharpkd.models.student.Student` that sees the photo and the
    guide (six channels) and adds its residual to the guide, removing the ringing and noise the
    linear filter leaves and finishing what it could not do;
-4. (optional, ``config.passes`` > 1; off in the shipped files) **further passes** of the same network on
-   photos with a deconvolved route, each guided by the previous output corrected towards the photo by a
-   Wiener step on what it leaves of it (:func:`refine_guide`): half-quadratic splitting with the network as
-   its prior (docs/realtime.md, "A second, guided pass").
+4. (``config.passes`` > 1; two in the shipped ``kstudent`` since the twenty-second session) **further passes**
+   of the same network on photos with a deconvolved route, each guided by the previous output corrected
+   towards the photo by a Wiener step on what it leaves of it (:func:`refine_guide`): half-quadratic
+   splitting with the network as its prior (docs/realtime.md, "A second, guided pass"). ``Sharpener``
+   averages each pass over the photo's ``photo_ensemble`` flipped copies; video runs the first pass alone.
 
 The model file holds the network only; the estimator is the shipped blind teacher named by
 ``config.estimator``, which :func:`sharpkd.checkpoint.load_model` attaches. ``restore(x, estimates)``
@@ -42,6 +43,11 @@ from sharpkd.models.blocks import pad_to_multiple
 from sharpkd.models.student import Student, StudentConfig
 
 DECONVOLVED_ROUTES = ("shake", "round")  # the routes whose kernel the guide deconvolves with
+
+
+def deconvolves(est) -> bool:
+    """Whether the guide (and each later pass) uses this blur estimate: a deconvolved route with a real kernel."""
+    return est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1
 ESTIMATE_CACHE = 256  # blur estimates kept (a few KB each), most recently used first
 _ESTIMATES: OrderedDict = OrderedDict()
 _TOKENS = itertools.count()
@@ -183,7 +189,7 @@ class KernelStudent(nn.Module):
         or the image itself where the route is not one the guide deconvolves for."""
         out = []
         for img, est in zip(x, estimates, strict=True):
-            if est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1:
+            if deconvolves(est):
                 balance = self.balance_for(est.route)
                 out.append(wiener_deconvolve(img[None], est.kernel, balance,
                                              filt=self._filter(est.kernel, *img.shape[-2:], balance)))
@@ -227,32 +233,33 @@ class KernelStudent(nn.Module):
         """The guide of a further pass for each image whose route is deconvolved (:func:`refine_guide`, the
         previous output ``out`` corrected towards the photo ``x``), and the boolean mask of those images
         (the others keep ``out``; their rows of the guide are ``out`` itself)."""
-        rows, mask = [], []
-        for img, o, est in zip(x, out, estimates, strict=True):
-            deconvolved = est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1
-            mask.append(deconvolved)
-            rows.append(refine_guide(o[None], img[None], torch.as_tensor(est.kernel, dtype=torch.float32),
-                                     *self.refine_settings(est.route)) if deconvolved else o[None])
-        return torch.cat(rows), torch.tensor(mask, dtype=torch.bool, device=x.device)
+        mask = torch.tensor([deconvolves(e) for e in estimates], dtype=torch.bool, device=x.device)
+        guide = out.float().clone()
+        if mask.any():
+            guided = [e for e in estimates if deconvolves(e)]
+            guide[mask] = self._corrected(x[mask], out[mask], [e.kernel for e in guided], [e.route for e in guided])
+        return guide, mask
+
+    def _corrected(self, x: torch.Tensor, out: torch.Tensor, kernels: list, routes: list[str]) -> torch.Tensor:
+        """Each output corrected towards its photo (:func:`refine_guide`) with its kernel and its route's settings."""
+        return torch.cat([refine_guide(o[None], img[None], torch.as_tensor(k, dtype=torch.float32),
+                                       *self.refine_settings(r)) for img, o, k, r in zip(x, out, kernels, routes,
+                                                                                         strict=True)])
 
     def later_passes(self, x: torch.Tensor, out: torch.Tensor, kernels: list, routes: list[str]) -> torch.Tensor:
         """The passes after the first (``config.passes`` - 1) on images that all have a kernel: each guided by the
         previous output ``out`` corrected towards the photo ``x`` with the image's kernel and its route's
         settings. Differentiable (training runs it end to end); the final output."""
         for _ in range(self.config.passes - 1):
-            g = torch.cat([refine_guide(o[None], img[None], torch.as_tensor(k, dtype=torch.float32),
-                                        *self.refine_settings(r)) for img, o, k, r in zip(x, out, kernels, routes,
-                                                                                          strict=True)])
-            out = self.run(x, g)
+            out = self.run(x, self._corrected(x, out, kernels, routes))
         return out
 
     @torch.no_grad()
     def restore(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
         out = self.run(x, self.guide(x, estimates))
-        mask = [est.route in DECONVOLVED_ROUTES and est.kernel.shape[0] > 1 for est in estimates]
-        guided = [est for est, d in zip(estimates, mask, strict=True) if d]
+        guided = [e for e in estimates if deconvolves(e)]
         if self.config.passes > 1 and guided:
-            m = torch.tensor(mask, device=x.device)
+            m = torch.tensor([deconvolves(e) for e in estimates], device=x.device)
             out[m] = self.later_passes(x[m], out[m], [e.kernel for e in guided], [e.route for e in guided])
         return out
 
