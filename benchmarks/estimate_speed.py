@@ -10,7 +10,15 @@ rounding. The teacher's two estimates run as the teacher runs them (its kernel s
 alternations): the one it deconvolves with and the agreement check. Printed: seconds per photo for each
 estimate (and per megapixel), the estimate's match to the true kernel (peak normalised cross-correlation,
 1 = the same shape), the agreement of the two estimates, and the gain of a Wiener filter with the
-estimate against one with the true kernel (balance 3e-3), which scores the estimate alone.
+estimate against one with the true kernel (balance 3e-3), which scores the estimate alone. The same gain
+for the check estimate, and for the one of the two that ``pick_by_residual`` would take (the smaller
+:func:`sharpkd.deblur.estimate.reblur_residual`), with the mean over the photos whose estimates agree at
+the teacher's ``min_agreement`` (those it may deconvolve).
+
+``--full`` also runs the whole teacher (estimate, refinement, deconvolution) with ``pick_by_residual`` off and
+on, on the photos whose estimates agree and where the residual picks the check (where the option changes
+anything), and prints its gains. ``--estimate-set FIELD=VALUE`` changes a setting of the first estimate
+(e.g. ``dark_lam=2e-3``, the dark-channel term) and leaves the check as the teacher has it.
 
 To time another version of the code, run this file with that version first on the path, e.g.
 ``git worktree add /tmp/old REV; PYTHONPATH=/tmp/old/src python benchmarks/estimate_speed.py --json old.json``.
@@ -19,6 +27,7 @@ To time another version of the code, run this file with that version first on th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -44,9 +53,30 @@ def cases(data: str, train_photos: int) -> list[tuple[str, np.ndarray, np.ndarra
     return out
 
 
+def teacher_gains(teacher, y: np.ndarray, sharp: np.ndarray) -> dict:
+    """The whole teacher's gain (dB) and route on one photo with ``pick_by_residual`` off and on."""
+    from sharpkd.metrics import psnr
+
+    out = {}
+    base = teacher.config
+    for pick in (False, True):
+        teacher.config = dataclasses.replace(base, pick_by_residual=pick)
+        x = torch.from_numpy(np.ascontiguousarray(y)).permute(2, 0, 1)[None].float() / 255
+        est = teacher.estimate(x)
+        res = (teacher.restore(x, est)[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        out["picked" if pick else "first"] = {"gain": psnr(sharp, res) - psnr(sharp, y), "route": est[0].route}
+    teacher.config = base
+    return out
+
+
+def teacher_line(t: dict) -> str:
+    return (f"; teacher {t['first']['gain']:+.2f} ({t['first']['route']}), "
+            f"picked {t['picked']['gain']:+.2f} ({t['picked']['route']})")
+
+
 def measure(args: argparse.Namespace) -> dict:
     from sharpkd.checkpoint import load_model
-    from sharpkd.deblur.estimate import estimate_kernel, kernel_match
+    from sharpkd.deblur.estimate import estimate_kernel, kernel_match, reblur_residual
     from sharpkd.deblur.solve import wiener_deconvolve
     from sharpkd.degrade import pad_kernel
     from sharpkd.metrics import psnr
@@ -54,6 +84,14 @@ def measure(args: argparse.Namespace) -> dict:
     teacher = load_model(args.teacher)[0]
     cfg = teacher.config
     main_cfg = teacher.estimate_config(cfg.kernel_size)  # the teacher's own settings for both estimates
+    if getattr(args, "estimate_set", None):  # another setting of the first estimate (EstimateConfig fields)
+        fields = {}
+        for item in args.estimate_set:
+            key, _, value = item.partition("=")
+            if not hasattr(main_cfg, key):
+                raise SystemExit(f"--estimate-set: {key!r} is not a field of EstimateConfig")
+            fields[key] = type(getattr(main_cfg, key))(float(value))
+        main_cfg = dataclasses.replace(main_cfg, **fields)
     check_cfg = teacher.estimate_config(min(cfg.kernel_size, cfg.check_kernel_size), lam=cfg.check_lam)
 
     def to_t(a: np.ndarray) -> torch.Tensor:
@@ -72,14 +110,20 @@ def measure(args: argparse.Namespace) -> dict:
         check = estimate_kernel(blurred, check_cfg)
         t2 = time.perf_counter()
         crop = min(y.shape[0], cfg.estimate_side) * min(y.shape[1], cfg.estimate_side) / 1e6
+        residuals = [reblur_residual(blurred, kern, main_cfg, pad=main_cfg.kernel_size) for kern in (k, check)]
         rows.append({"case": name, "megapixels": crop, "seconds": t1 - t0, "check_seconds": t2 - t1,
                      "match": kernel_match(pad_kernel(k, 31), k_true), "agreement": kernel_match(k, check),
-                     "gain_true": gain(y, sharp, k_true), "gain_estimate": gain(y, sharp, k)})
+                     "gain_true": gain(y, sharp, k_true), "gain_estimate": gain(y, sharp, k),
+                     "gain_check": gain(y, sharp, check), "residuals": residuals})
         r = rows[-1]
+        r["gain_picked"] = r["gain_check"] if residuals[1] < residuals[0] else r["gain_estimate"]
+        if getattr(args, "full", False) and r["agreement"] >= cfg.min_agreement and residuals[1] < residuals[0]:
+            r["teacher"] = teacher_gains(teacher, y, sharp)
         print(f"{name}: {r['seconds']:.1f} + {r['check_seconds']:.1f} s, match {r['match']:.3f}, "
-              f"agreement {r['agreement']:.3f}, Wiener {r['gain_estimate']:+.2f} (true kernel {r['gain_true']:+.2f})",
-              flush=True)
-    return {"teacher": args.teacher, "threads": args.threads, "rows": rows}
+              f"agreement {r['agreement']:.3f}, Wiener {r['gain_estimate']:+.2f} (check {r['gain_check']:+.2f}, "
+              f"picked {r['gain_picked']:+.2f}, true kernel {r['gain_true']:+.2f})"
+              + (teacher_line(r["teacher"]) if "teacher" in r else ""), flush=True)
+    return {"teacher": args.teacher, "threads": args.threads, "min_agreement": cfg.min_agreement, "rows": rows}
 
 
 def summary(res: dict) -> str:
@@ -89,10 +133,26 @@ def summary(res: dict) -> str:
         return float(np.mean([x[key] for x in r]))
 
     mp = mean("megapixels")
-    return (f"{len(r)} photos: estimate {mean('seconds'):.2f} s ({mean('seconds') / mp:.1f} s/MP), check "
+    text = (f"{len(r)} photos: estimate {mean('seconds'):.2f} s ({mean('seconds') / mp:.1f} s/MP), check "
             f"{mean('check_seconds'):.2f} s; match to the true kernel {mean('match'):.3f}; agreement "
             f"{mean('agreement'):.3f}; Wiener gain with the estimate {mean('gain_estimate'):+.2f} dB "
             f"(true kernel {mean('gain_true'):+.2f})")
+    if r and "gain_picked" in r[0]:  # files from before the residual pick have no such columns
+        agree = [x for x in r if x["agreement"] >= res.get("min_agreement", 0.9)]
+
+        def gains(rows: list[dict]) -> str:
+            return " / ".join(f"{np.mean([x[k] for x in rows]):+.2f}" for k in ("gain_estimate", "gain_check",
+                                                                                  "gain_picked"))
+
+        picked = sum(x["residuals"][1] < x["residuals"][0] for x in r)
+        text += (f"\nWiener gain, first / check / picked by residual: {gains(r)} dB (check picked for {picked} of "
+                 f"{len(r)}); on the {len(agree)} photos whose estimates agree: {gains(agree) if agree else '-'}")
+        full = [x["teacher"] for x in r if "teacher" in x]
+        if full:
+            text += (f"\nwhole teacher on the {len(full)} agreeing photos where the residual picks the check: "
+                     f"{np.mean([x['first']['gain'] for x in full]):+.2f} dB with the first estimate, "
+                     f"{np.mean([x['picked']['gain'] for x in full]):+.2f} with pick_by_residual")
+    return text
 
 
 def compare(a: dict, b: dict) -> None:
@@ -104,7 +164,7 @@ def compare(a: dict, b: dict) -> None:
           ", ".join(f"{c} {m1:.2f} -> {m2:.2f}" for c, m1, m2 in moved))
 
 
-def cli(doc: str, measure, summary, compare, limit: bool = False) -> None:
+def cli(doc: str, measure, summary, compare, limit: bool = False, estimate_set: bool = False) -> None:
     """The command line shared with ``solver_speed.py``: measure the photos of :func:`cases` with a teacher,
     print the summary and write ``--json``; or ``--compare`` two such files."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,6 +174,11 @@ def cli(doc: str, measure, summary, compare, limit: bool = False) -> None:
     if limit:
         ap.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
     ap.add_argument("--threads", type=int, default=2)
+    if estimate_set:
+        ap.add_argument("--estimate-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="an EstimateConfig field of the first estimate, e.g. dark_lam=2e-3 (repeatable)")
+        ap.add_argument("--full", action="store_true",
+                        help="also run the whole teacher, pick_by_residual off and on, where that changes the kernel")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two --json files and stop")
     args = ap.parse_args()
@@ -130,7 +195,7 @@ def cli(doc: str, measure, summary, compare, limit: bool = False) -> None:
 
 
 def main() -> None:
-    cli(__doc__, measure, summary, compare)
+    cli(__doc__, measure, summary, compare, estimate_set=True)
 
 
 if __name__ == "__main__":

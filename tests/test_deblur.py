@@ -153,17 +153,21 @@ def test_geometric_ensemble_turns_the_denoiser_each_iteration_and_back(crop):
     assert float((a - b).abs().max()) > 0.05
 
 
-def test_estimator_finds_the_direction_of_a_straight_motion_blur():
-    """A synthetic scene of sharp-edged squares blurred by a horizontal 9-pixel line: the estimate is
-    centred, sums to 1 and spreads horizontally, not vertically."""
-    rng = np.random.default_rng(0)
+def squares_blurred_by_a_line(rng: np.random.Generator) -> np.ndarray:
+    """A 96 x 96 grey scene of 25 sharp-edged squares, blurred by a horizontal 9-pixel line (3 channels)."""
     img = np.full((96, 96), 0.5)
     for _ in range(25):
         y0, x0, s = rng.integers(0, 80), rng.integers(0, 80), rng.integers(6, 16)
         img[y0 : y0 + s, x0 : x0 + s] = rng.random()
     k = np.zeros((15, 15))
     k[7, 3:12] = 1 / 9
-    blurred = np.stack([convolve(img, k, mode="reflect")] * 3, -1)
+    return np.stack([convolve(img, k, mode="reflect")] * 3, -1)
+
+
+def test_estimator_finds_the_direction_of_a_straight_motion_blur():
+    """A synthetic scene of sharp-edged squares blurred by a horizontal 9-pixel line: the estimate is
+    centred, sums to 1 and spreads horizontally, not vertically."""
+    blurred = squares_blurred_by_a_line(np.random.default_rng(0))
     est = estimate_kernel(blurred, EstimateConfig(kernel_size=15))
     assert est.shape == (15, 15) and est.sum() == pytest.approx(1) and est.min() >= 0
     yy, xx = np.mgrid[:15, :15]
@@ -545,3 +549,120 @@ def test_route_iterations_and_geometric_ensemble_reach_the_solver(monkeypatch):
     for key in ("shake_iters", "round_iters", "geo_ensemble"):
         old.pop(key)
     assert BlindTeacherConfig(**old) == BlindTeacherConfig()
+
+
+def test_dark_pixels_are_where_some_window_has_its_minimum():
+    """The separable opening marks exactly the pixels that are the minimum of some square window (checked
+    against the 2-D erosion and dilation), every pixel for a 1-pixel window."""
+    import torch.nn.functional as F
+
+    from sharpkd.deblur.estimate import dark_pixels
+
+    x = torch.rand(40, 53, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for patch in (3, 7):
+        eroded = -F.max_pool2d(-x[None, None], patch, stride=1, padding=patch // 2)
+        opened = F.max_pool2d(eroded, patch, stride=1, padding=patch // 2)[0, 0]
+        mask = dark_pixels(x, patch)
+        assert torch.equal(mask, opened >= x) and 0 < int(mask.sum()) < x.numel()
+        r = patch // 2
+        for i, j in zip(*np.nonzero(mask.numpy())[:2], strict=True):  # brute force: windows centred on the
+            # image, clipped at its edges, that contain the pixel
+            centres = [(a, b) for a in range(max(0, i - r), min(40, i + r + 1))
+                       for b in range(max(0, j - r), min(53, j + r + 1))]
+            assert any(float(x[max(0, a - r) : a + r + 1, max(0, b - r) : b + r + 1].min()) == float(x[i, j])
+                       for a, b in centres), (i, j)
+    assert bool(dark_pixels(x, 1).all())
+
+
+def test_dark_channel_term_darkens_the_latent_image_and_keeps_the_estimator_working():
+    """The latent step with the dark-channel term returns an image whose dark-channel pixels are darker than
+    the plain L0 step's (the term pulls them to zero), and the estimator with it still finds a horizontal
+    line as horizontal."""
+    from sharpkd.deblur.estimate import dark_pixels, l0_dark_latent, l0_latent
+
+    rng = np.random.default_rng(1)
+    img = np.full((64, 64), 0.6)
+    for _ in range(12):
+        y0, x0, s = rng.integers(0, 52), rng.integers(0, 52), rng.integers(4, 12)
+        img[y0 : y0 + s, x0 : x0 + s] = rng.choice([0.05, 0.9])
+    k = np.zeros((9, 9))
+    k[4, 1:8] = 1 / 7
+    y = torch.from_numpy(convolve(img, k, mode="wrap"))
+    otf = psf2otf(torch.from_numpy(k), 64, 64)[0]
+    dxo, dyo = gradient_otfs(64, 64)
+    plain = l0_latent(y, otf, 2e-3, dxo, dyo)
+    dark = l0_dark_latent(y, otf, 2e-3, 0.05, 9, dxo, dyo)
+    mask = dark_pixels(plain, 9)
+    assert float(dark[mask].mean()) < float(plain[mask].mean()) - 0.005
+
+    blurred = squares_blurred_by_a_line(rng)
+    est = estimate_kernel(blurred, EstimateConfig(kernel_size=15, dark_lam=2e-3, dark_patch=15))
+    assert est.sum() == pytest.approx(1) and est.min() >= 0
+    yy, xx = np.mgrid[:15, :15]
+    cy, cx = (est * yy).sum(), (est * xx).sum()
+    assert (est * (xx - cx) ** 2).sum() > 2 * (est * (yy - cy) ** 2).sum()
+
+
+def test_reblur_residual_prefers_the_true_kernel_to_wrong_blurs(crop):
+    """A photo blurred by a known camera-shake kernel is explained better (smaller residual) by that kernel
+    than by the same kernel turned by 20 or 90 degrees, thickened, or twice as long. (It does not rank blur
+    against no blur: a sharp cartoon of the blurred photo itself can leave less. The teacher only compares
+    two estimates that already agree on a blur.)"""
+    from scipy.ndimage import gaussian_filter, rotate
+
+    from sharpkd.deblur.estimate import reblur_residual
+
+    big = np.ascontiguousarray(np.tile(crop, (2, 2, 1)))  # 194 x 206
+    cfg = EstimateConfig(kernel_size=15)
+    for seed, length in ((3, 9.0), (5, 12.0)):
+        k = make_kernel("motion", length=length, seed=seed, size=15)
+        blurred = protocol_degrade(big, k, 7)
+        turned = rotate(k, 20, reshape=False, order=1).clip(0)
+        thick = gaussian_filter(k, 1.0)
+        longer = make_kernel("motion", length=2 * length, seed=seed, size=15)
+        true = reblur_residual(blurred, k, cfg)
+        for wrong in (np.rot90(k).copy(), turned / turned.sum(), thick / thick.sum(), longer):
+            assert true < 0.97 * reblur_residual(blurred, wrong, cfg), seed
+
+
+def test_pick_by_residual_chooses_the_estimate_that_explains_the_photo(monkeypatch):
+    """With ``pick_by_residual`` a camera-shake photo is refined and deconvolved from whichever of its two
+    estimates has the smaller reblur residual; off (old files), always from the first."""
+    import dataclasses
+
+    import sharpkd.deblur.teacher as tm
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+
+    first = np.zeros((31, 31))
+    first[15, 9:22] = 1 / 13
+    second = np.zeros((27, 27))
+    second[13, 7:20] = 0.7 / 13
+    second[14, 7:20] = 0.3 / 13  # agrees with the first (same line, a little thicker)
+    calls = []
+
+    def fake_estimate(img, cfg):
+        calls.append(cfg)
+        return (first if len(calls) == 1 else second).copy()
+
+    monkeypatch.setattr(tm, "estimate_kernel", fake_estimate)
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net))
+    refined = []
+    monkeypatch.setattr(teacher, "_refine", lambda img, k, noise: refined.append(k) or k)
+    x = torch.full((1, 3, 96, 96), 0.5)
+    for pick, residuals, chosen in ((False, (2.0, 1.0), first), (True, (2.0, 1.0), second),
+                                    (True, (1.0, 2.0), first)):
+        teacher.config = dataclasses.replace(teacher.config, pick_by_residual=pick)
+        seen = []
+
+        def fake_residual(img, kern, cfg, pad=None, residuals=residuals, seen=seen):
+            seen.append((kern.shape[0], pad))
+            return residuals[0] if kern.shape[0] == 31 else residuals[1]
+
+        monkeypatch.setattr(tm, "reblur_residual", fake_residual)
+        calls.clear()
+        refined.clear()
+        est = teacher.estimate(x)[0]
+        assert est.route == "shake" and len(calls) == 2
+        assert refined[0] is not None and np.array_equal(refined[0], chosen)
+        assert len(seen) == (2 if pick else 0) and all(p == 31 for _, p in seen)

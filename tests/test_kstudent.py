@@ -235,6 +235,16 @@ def test_estimates_are_shared_by_content_and_estimator():
     assert own.estimator.calls == 2  # same photos, crop and threshold as ``a``, other count: not from the cache
     with pytest.raises(ValueError, match="estimate_iters"):
         KernelStudent(config=KernelStudentConfig(**SMALL, estimate_iters=0))
+    # the choice between the two camera-shake estimates by residual: off (what the shipped students were measured
+    # with) even where the estimator's file turns it on, unless the student says True or None (the estimator's)
+    shared.config = replace(shared.config, pick_by_residual=True)
+    picks = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=256, pick_by_residual=None))
+    picks.attach_estimator(shared)
+    a.attach_estimator(shared)
+    assert (a.estimator.config.pick_by_residual, picks.estimator.config.pick_by_residual) == (False, True)
+    assert KernelStudentConfig().pick_by_residual is False
+    picks.estimate(x)
+    assert picks.estimator.calls == 2  # another setting: not from the cache
 
 
 class SideEstimator(FixedEstimator):

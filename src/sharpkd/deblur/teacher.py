@@ -42,6 +42,7 @@ from sharpkd.deblur.estimate import (
     fit_gaussian_width,
     kernel_match,
     kernel_spread,
+    reblur_residual,
     refine_kernel,
 )
 from sharpkd.deblur.solve import estimate_noise, hqs_deconvolve
@@ -120,6 +121,10 @@ class BlindTeacherConfig:
     shake_iters: int = 0
     round_iters: int = 0
     refine_iters: int = 0
+    # (False: the first estimate, as before) a photo routed to camera shake is deconvolved with whichever of its
+    # two estimates (the first and the check) the photo's L0 cartoon reproduces better under it
+    # (sharpkd.deblur.estimate.reblur_residual); on procedural camera shake the first is not always the better one
+    pick_by_residual: bool = False
 
 
 @dataclass
@@ -165,20 +170,21 @@ class BlindTeacher(nn.Module):
             return BlurEstimate(np.ones((1, 1)), noise, "network" if self.network is not None else "none")
         k = estimate_kernel(img, self.estimate_config(ks))
         if self.network is not None:
-            agreement = 0.0
+            agreement, other = 0.0, None
             spread = kernel_spread(k)
             check = self.estimate_config(min(ks, cfg.check_kernel_size), lam=cfg.check_lam)
             if anisotropy(k) < cfg.min_anisotropy:  # too round for camera shake: round, compact shake or network
                 return self._compact(img, k, noise, check)
             if spread >= cfg.min_shake_spread and float(k.max()) * spread >= cfg.min_concentration:
-                agreement = kernel_match(k, estimate_kernel(img, check))
+                other = estimate_kernel(img, check)
+                agreement = kernel_match(k, other)
             if agreement < cfg.min_agreement:
                 return self._round_or_network(img, k, noise, agreement)
             if cfg.round_spread_ratio > 0:  # an elongated estimate that a Gaussian of its size explains
                 found = self._round(img, noise, agreement, cfg.round_spread_ratio * spread)
                 if found is not None:
                     return found
-            return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
+            return BlurEstimate(self._refine(img, self._pick(img, k, other), noise), noise, "shake", agreement)
         width = edge_sigma(img)
         if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
             # round blur (defocus, soft optics), or a free-form estimate far wider than the edges
@@ -192,6 +198,15 @@ class BlindTeacher(nn.Module):
         """The estimator settings of this teacher's estimates (crop, alternations per level) for a kernel size."""
         return EstimateConfig(kernel_size=kernel_size, max_side=self.config.estimate_side,
                               iters=self.config.estimate_iters, **overrides)
+
+    def _pick(self, img: torch.Tensor, k: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """With ``pick_by_residual``, whichever of the photo's two estimates leaves the smaller
+        :func:`reblur_residual` (same crop, same padding); else the first."""
+        if not self.config.pick_by_residual:
+            return k
+        cfg = self.estimate_config(max(k.shape[0], other.shape[0]))
+        pad = cfg.kernel_size
+        return min((k, other), key=lambda kern: reblur_residual(img, kern, cfg, pad=pad))
 
     def _round_or_network(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
         """Round blur that a Gaussian re-blur of the network's output explains: that Gaussian, to be
@@ -219,9 +234,10 @@ class BlindTeacher(nn.Module):
             unlike = cfg.round_min_match > 0 and kernel_match(k, found.kernel) < cfg.round_min_match
             if not unlike and not 0 < cfg.round_doubt_residual < found.residual:
                 return found
-        agreement = kernel_match(k, estimate_kernel(img, check))
+        other = estimate_kernel(img, check)
+        agreement = kernel_match(k, other)
         if agreement >= cfg.compact_agreement:
-            return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement)
+            return BlurEstimate(self._refine(img, self._pick(img, k, other), noise), noise, "shake", agreement)
         return found or BlurEstimate(k, noise, "network", agreement)
 
     def _round(self, img: torch.Tensor, noise: float, agreement: float, min_width: float = 0.0) -> BlurEstimate | None:

@@ -78,6 +78,9 @@ class KernelStudentConfig:
     # L0 / kernel alternations per pyramid level of the estimate (None: the estimator's own). 5 is what the
     # shipped kernel students were trained and measured with; the teacher's file may set another value.
     estimate_iters: int | None = 5
+    # the estimator's choice between its two camera-shake estimates by reblur residual (BlindTeacherConfig
+    # .pick_by_residual; None: the estimator's own). False is what the shipped kernel students were measured with.
+    pick_by_residual: bool | None = False
     # network passes on photos with a deconvolved route. Each pass after the first is guided by the previous
     # output corrected towards the photo: plus ``refine_damping`` x the Wiener deconvolution (weight
     # ``refine_balance``) of what the output leaves of the photo (``refine_guide``), a step of half-quadratic
@@ -141,7 +144,8 @@ class KernelStudent(nn.Module):
         settings share its weights), so kernel students with other settings can share it."""
         if "_estimate_token" not in teacher.__dict__:  # names this estimator in the estimate cache
             teacher.__dict__["_estimate_token"] = next(_TOKENS)
-        own = {"min_agreement": self.config.min_agreement, "estimate_iters": self.config.estimate_iters}
+        own = {"min_agreement": self.config.min_agreement, "estimate_iters": self.config.estimate_iters,
+               "pick_by_residual": self.config.pick_by_residual}
         own = {k: v for k, v in own.items() if v is not None}  # the student's settings; None: the teacher's
 
         def at(side: int) -> nn.Module:
@@ -300,7 +304,8 @@ def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
     """``estimator``'s estimate of ``img`` (whose shape and content hash are ``digest``), from the cache
     when this estimator, at these settings, has seen it."""
     cfg = estimator.config
-    key = (estimator.__dict__["_estimate_token"], cfg.estimate_side, cfg.min_agreement, cfg.estimate_iters, *digest)
+    key = (estimator.__dict__["_estimate_token"], cfg.estimate_side, cfg.min_agreement, cfg.estimate_iters,
+           getattr(cfg, "pick_by_residual", False), *digest)
     if key not in _ESTIMATES:
         _ESTIMATES[key] = estimator.estimate(img[None])[0]
         while len(_ESTIMATES) > ESTIMATE_CACHE:
