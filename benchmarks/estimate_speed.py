@@ -19,8 +19,9 @@ the teacher's ``min_agreement`` (those it may deconvolve).
 on, on the photos whose estimates agree and where the residual picks the check (where the option changes
 anything), and prints its gains. ``--refined`` refines both estimates as the teacher refines the one it
 deconvolves with and records their agreement and match to the truth afterwards, and the gain of the teacher's
-camera-shake deconvolution with the refined first estimate on every photo, whatever its route (is the agreement of
-refined kernels a better confidence signal than that of the raw ones?). ``--estimate-set FIELD=VALUE`` changes
+camera-shake deconvolution with the refined first estimate on every photo, whatever its route, and the route the
+teacher takes (is the agreement of refined kernels a better confidence signal than that of the raw ones, and what
+do the teacher's gates leave?). ``--estimate-set FIELD=VALUE`` changes
 a setting of the first estimate (e.g. ``dark_lam=2e-3``, the dark-channel term) and leaves the check as the
 teacher has it.
 
@@ -77,7 +78,8 @@ def refined_agreement(teacher, y: np.ndarray, sharp: np.ndarray, k: np.ndarray, 
                       k_true: np.ndarray) -> dict:
     """Both estimates refined as the teacher refines the one it deconvolves with (a conservative deconvolution of
     the central crop, then a kernel update against it); their agreement and match to the truth; and the gain of
-    the teacher's final camera-shake deconvolution with the refined first estimate, whatever the route."""
+    the teacher's final camera-shake deconvolution with the refined first estimate, whatever the route; and the
+    route the teacher takes."""
     from sharpkd.deblur.estimate import kernel_match
     from sharpkd.deblur.solve import estimate_noise
     from sharpkd.degrade import pad_kernel
@@ -90,7 +92,8 @@ def refined_agreement(teacher, y: np.ndarray, sharp: np.ndarray, k: np.ndarray, 
     out = teacher._solve(x, kr, max(noise, cfg.shake_noise), route="shake")
     res = (out[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
     return {"agreement": kernel_match(kr, cr), "match": kernel_match(pad_kernel(kr, 31), k_true),
-            "check_match": kernel_match(pad_kernel(cr, 31), k_true), "shake_gain": psnr(sharp, res) - psnr(sharp, y)}
+            "check_match": kernel_match(pad_kernel(cr, 31), k_true), "shake_gain": psnr(sharp, res) - psnr(sharp, y),
+            "route": teacher.estimate(x)[0].route}
 
 
 def teacher_line(t: dict) -> str:
@@ -190,6 +193,8 @@ def summary(res: dict) -> str:
                      f"{score(lambda x: x['agreement'] >= 0.9)}; where the refined ones agree at 0.85 / 0.9 / 0.95: "
                      + " / ".join(score(lambda x, t=t: x["refined"]["agreement"] >= t) for t in (0.85, 0.9, 0.95))
                      + f"; best of deconvolution and 0 per photo {score(lambda x: x['refined']['shake_gain'] > 0)}")
+            if "route" in refined[0]["refined"]:
+                text += f"; the teacher's own camera-shake routes {score(lambda x: x['refined']['route'] == 'shake')}"
         full = [x["teacher"] for x in r if "teacher" in x]
         if full:
             text += (f"\nwhole teacher on the {len(full)} agreeing photos where the residual picks the check: "
