@@ -58,23 +58,24 @@ def cases(data: str, train_photos: int) -> list[tuple[str, np.ndarray, np.ndarra
     return out
 
 
-def teacher_gains(teacher, y: np.ndarray, sharp: np.ndarray) -> dict:
-    """The whole teacher's gain (dB) and route on one photo with ``pick_by_residual`` off and on."""
+def teacher_gains(teacher, x: torch.Tensor, y: np.ndarray, sharp: np.ndarray) -> dict:
+    """The whole teacher's gain (dB) and route on one photo (``x``: ``y`` as a tensor) with ``pick_by_residual``
+    off and on."""
+    from sharpkd.infer import tensor_to_frame
     from sharpkd.metrics import psnr
 
     out = {}
     base = teacher.config
     for pick in (False, True):
         teacher.config = dataclasses.replace(base, pick_by_residual=pick)
-        x = torch.from_numpy(np.ascontiguousarray(y)).permute(2, 0, 1)[None].float() / 255
         est = teacher.estimate(x)
-        res = (teacher.restore(x, est)[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        res = tensor_to_frame(teacher.restore(x, est))
         out["picked" if pick else "first"] = {"gain": psnr(sharp, res) - psnr(sharp, y), "route": est[0].route}
     teacher.config = base
     return out
 
 
-def refined_agreement(teacher, y: np.ndarray, sharp: np.ndarray, k: np.ndarray, check: np.ndarray,
+def refined_agreement(teacher, x: torch.Tensor, y: np.ndarray, sharp: np.ndarray, k: np.ndarray, check: np.ndarray,
                       k_true: np.ndarray) -> dict:
     """Both estimates refined as the teacher refines the one it deconvolves with (a conservative deconvolution of
     the central crop, then a kernel update against it); their agreement and match to the truth; and the gain of
@@ -83,14 +84,13 @@ def refined_agreement(teacher, y: np.ndarray, sharp: np.ndarray, k: np.ndarray, 
     from sharpkd.deblur.estimate import kernel_match
     from sharpkd.deblur.solve import estimate_noise
     from sharpkd.degrade import pad_kernel
+    from sharpkd.infer import tensor_to_frame
     from sharpkd.metrics import psnr
 
-    x = torch.from_numpy(np.ascontiguousarray(y)).permute(2, 0, 1)[None].float() / 255
     cfg = teacher.config
     noise = max(estimate_noise(x), cfg.min_noise)
     kr, cr = (teacher._refine(x[0], kern, noise) for kern in (k, check))
-    out = teacher._solve(x, kr, max(noise, cfg.shake_noise), route="shake")
-    res = (out[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    res = tensor_to_frame(teacher._solve(x, kr, max(noise, cfg.shake_noise), route="shake"))
     return {"agreement": kernel_match(kr, cr), "match": kernel_match(pad_kernel(kr, 31), k_true),
             "check_match": kernel_match(pad_kernel(cr, 31), k_true), "shake_gain": psnr(sharp, res) - psnr(sharp, y),
             "route": teacher.estimate(x)[0].route}
@@ -106,12 +106,13 @@ def measure(args: argparse.Namespace) -> dict:
     from sharpkd.deblur.estimate import estimate_kernel, kernel_match, reblur_residual
     from sharpkd.deblur.solve import wiener_deconvolve
     from sharpkd.degrade import pad_kernel
+    from sharpkd.infer import frame_to_tensor
     from sharpkd.metrics import psnr
 
     teacher = load_model(args.teacher)[0]
     cfg = teacher.config
     main_cfg = teacher.estimate_config(cfg.kernel_size)  # the teacher's own settings for both estimates
-    if getattr(args, "estimate_set", None):  # another setting of the first estimate (EstimateConfig fields)
+    if args.estimate_set:  # another setting of the first estimate (EstimateConfig fields)
         fields = {}
         for item in args.estimate_set:
             key, _, value = item.partition("=")
@@ -121,16 +122,14 @@ def measure(args: argparse.Namespace) -> dict:
         main_cfg = dataclasses.replace(main_cfg, **fields)
     check_cfg = teacher.estimate_config(min(cfg.kernel_size, cfg.check_kernel_size), lam=cfg.check_lam)
 
-    def to_t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
-
     def gain(y: np.ndarray, sharp: np.ndarray, k: np.ndarray) -> float:
-        out = wiener_deconvolve(to_t(y), k, 3e-3)[0].permute(1, 2, 0).numpy()
+        out = wiener_deconvolve(frame_to_tensor(y), k, 3e-3)[0].permute(1, 2, 0).numpy()
         return psnr(sharp, np.round(out * 255).clip(0, 255).astype(np.uint8)) - psnr(sharp, y)
 
     rows = []
     for name, sharp, y, k_true in cases(args.data, args.train_photos):
-        blurred = to_t(y)[0]
+        x = frame_to_tensor(np.ascontiguousarray(y))
+        blurred = x[0]
         t0 = time.perf_counter()
         k = estimate_kernel(blurred, main_cfg)
         t1 = time.perf_counter()
@@ -144,14 +143,14 @@ def measure(args: argparse.Namespace) -> dict:
                      "gain_check": gain(y, sharp, check), "residuals": residuals})
         r = rows[-1]
         r["gain_picked"] = r["gain_check"] if residuals[1] < residuals[0] else r["gain_estimate"]
-        if getattr(args, "full", False) and r["agreement"] >= cfg.min_agreement and residuals[1] < residuals[0]:
-            r["teacher"] = teacher_gains(teacher, y, sharp)
+        if args.full and r["agreement"] >= cfg.min_agreement and residuals[1] < residuals[0]:
+            r["teacher"] = teacher_gains(teacher, x, y, sharp)
         print(f"{name}: {r['seconds']:.1f} + {r['check_seconds']:.1f} s, match {r['match']:.3f}, "
               f"agreement {r['agreement']:.3f}, Wiener {r['gain_estimate']:+.2f} (check {r['gain_check']:+.2f}, "
               f"picked {r['gain_picked']:+.2f}, true kernel {r['gain_true']:+.2f})"
               + (teacher_line(r["teacher"]) if "teacher" in r else ""), flush=True)
-        if getattr(args, "refined", False):
-            r["refined"] = refined_agreement(teacher, y, sharp, k, check, k_true)
+        if args.refined:
+            r["refined"] = refined_agreement(teacher, x, y, sharp, k, check, k_true)
             print(f"  refined: agreement {r['refined']['agreement']:.3f}, match {r['refined']['match']:.3f} / "
                   f"{r['refined']['check_match']:.3f}; camera-shake deconvolution {r['refined']['shake_gain']:+.2f} dB")
     return {"teacher": args.teacher, "threads": args.threads, "min_agreement": cfg.min_agreement, "rows": rows}
@@ -212,9 +211,10 @@ def compare(a: dict, b: dict) -> None:
           ", ".join(f"{c} {m1:.2f} -> {m2:.2f}" for c, m1, m2 in moved))
 
 
-def cli(doc: str, measure, summary, compare, limit: bool = False, estimate_set: bool = False) -> None:
+def cli(doc: str, measure, summary, compare, limit: bool = False, extra=None) -> None:
     """The command line shared with ``solver_speed.py``: measure the photos of :func:`cases` with a teacher,
-    print the summary and write ``--json``; or ``--compare`` two such files."""
+    print the summary and write ``--json``; or ``--compare`` two such files, or ``--show`` one. ``extra``
+    adds a script's own options to the parser."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="teacher")
     ap.add_argument("--data", default="../shared/datasets/train")
@@ -222,13 +222,8 @@ def cli(doc: str, measure, summary, compare, limit: bool = False, estimate_set: 
     if limit:
         ap.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
     ap.add_argument("--threads", type=int, default=2)
-    if estimate_set:
-        ap.add_argument("--estimate-set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="an EstimateConfig field of the first estimate, e.g. dark_lam=2e-3 (repeatable)")
-        ap.add_argument("--refined", action="store_true",
-                        help="also refine both estimates as the teacher does and deconvolve with the first, any route")
-        ap.add_argument("--full", action="store_true",
-                        help="also run the whole teacher, pick_by_residual off and on, where that changes the kernel")
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two --json files and stop")
     ap.add_argument("--show", metavar="JSON", help="print the summary of a --json file and stop")
@@ -248,8 +243,18 @@ def cli(doc: str, measure, summary, compare, limit: bool = False, estimate_set: 
             json.dump(res, f, indent=1)
 
 
+def options(ap: argparse.ArgumentParser) -> None:
+    """This script's options beyond the shared ones."""
+    ap.add_argument("--estimate-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="an EstimateConfig field of the first estimate, e.g. dark_lam=2e-3 (repeatable)")
+    ap.add_argument("--refined", action="store_true",
+                    help="also refine both estimates as the teacher does and deconvolve with the first, any route")
+    ap.add_argument("--full", action="store_true",
+                    help="also run the whole teacher, pick_by_residual off and on, where that changes the kernel")
+
+
 def main() -> None:
-    cli(__doc__, measure, summary, compare, estimate_set=True)
+    cli(__doc__, measure, summary, compare, extra=options)
 
 
 if __name__ == "__main__":

@@ -107,13 +107,17 @@ def grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def l0_latent(y: torch.Tensor, otf: torch.Tensor, lam: float, dxo: torch.Tensor, dyo: torch.Tensor,
-              beta_max: float = 1e5) -> torch.Tensor:
-    """``argmin_x ||k * x - y||^2 + lam ||grad x||_0`` by half-quadratic splitting (Xu et al. 2011)."""
+              beta_max: float = 1e5, *, start: torch.Tensor | None = None, target: torch.Tensor | None = None,
+              mu: float = 0.0) -> torch.Tensor:
+    """``argmin_x ||k * x - y||^2 + lam ||grad x||_0`` by half-quadratic splitting (Xu et al. 2011), from
+    ``start`` (default ``y``); with ``target``, ``mu ||x - target||^2`` is added (:func:`l0_dark_latent`)."""
     h, w = y.shape
     fy = torch.conj(otf) * torch.fft.rfft2(y)
     k2 = otf.abs() ** 2
     d2 = dxo.abs() ** 2 + dyo.abs() ** 2
-    x = y
+    if target is not None:
+        fy, k2 = fy + mu * torch.fft.rfft2(target), k2 + mu
+    x = y if start is None else start
     beta = 2 * lam
     while beta < beta_max:
         gx, gy = grad(x)
@@ -142,28 +146,17 @@ def l0_dark_latent(y: torch.Tensor, otf: torch.Tensor, lam: float, dark_lam: flo
                    dxo: torch.Tensor, dyo: torch.Tensor, beta_max: float = 1e5, outer: int = 4) -> torch.Tensor:
     """:func:`l0_latent` with an L0 term on the dark channel as well (Pan et al. 2016): ``outer`` times,
     the dark-channel pixels whose value is below ``sqrt(dark_lam / mu)`` are set to zero in a target image
-    ``u`` (the others keep their value), and the gradient splitting runs with ``mu ||x - u||^2`` added;
-    ``mu`` starts at ``dark_lam`` over the Otsu threshold of ``x^2`` and doubles every time."""
+    ``u`` (the others keep their value), and the gradient splitting runs again from the last image with
+    ``mu ||x - u||^2`` added; ``mu`` starts at ``dark_lam`` over the Otsu threshold of ``x^2`` and doubles
+    every time."""
     from skimage.filters import threshold_otsu
 
-    h, w = y.shape
-    fy = torch.conj(otf) * torch.fft.rfft2(y)
-    k2 = otf.abs() ** 2
-    d2 = dxo.abs() ** 2 + dyo.abs() ** 2
     x = y
     sq = (y.clamp(0, 1) ** 2).numpy()
     mu = dark_lam / max(float(threshold_otsu(sq)) if float(sq.max()) > float(sq.min()) else 0.5, 1e-3)
     for _ in range(outer):
         u = torch.where(dark_pixels(x, patch) & (x**2 < dark_lam / mu), torch.zeros_like(x), x)
-        fu = torch.fft.rfft2(u)
-        beta = 2 * lam
-        while beta < beta_max:
-            gx, gy = grad(x)
-            keep = (gx**2 + gy**2) >= lam / beta
-            gx, gy = gx * keep, gy * keep
-            num = fy + mu * fu + beta * (torch.conj(dxo) * torch.fft.rfft2(gx) + torch.conj(dyo) * torch.fft.rfft2(gy))
-            x = torch.fft.irfft2(num / (k2 + mu + beta * d2), s=(h, w))
-            beta *= 2
+        x = l0_latent(y, otf, lam, dxo, dyo, beta_max, start=x, target=u, mu=mu)
         mu *= 2
     return x
 
@@ -269,6 +262,14 @@ def contrast_stretch(grey: torch.Tensor) -> tuple[float, float]:
     return float(lo), max(float(hi - lo), 1e-3)
 
 
+def grey_crop(image: torch.Tensor | np.ndarray, cfg: EstimateConfig) -> tuple[torch.Tensor, float, float]:
+    """The grey central crop (at most ``cfg.max_side``) that estimates work on, stretched to [0, 1] when
+    ``cfg.normalize``, and the (offset, scale) of that stretch ((0, 1) without it)."""
+    grey = central_crop(to_grey(image), cfg.max_side)
+    lo, scale = contrast_stretch(grey) if cfg.normalize else (0.0, 1.0)
+    return (grey - lo) / scale if cfg.normalize else grey, lo, scale
+
+
 def photo_mask(padded_shape: tuple[int, int], image_shape: tuple[int, int], pad: int, margin: int) -> torch.Tensor:
     """1 on the photo inside a padded array (less ``margin`` more pixels on every side, unless the photo
     is too small for that), 0 on the band the FFT padding added: the kernel step fits only there."""
@@ -293,10 +294,7 @@ def estimate_kernel(image: torch.Tensor | np.ndarray, config: EstimateConfig | N
     ks_final = kernel_size or cfg.kernel_size
     if ks_final % 2 == 0 or ks_final < 3:
         raise ValueError(f"kernel_size must be odd and >= 3, got {ks_final}")
-    grey = central_crop(to_grey(image), cfg.max_side)
-    if cfg.normalize:
-        lo, scale = contrast_stretch(grey)
-        grey = (grey - lo) / scale
+    grey = grey_crop(image, cfg)[0]
     h0, w0 = grey.shape
     if min(h0, w0) < 2 * ks_final:
         raise ValueError(f"image {h0}x{w0} too small to estimate a {ks_final}x{ks_final} kernel")
@@ -440,11 +438,8 @@ def refine_kernel(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor | np.
     from sharpkd.degrade import center_kernel
 
     cfg = config or EstimateConfig()
-    y = central_crop(to_grey(blurred), cfg.max_side)
-    x = central_crop(to_grey(latent), cfg.max_side)
-    if cfg.normalize:  # the same stretch for both, from the blurred photo
-        lo, scale = contrast_stretch(y)
-        y, x = (y - lo) / scale, (x - lo) / scale
+    y, lo, scale = grey_crop(blurred, cfg)
+    x = (central_crop(to_grey(latent), cfg.max_side) - lo) / scale  # the same stretch for both, from the photo
     ks = kernel.shape[0]
     yp = pad_for_fft(y[None, None], ks)[0, 0]
     xp = pad_for_fft(x[None, None], ks)[0, 0]
@@ -463,10 +458,7 @@ def reblur_residual(blurred: torch.Tensor | np.ndarray, kernel: np.ndarray, conf
     residual is usually the better kernel: a wrong kernel leaves structure its cartoon cannot reproduce.
     ``pad`` (default: the kernel's size) lets kernels of different sizes be compared on the same band."""
     cfg = config or EstimateConfig()
-    y = central_crop(to_grey(blurred), cfg.max_side)
-    if cfg.normalize:
-        lo, scale = contrast_stretch(y)
-        y = (y - lo) / scale
+    y = grey_crop(blurred, cfg)[0]
     pad = pad or kernel.shape[0]
     yp = pad_for_fft(y[None, None], pad)[0, 0]
     hp, wp = yp.shape

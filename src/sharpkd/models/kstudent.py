@@ -261,9 +261,10 @@ class KernelStudent(nn.Module):
     @torch.no_grad()
     def restore(self, x: torch.Tensor, estimates: list) -> torch.Tensor:
         out = self.run(x, self.guide(x, estimates))
-        guided = [e for e in estimates if deconvolves(e)]
-        if self.config.passes > 1 and guided:
-            m = torch.tensor([deconvolves(e) for e in estimates], device=x.device)
+        flags = [deconvolves(e) for e in estimates]
+        if self.config.passes > 1 and any(flags):
+            guided = [e for e, f in zip(estimates, flags, strict=True) if f]
+            m = torch.tensor(flags, device=x.device)
             out[m] = self.later_passes(x[m], out[m], [e.kernel for e in guided], [e.route for e in guided])
         return out
 
@@ -305,7 +306,7 @@ def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
     when this estimator, at these settings, has seen it."""
     cfg = estimator.config
     key = (estimator.__dict__["_estimate_token"], cfg.estimate_side, cfg.min_agreement, cfg.estimate_iters,
-           getattr(cfg, "pick_by_residual", False), *digest)
+           cfg.pick_by_residual, *digest)
     if key not in _ESTIMATES:
         _ESTIMATES[key] = estimator.estimate(img[None])[0]
         while len(_ESTIMATES) > ESTIMATE_CACHE:
