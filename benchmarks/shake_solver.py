@@ -14,8 +14,11 @@ rounding) by two procedural camera-shake kernels (8-25 px of path, the draws of 
 seed). The shipped teacher estimates each case once; where it takes the camera-shake route, the
 refinement and the final deconvolution are rerun from the same L0 kernel under every setting of
 ``--settings`` (``name:field=value,field=value;...``; the first is the baseline and should be the
-shipped one). Other cases are left out (the settings do not touch them). Printed: mean gain (dB) per
-setting over the deconvolved cases, how many cases each setting beats or loses to the baseline by
+shipped one). Other cases are left out (the settings do not touch them). ``--levin N`` uses N whole
+photos of ``teacher_ab.py``'s development set instead (hold-out photos first, at most 768 px), each
+blurred as BENCHMARK.md v2 blurs Kodak24's photo of the same index (its Levin kernel, noise seed and
+rounding; "case" is the kernel's number). Printed: mean gain (dB) per setting over the deconvolved
+cases, how many cases each setting beats or loses to the baseline by
 more than 0.1 dB, and the seconds per case of the refinement plus final run.
 """
 
@@ -43,9 +46,35 @@ def parse_settings(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def cases(args: argparse.Namespace):
+    """(photo name, case number, blurred (1, 3, H, W) tensor in [0, 1], sharp tensor) of the study: two
+    procedural camera-shake kernels per cropped training photo, or with ``--levin`` one whole photo of
+    teacher_ab.py's development set each, blurred as BENCHMARK.md v2 blurs Kodak24's photo of the same index
+    with its Levin kernel."""
+    import torch
+    from route_study import blurred_case, shake_kernel, study_photos
+
+    if args.levin:
+        from teacher_ab import dev_photos
+
+        from sharpkd.degrade import load_levin_kernels, protocol_degrade, protocol_kernel
+
+        levin = load_levin_kernels(args.kernels)
+        motion = 3  # the protocol's degradation index of camera shake
+        for i, (name, sharp) in enumerate(dev_photos(args.data, args.levin)):
+            y = protocol_degrade(sharp, protocol_kernel(motion, i, levin), 1000 * motion + i)
+            yield (name, i % 8 + 1, torch.from_numpy(y).permute(2, 0, 1)[None].float() / 255,
+                   torch.from_numpy(sharp.copy()).permute(2, 0, 1)[None].float() / 255)
+        return
+    for j, photo, s_np, sharp in study_photos(args):
+        krng = np.random.default_rng(1000 + j)
+        for ci in range(2):
+            yield photo, ci, blurred_case(s_np, shake_kernel(krng, False), j, ci), sharp
+
+
 def collect(args: argparse.Namespace) -> dict:
     import torch
-    from route_study import blurred_case, psnr, shake_kernel, study_photos
+    from route_study import psnr
 
     from sharpkd.infer import Sharpener
 
@@ -64,31 +93,28 @@ def collect(args: argparse.Namespace) -> dict:
 
     teacher._refine = capture
     rows = []
-    for j, photo, s_np, sharp in study_photos(args):
-        krng = np.random.default_rng(1000 + j)
-        for ci in range(2):
-            y = blurred_case(s_np, shake_kernel(krng, False), j, ci)
-            base = psnr(y, sharp)
-            captured.clear()
-            teacher.config = shipped
-            est = teacher.estimate(y)[0]
-            row = {"photo": photo, "case": ci, "route": est.route, "blurred": base, "gain": {}, "seconds": {}}
-            if est.route == "shake" and "k0" in captured:
-                for name, cfg in configs.items():
-                    teacher.config = cfg
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
-                        kr = plain_refine(y[0], captured["k0"], est.noise)
-                        out = teacher._solve(y, kr, max(est.noise, cfg.shake_noise), route="shake")
-                    row["seconds"][name] = time.perf_counter() - t0
-                    row["gain"][name] = psnr(out, sharp) - base
-                print(f"{photo} case {ci}: " + "  ".join(f"{n} {g:+.2f}" for n, g in row["gain"].items()),
-                      flush=True)
-            else:
-                print(f"{photo} case {ci}: route {est.route}", flush=True)
-            rows.append(row)
-            if args.json:
-                Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    for photo, ci, y, sharp in cases(args):
+        base = psnr(y, sharp)
+        captured.clear()
+        teacher.config = shipped
+        est = teacher.estimate(y)[0]
+        row = {"photo": photo, "case": ci, "route": est.route, "blurred": base, "gain": {}, "seconds": {}}
+        if est.route == "shake" and "k0" in captured:
+            for name, cfg in configs.items():
+                teacher.config = cfg
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    kr = plain_refine(y[0], captured["k0"], est.noise)
+                    out = teacher._solve(y, kr, max(est.noise, cfg.shake_noise), route="shake")
+                row["seconds"][name] = time.perf_counter() - t0
+                row["gain"][name] = psnr(out, sharp) - base
+            print(f"{photo} case {ci}: " + "  ".join(f"{n} {g:+.2f}" for n, g in row["gain"].items()),
+                  flush=True)
+        else:
+            print(f"{photo} case {ci}: route {est.route}", flush=True)
+        rows.append(row)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     return {"settings": settings, "rows": rows}
 
 
@@ -116,6 +142,9 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=16)
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--levin", type=int, default=0, metavar="N",
+                    help="N whole photos of teacher_ab.py's development set with the benchmark's Levin kernels instead")
+    ap.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="name:field=value,...;... (first: the baseline)")
     ap.add_argument("--json", help="write the rows here (rewritten after every case)")

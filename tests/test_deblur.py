@@ -451,6 +451,31 @@ def test_refining_against_a_sharp_latent_tightens_a_thick_kernel():
     assert kernel_match(k, k) == pytest.approx(1) and kernel_match(k, np.rot90(k)) < 0.9
 
 
+def test_refinement_keeps_a_faint_separate_part_of_the_kernel_only_when_told():
+    """refine_kernel's cleaning: a separate faint stretch of the path (8 % of the weight, a fifth of the peak) is
+    dropped with the shipped minimum part mass (0.1) and kept with ``min_mass=0``; a threshold above its level
+    drops it too."""
+    import skimage.data
+
+    from sharpkd.deblur.estimate import refine_kernel
+
+    sharp = skimage.data.astronaut()[100:260, 120:280]
+    k = np.zeros((21, 21))
+    k[10, 4:13] = 0.92 / 9  # the main stroke
+    k[14, 15:19] = 0.08 / 4  # a faint stroke, apart from it
+    blurred = protocol_degrade(sharp, k, 0)
+    faint = (slice(12, 17), slice(13, 21))  # around the faint stroke, wherever the result is re-centred
+
+    def faint_mass(**cleaning) -> float:
+        out = refine_kernel(blurred, sharp, k, EstimateConfig(kernel_size=21), **cleaning)
+        assert out.sum() == pytest.approx(1)
+        return float(out[faint].sum())
+
+    assert faint_mass() == 0
+    assert 0.04 < faint_mass(min_mass=0.0) < 0.12
+    assert faint_mass(threshold=0.5, min_mass=0.0) == 0
+
+
 def test_cli_saves_the_kernel_and_the_route(tmp_path, crop):
     import json
 
@@ -490,7 +515,8 @@ def test_estimate_iters_reaches_both_estimates_and_old_files_keep_five(monkeypat
 
 
 def test_refine_rounds_refines_the_kernel_against_each_new_deconvolution(monkeypatch):
-    """``refine_rounds`` = n: n conservative deconvolutions, each with the kernel the last refinement gave."""
+    """``refine_rounds`` = n: n conservative deconvolutions, each with the kernel the last refinement gave (0: the
+    L0 kernel as it is, no solver run); ``refine_threshold`` / ``refine_min_mass`` reach the refinement."""
     import dataclasses
 
     import sharpkd.deblur.teacher as teacher_module
@@ -501,19 +527,27 @@ def test_refine_rounds_refines_the_kernel_against_each_new_deconvolution(monkeyp
     solved, refined = [], []
     monkeypatch.setattr(teacher, "_solve", lambda img, k, noise, route="": solved.append(k.copy()) or img)
 
-    def fake_refine(blurred, latent, kernel, config):
+    cleaning = []
+
+    def fake_refine(blurred, latent, kernel, config, threshold, min_mass):
         refined.append(kernel.copy())
+        cleaning.append((threshold, min_mass))
         return kernel * 0 + len(refined)  # a different kernel each round
 
     monkeypatch.setattr(teacher_module, "refine_kernel", fake_refine)
     k0 = gaussian_kernel(1.0, 5)
-    for rounds in (1, 2):
+    for rounds in (0, 1, 2):
         solved.clear()
         refined.clear()
         teacher.config = dataclasses.replace(teacher.config, refine_rounds=rounds)
         out = teacher._refine(torch.rand(3, 40, 40), k0, 0.01)
-        assert len(solved) == len(refined) == rounds and np.all(out == rounds)
-        assert np.array_equal(solved[0], k0) and all(np.all(k == i) for i, k in enumerate(solved[1:], 1))
+        assert len(solved) == len(refined) == rounds and np.all(out == rounds if rounds else out == k0)
+        if rounds:
+            assert np.array_equal(solved[0], k0) and all(np.all(k == i) for i, k in enumerate(solved[1:], 1))
+    assert set(cleaning) == {(0.05, 0.1)}  # as shipped
+    teacher.config = dataclasses.replace(teacher.config, refine_rounds=1, refine_threshold=0.02, refine_min_mass=0.0)
+    teacher._refine(torch.rand(3, 40, 40), k0, 0.01)
+    assert cleaning[-1] == (0.02, 0.0)
 
 
 def test_route_iterations_and_geometric_ensemble_reach_the_solver(monkeypatch):

@@ -429,12 +429,15 @@ def nearest_gaussian(k: np.ndarray, sigmas: np.ndarray | None = None) -> tuple[f
 
 
 def refine_kernel(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor | np.ndarray, kernel: np.ndarray,
-                  config: EstimateConfig | None = None) -> np.ndarray:
+                  config: EstimateConfig | None = None, *, threshold: float = 0.05,
+                  min_mass: float = 0.1) -> np.ndarray:
     """One kernel update at full resolution against a better latent image than the L0 cartoon, e.g. the
     solver's output with the current estimate (``latent``, same size as ``blurred``). The deconvolved
     photo has the true edges' positions and contrasts, so a least-squares fit of its gradients to the
     blurred photo's tightens a kernel that the L0 stage left too thick. Returns a kernel like
-    :func:`estimate_kernel`'s (same size, sum 1, centred)."""
+    :func:`estimate_kernel`'s (same size, sum 1, centred). The least-squares kernel is cleaned as the
+    estimator cleans its kernels: values below ``threshold`` x its peak are dropped, then 8-connected parts
+    holding less than ``min_mass`` of the weight (:func:`remove_small_blobs`; 0: none)."""
     from sharpkd.degrade import center_kernel
 
     cfg = config or EstimateConfig()
@@ -446,8 +449,8 @@ def refine_kernel(blurred: torch.Tensor | np.ndarray, latent: torch.Tensor | np.
     inside = photo_mask(tuple(yp.shape), tuple(y.shape), ks, int(cfg.margin * ks))
     gx, gy = grad(xp)
     k0 = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float64))
-    k = clean_kernel(kernel_step((gx, gy), yp, k0, cfg.gamma, inside, steps=cfg.kernel_cg_steps))
-    return center_kernel(remove_small_blobs(k.numpy()))
+    k = clean_kernel(kernel_step((gx, gy), yp, k0, cfg.gamma, inside, steps=cfg.kernel_cg_steps), threshold)
+    return center_kernel(remove_small_blobs(k.numpy(), min_mass) if min_mass > 0 else k.numpy())
 
 
 def reblur_residual(blurred: torch.Tensor | np.ndarray, kernel: np.ndarray, config: EstimateConfig | None = None,

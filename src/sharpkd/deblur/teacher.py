@@ -79,6 +79,11 @@ class BlindTeacherConfig:
     first_noise: float = 6 / 255  # noise floor of the first (conservative) deconvolution
     shake_noise: float = 3 / 255  # noise floor of the final deconvolution, with the refined kernel
     refine_rounds: int = 1  # kernel refinements, each against a conservative deconvolution with the last kernel
+    # (0: none, the L0 estimate is deconvolved as it is)
+    # how the refined kernel is cleaned (sharpkd.deblur.estimate.refine_kernel): values below refine_threshold x
+    # its peak dropped, then parts holding less than refine_min_mass of its weight (0: none dropped)
+    refine_threshold: float = 0.05
+    refine_min_mass: float = 0.1
     network: dict | None = None  # NAFTeacherConfig fields of the network for everything else (None: none)
     # round blur (with a network): what is not camera shake is deconvolved with a Gaussian when the L0
     # estimate is round (anisotropy below round_anisotropy; 0: never, the network takes it all) and a
@@ -300,9 +305,10 @@ class BlindTeacher(nn.Module):
         crop = self._central(img[None])
         if min(crop.shape[-2:]) < 4 * kernel.shape[0]:
             return kernel
-        for _ in range(max(1, int(cfg.refine_rounds))):
+        for _ in range(int(cfg.refine_rounds)):
             first = self._solve(crop, kernel, max(noise, cfg.first_noise), route="refine")
-            kernel = refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=cfg.estimate_side))
+            kernel = refine_kernel(crop[0], first[0], kernel, EstimateConfig(max_side=cfg.estimate_side),
+                                   threshold=cfg.refine_threshold, min_mass=cfg.refine_min_mass)
         return kernel
 
     def _network(self, img: torch.Tensor) -> torch.Tensor:
