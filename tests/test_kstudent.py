@@ -245,6 +245,19 @@ def test_estimates_are_shared_by_content_and_estimator():
     assert KernelStudentConfig().pick_by_residual is False
     picks.estimate(x)
     assert picks.estimator.calls == 2  # another setting: not from the cache
+    # the kernel refinement: the shipped students' (one round, threshold 0.05, parts of 0.1) whatever the file says,
+    # unless the student says None (the estimator's)
+    shared.config = replace(shared.config, refine_rounds=0, refine_threshold=0.02, refine_min_mass=0.0)
+    follows = KernelStudent(config=KernelStudentConfig(**SMALL, estimate_side=256, pick_by_residual=None,
+                                                       refine_rounds=None, refine_threshold=None,
+                                                       refine_min_mass=None))
+    follows.attach_estimator(shared)
+    a.attach_estimator(shared)
+    refine = ("refine_rounds", "refine_threshold", "refine_min_mass")
+    assert tuple(getattr(a.estimator.config, f) for f in refine) == (1, 0.05, 0.1)
+    assert tuple(getattr(follows.estimator.config, f) for f in refine) == (0, 0.02, 0.0)
+    follows.estimate(x)
+    assert follows.estimator.calls == 2  # the same as ``picks`` but the refinement: not from the cache
 
 
 class SideEstimator(FixedEstimator):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -81,6 +81,11 @@ class KernelStudentConfig:
     # the estimator's choice between its two camera-shake estimates by reblur residual (BlindTeacherConfig
     # .pick_by_residual; None: the estimator's own). False is what the shipped kernel students were measured with.
     pick_by_residual: bool | None = False
+    # the estimator's kernel refinement (BlindTeacherConfig.refine_rounds / refine_threshold / refine_min_mass;
+    # None: the estimator's own). These values are the ones the shipped kernel students were measured with.
+    refine_rounds: int | None = 1
+    refine_threshold: float | None = 0.05
+    refine_min_mass: float | None = 0.1
     # network passes on photos with a deconvolved route. Each pass after the first is guided by the previous
     # output corrected towards the photo: plus ``refine_damping`` x the Wiener deconvolution (weight
     # ``refine_balance``) of what the output leaves of the photo (``refine_guide``), a step of half-quadratic
@@ -144,8 +149,10 @@ class KernelStudent(nn.Module):
         settings share its weights), so kernel students with other settings can share it."""
         if "_estimate_token" not in teacher.__dict__:  # names this estimator in the estimate cache
             teacher.__dict__["_estimate_token"] = next(_TOKENS)
-        own = {"min_agreement": self.config.min_agreement, "estimate_iters": self.config.estimate_iters,
-               "pick_by_residual": self.config.pick_by_residual}
+        c = self.config
+        own = {"min_agreement": c.min_agreement, "estimate_iters": c.estimate_iters,
+               "pick_by_residual": c.pick_by_residual, "refine_rounds": c.refine_rounds,
+               "refine_threshold": c.refine_threshold, "refine_min_mass": c.refine_min_mass}
         own = {k: v for k, v in own.items() if v is not None}  # the student's settings; None: the teacher's
 
         def at(side: int) -> nn.Module:
@@ -304,9 +311,9 @@ def refine_guide(out: torch.Tensor, photo: torch.Tensor, kernel: torch.Tensor, b
 def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
     """``estimator``'s estimate of ``img`` (whose shape and content hash are ``digest``), from the cache
     when this estimator, at these settings, has seen it."""
-    cfg = estimator.config
-    key = (estimator.__dict__["_estimate_token"], cfg.estimate_side, cfg.min_agreement, cfg.estimate_iters,
-           cfg.pick_by_residual, *digest)
+    cfg = estimator.config  # every setting but the network's (which the token names)
+    settings = tuple((f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name != "network")
+    key = (estimator.__dict__["_estimate_token"], settings, *digest)
     if key not in _ESTIMATES:
         _ESTIMATES[key] = estimator.estimate(img[None])[0]
         while len(_ESTIMATES) > ESTIMATE_CACHE:
