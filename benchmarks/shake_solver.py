@@ -62,7 +62,10 @@ def cases(args: argparse.Namespace):
         levin = load_levin_kernels(args.kernels)
         motion = 3  # the protocol's degradation index of camera shake
         for i, (name, sharp) in enumerate(dev_photos(args.data, args.levin)):
+            if args.resume and i < args.resume:
+                continue
             y = protocol_degrade(sharp, protocol_kernel(motion, i, levin), 1000 * motion + i)
+            cases.kernel = protocol_kernel(motion, i, levin)
             yield (name, i % 8 + 1, torch.from_numpy(y).permute(2, 0, 1)[None].float() / 255,
                    torch.from_numpy(sharp.copy()).permute(2, 0, 1)[None].float() / 255)
         return
@@ -76,6 +79,7 @@ def collect(args: argparse.Namespace) -> dict:
     import torch
     from route_study import psnr
 
+    from sharpkd.deblur.estimate import kernel_match
     from sharpkd.infer import Sharpener
 
     torch.set_num_threads(args.threads)
@@ -93,12 +97,15 @@ def collect(args: argparse.Namespace) -> dict:
 
     teacher._refine = capture
     rows = []
+    if args.resume:  # the rows of the cases before it, from the JSON
+        rows = json.loads(Path(args.json).read_text())["rows"][: args.resume]
     for photo, ci, y, sharp in cases(args):
         base = psnr(y, sharp)
         captured.clear()
         teacher.config = shipped
         est = teacher.estimate(y)[0]
-        row = {"photo": photo, "case": ci, "route": est.route, "blurred": base, "gain": {}, "seconds": {}}
+        row = {"photo": photo, "case": ci, "route": est.route, "blurred": base, "gain": {}, "seconds": {},
+               "match_l0": {}, "match_true": {}}
         if est.route == "shake" and "k0" in captured:
             for name, cfg in configs.items():
                 teacher.config = cfg
@@ -108,6 +115,9 @@ def collect(args: argparse.Namespace) -> dict:
                     out = teacher._solve(y, kr, max(est.noise, cfg.shake_noise), route="shake")
                 row["seconds"][name] = time.perf_counter() - t0
                 row["gain"][name] = psnr(out, sharp) - base
+                row["match_l0"][name] = kernel_match(kr, captured["k0"])  # how far the refinement moved it
+                if getattr(cases, "kernel", None) is not None:
+                    row["match_true"][name] = kernel_match(kr, cases.kernel)
             print(f"{photo} case {ci}: " + "  ".join(f"{n} {g:+.2f}" for n, g in row["gain"].items()),
                   flush=True)
         else:
@@ -145,6 +155,8 @@ def main() -> None:
     ap.add_argument("--levin", type=int, default=0, metavar="N",
                     help="N whole photos of teacher_ab.py's development set with the benchmark's Levin kernels instead")
     ap.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
+    ap.add_argument("--resume", type=int, default=0, metavar="N",
+                    help="with --levin: keep the first N rows of --json and go on from photo N")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="name:field=value,...;... (first: the baseline)")
     ap.add_argument("--json", help="write the rows here (rewritten after every case)")
