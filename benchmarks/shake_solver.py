@@ -47,7 +47,7 @@ def parse_settings(text: str) -> dict[str, dict[str, float]]:
 
 
 def cases(args: argparse.Namespace):
-    """(photo name, case number, blurred (1, 3, H, W) tensor in [0, 1], sharp tensor) of the study: two
+    """(photo name, case number, blurred (1, 3, H, W) tensor in [0, 1], sharp tensor, true kernel) of the study: two
     procedural camera-shake kernels per cropped training photo, or with ``--levin`` one whole photo of
     teacher_ab.py's development set each, blurred as BENCHMARK.md v2 blurs Kodak24's photo of the same index
     with its Levin kernel."""
@@ -64,15 +64,16 @@ def cases(args: argparse.Namespace):
         for i, (name, sharp) in enumerate(dev_photos(args.data, args.levin)):
             if args.resume and i < args.resume:
                 continue
-            y = protocol_degrade(sharp, protocol_kernel(motion, i, levin), 1000 * motion + i)
-            cases.kernel = protocol_kernel(motion, i, levin)
+            k = protocol_kernel(motion, i, levin)
+            y = protocol_degrade(sharp, k, 1000 * motion + i)
             yield (name, i % 8 + 1, torch.from_numpy(y).permute(2, 0, 1)[None].float() / 255,
-                   torch.from_numpy(sharp.copy()).permute(2, 0, 1)[None].float() / 255)
+                   torch.from_numpy(sharp.copy()).permute(2, 0, 1)[None].float() / 255, k)
         return
     for j, photo, s_np, sharp in study_photos(args):
         krng = np.random.default_rng(1000 + j)
         for ci in range(2):
-            yield photo, ci, blurred_case(s_np, shake_kernel(krng, False), j, ci), sharp
+            k = shake_kernel(krng, False)
+            yield photo, ci, blurred_case(s_np, k, j, ci), sharp, k
 
 
 def collect(args: argparse.Namespace) -> dict:
@@ -99,7 +100,7 @@ def collect(args: argparse.Namespace) -> dict:
     rows = []
     if args.resume:  # the rows of the cases before it, from the JSON
         rows = json.loads(Path(args.json).read_text())["rows"][: args.resume]
-    for photo, ci, y, sharp in cases(args):
+    for photo, ci, y, sharp, k_true in cases(args):
         base = psnr(y, sharp)
         captured.clear()
         teacher.config = shipped
@@ -116,8 +117,14 @@ def collect(args: argparse.Namespace) -> dict:
                 row["seconds"][name] = time.perf_counter() - t0
                 row["gain"][name] = psnr(out, sharp) - base
                 row["match_l0"][name] = kernel_match(kr, captured["k0"])  # how far the refinement moved it
-                if getattr(cases, "kernel", None) is not None:
-                    row["match_true"][name] = kernel_match(kr, cases.kernel)
+                row["match_true"][name] = kernel_match(kr, k_true)
+                if args.aligned:
+                    row.setdefault("aligned", {})[name] = aligned_gains(out, y, sharp)
+            if args.aligned:  # the same solver with the true kernel, for reference
+                with torch.no_grad():
+                    out = teacher._solve(y, k_true, max(est.noise, shipped.shake_noise), route="shake")
+                row["gain"]["true kernel"] = psnr(out, sharp) - base
+                row["aligned"]["true kernel"] = aligned_gains(out, y, sharp)
             print(f"{photo} case {ci}: " + "  ".join(f"{n} {g:+.2f}" for n, g in row["gain"].items()),
                   flush=True)
         else:
@@ -128,9 +135,33 @@ def collect(args: argparse.Namespace) -> dict:
     return {"settings": settings, "rows": rows}
 
 
+def aligned_gains(out, y, sharp, border: int = 20) -> dict:
+    """An oracle diagnostic, never used by the teacher: the gain (dB) of ``out`` over ``y`` on the photo less a
+    ``border``, as it is and after shifting ``out`` by the displacement (1/20 px steps) that best registers it
+    onto the sharp photo (``skimage.registration.phase_cross_correlation``; cubic-spline shift). The difference
+    is what a global misalignment of the result costs."""
+    from scipy.ndimage import shift as subpixel_shift
+    from skimage.registration import phase_cross_correlation
+
+    def frame(t) -> np.ndarray:
+        return np.round(t[0].clamp(0, 1).permute(1, 2, 0).double().numpy() * 255)
+
+    o, b, g = frame(out), frame(y), frame(sharp)
+    moved, _, _ = phase_cross_correlation(g.mean(2), o.mean(2), upsample_factor=20)
+    o_moved = np.stack([subpixel_shift(o[..., c], moved, order=3, mode="nearest") for c in range(3)], -1)
+    inner = (slice(border, -border), slice(border, -border))
+
+    def score(a: np.ndarray) -> float:
+        mse = np.mean((np.clip(np.round(a), 0, 255)[inner] - g[inner]) ** 2)
+        return float(10 * np.log10(255**2 / max(mse, 1e-6)))  # (capped at 108 dB for an exact copy)
+
+    base = score(b)
+    return {"gain": score(o) - base, "aligned_gain": score(o_moved) - base, "shift": [float(v) for v in moved]}
+
+
 def summary(data: dict) -> None:
     rows = [r for r in data["rows"] if r["gain"]]
-    names = list(data["settings"])
+    names = list(data["settings"])  # (the true kernel's row, with --aligned, is in the table below)
     base = np.array([r["gain"][names[0]] for r in rows])
     print(f"{len(rows)} of {len(data['rows'])} camera-shake cases take the camera-shake route\n")
     print(f"| setting | mean gain (dB) | vs {names[0]} | the same without its largest change | better / worse by "
@@ -144,6 +175,16 @@ def summary(data: dict) -> None:
         print(f"| {n} | {g.mean():+.2f} | {d.mean():+.3f} | {rest.mean():+.3f} | {int((d > 0.1).sum())} / "
               f"{int((d < -0.1).sum())} "
               f"| {d.min():+.2f} | {sec:.1f} |")
+    aligned = [r for r in rows if "aligned" in r]
+    if aligned:
+        print(f"\nmisalignment (oracle diagnostic, {len(aligned)} cases; gains on the photo less a 20-px border):\n")
+        print("| setting | gain | after registering onto the sharp photo | mean shift (px) | cases shifted > 0.5 px |")
+        print("|---|---|---|---|---|")
+        for n in aligned[0]["aligned"]:
+            a = [r["aligned"][n] for r in aligned]
+            shift = np.array([np.hypot(*v["shift"]) for v in a])
+            print(f"| {n} | {np.mean([v['gain'] for v in a]):+.2f} | {np.mean([v['aligned_gain'] for v in a]):+.2f} "
+                  f"| {shift.mean():.2f} | {int((shift > 0.5).sum())} |")
 
 
 def main() -> None:
@@ -155,6 +196,9 @@ def main() -> None:
     ap.add_argument("--levin", type=int, default=0, metavar="N",
                     help="N whole photos of teacher_ab.py's development set with the benchmark's Levin kernels instead")
     ap.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
+    ap.add_argument("--aligned", action="store_true",
+                    help="also score each result after the shift that registers it onto the sharp photo (an oracle "
+                         "diagnostic of misalignment), and the solver with the true kernel")
     ap.add_argument("--resume", type=int, default=0, metavar="N",
                     help="with --levin: keep the first N rows of --json and go on from photo N")
     ap.add_argument("--threads", type=int, default=2)
