@@ -550,6 +550,43 @@ def test_refine_rounds_refines_the_kernel_against_each_new_deconvolution(monkeyp
     assert cleaning[-1] == (0.02, 0.0)
 
 
+def test_shake_average_deconvolves_with_both_kernels_and_averages(monkeypatch):
+    """``shake_average``: the camera-shake estimate carries the L0 kernel it was refined from, and restore averages
+    the deconvolutions with both kernels; off (as shipped), one deconvolution with the refined kernel."""
+    import dataclasses
+
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig, BlurEstimate
+    from sharpkd.degrade import gaussian_kernel
+
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net))
+    k0, refined = gaussian_kernel(1.0, 5), gaussian_kernel(2.0, 5)
+    monkeypatch.setattr(teacher, "_refine", lambda img, k, noise: refined)
+    solved = []
+
+    def fake_solve(img, kernel, noise, route=""):
+        solved.append((route, kernel))
+        return torch.full_like(img, float(kernel.max()))  # a result that names its kernel
+
+    monkeypatch.setattr(teacher, "_solve", fake_solve)
+    x = torch.rand(1, 3, 40, 40)
+    off = teacher._shake(x[0], k0, 0.01, 0.95)
+    assert off.unrefined is None and off.kernel is refined and off.route == "shake"
+    assert torch.allclose(teacher.restore(x, [off]), torch.full_like(x, float(refined.max())))
+    assert [r for r, _ in solved] == ["shake"]
+    teacher.config = dataclasses.replace(teacher.config, shake_average=True)
+    on = teacher._shake(x[0], k0, 0.01, 0.95)
+    assert on.unrefined is k0 and on.kernel is refined
+    solved.clear()
+    out = teacher.restore(x, [on])
+    assert [(r, k is refined or k is k0) for r, k in solved] == [("shake", True), ("shake", True)]
+    assert torch.allclose(out, torch.full_like(x, (float(refined.max()) + float(k0.max())) / 2))
+    # the round route is not averaged
+    solved.clear()
+    teacher.restore(x, [BlurEstimate(refined, 0.01, "round")])
+    assert [r for r, _ in solved] == ["round"]
+
+
 def test_route_iterations_and_geometric_ensemble_reach_the_solver(monkeypatch):
     """``shake_iters`` / ``round_iters`` set the HQS iterations of the final camera-shake run and of the round
     route's run (0: ``iters``); the refinement's conservative run keeps ``iters``; ``geo_ensemble`` reaches

@@ -130,6 +130,11 @@ class BlindTeacherConfig:
     # two estimates (the first and the check) the photo's L0 cartoon reproduces better under it
     # (sharpkd.deblur.estimate.reblur_residual); on procedural camera shake the first is not always the better one
     pick_by_residual: bool = False
+    # (False: off, as shipped) a photo routed to camera shake is deconvolved twice, with the refined kernel and
+    # with the L0 kernel it was refined from, and the two results are averaged. Each kernel's shape errors
+    # displace the result differently (docs/results.md, "what a misplaced result costs"); the mean of two
+    # differently displaced sharp photos is the closer guess
+    shake_average: bool = False
 
 
 @dataclass
@@ -145,6 +150,8 @@ class BlurEstimate:
     agreement: float = 1.0
     fit: float = 0.0  # round route: the Gaussian width fitted against the network's output (px)
     residual: float = 0.0  # round route: the fit's gradient residual over the noise's (sqrt(2) x noise)
+    # camera shake with ``shake_average``: the L0 kernel the refined ``kernel`` came from, deconvolved as well
+    unrefined: np.ndarray | None = None
 
 
 class BlindTeacher(nn.Module):
@@ -189,7 +196,7 @@ class BlindTeacher(nn.Module):
                 found = self._round(img, noise, agreement, cfg.round_spread_ratio * spread)
                 if found is not None:
                     return found
-            return BlurEstimate(self._refine(img, self._pick(img, k, other), noise), noise, "shake", agreement)
+            return self._shake(img, self._pick(img, k, other), noise, agreement)
         width = edge_sigma(img)
         if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
             # round blur (defocus, soft optics), or a free-form estimate far wider than the edges
@@ -212,6 +219,12 @@ class BlindTeacher(nn.Module):
         cfg = self.estimate_config(max(k.shape[0], other.shape[0]))
         pad = cfg.kernel_size
         return min((k, other), key=lambda kern: reblur_residual(img, kern, cfg, pad=pad))
+
+    def _shake(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
+        """The camera-shake route's estimate: ``k`` refined (:meth:`_refine`), and with ``shake_average`` ``k``
+        itself to deconvolve as well."""
+        unrefined = k if self.config.shake_average else None
+        return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement, unrefined=unrefined)
 
     def _round_or_network(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
         """Round blur that a Gaussian re-blur of the network's output explains: that Gaussian, to be
@@ -242,7 +255,7 @@ class BlindTeacher(nn.Module):
         other = estimate_kernel(img, check)
         agreement = kernel_match(k, other)
         if agreement >= cfg.compact_agreement:
-            return BlurEstimate(self._refine(img, self._pick(img, k, other), noise), noise, "shake", agreement)
+            return self._shake(img, self._pick(img, k, other), noise, agreement)
         return found or BlurEstimate(k, noise, "network", agreement)
 
     def _round(self, img: torch.Tensor, noise: float, agreement: float, min_width: float = 0.0) -> BlurEstimate | None:
@@ -275,7 +288,11 @@ class BlindTeacher(nn.Module):
             elif est.kernel.shape == (1, 1):
                 outs.append(img.clamp(0, 1))
             elif est.route == "shake" and self.network is not None:
-                outs.append(self._solve(img, est.kernel, max(est.noise, self.config.shake_noise), route="shake"))
+                noise = max(est.noise, self.config.shake_noise)
+                out = self._solve(img, est.kernel, noise, route="shake")
+                if est.unrefined is not None:
+                    out = (out + self._solve(img, est.unrefined, noise, route="shake")) / 2
+                outs.append(out)
             elif est.route == "round":
                 outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise), route="round"))
             else:
