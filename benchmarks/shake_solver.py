@@ -114,6 +114,9 @@ def collect(args: argparse.Namespace) -> dict:
                 with torch.no_grad():
                     kr = plain_refine(y[0], captured["k0"], est.noise)
                     out = teacher._solve(y, kr, max(est.noise, cfg.shake_noise), route="shake")
+                    if cfg.shake_average:  # as BlindTeacher.restore: the L0 kernel's result averaged in
+                        out = (out + teacher._solve(y, captured["k0"], max(est.noise, cfg.shake_noise),
+                                                    route="shake")) / 2
                 row["seconds"][name] = time.perf_counter() - t0
                 row["gain"][name] = psnr(out, sharp) - base
                 row["match_l0"][name] = kernel_match(kr, captured["k0"])  # how far the refinement moved it

@@ -223,7 +223,7 @@ class BlindTeacher(nn.Module):
     def _shake(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
         """The camera-shake route's estimate: ``k`` refined (:meth:`_refine`), and with ``shake_average`` ``k``
         itself to deconvolve as well."""
-        unrefined = k if self.config.shake_average else None
+        unrefined = k if self.config.shake_average and self.config.refine_rounds > 0 else None
         return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement, unrefined=unrefined)
 
     def _round_or_network(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
