@@ -613,7 +613,7 @@ def test_route_iterations_and_geometric_ensemble_reach_the_solver(monkeypatch):
         assert calls == want
     calls.clear()
     teacher.config = dataclasses.replace(teacher.config, refine_rounds=1)
-    monkeypatch.setattr(teacher_module, "refine_kernel", lambda blurred, latent, kernel, config: kernel)
+    monkeypatch.setattr(teacher_module, "refine_kernel", lambda blurred, latent, kernel, config, **cleaning: kernel)
     teacher._refine(torch.rand(3, 140, 140), gaussian_kernel(1.0, 31), 0.01)
     assert calls == [(8, True)]
     old = config_to_dict(BlindTeacherConfig())
