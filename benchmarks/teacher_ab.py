@@ -57,8 +57,8 @@ def dev_photos(data: str, count: int, max_side: int = 768) -> list[tuple[str, np
     return [(Path(str(p.name)).name, limit_size(p, max_side).pixels) for p in photos]
 
 
-# the BlindTeacherConfig fields that BlindTeacher.restore reads: two settings that agree on these restore one
-# estimate to the same photo
+# the BlindTeacherConfig fields that BlindTeacher.restore may read (a superset: the refinement's fields too): two
+# settings that agree on these restore one estimate to the same photo
 RESTORE_FIELDS = ("cg_steps", "estimate_side", "first_noise", "geo_ensemble", "iters", "lam", "multiple",
                   "refine_iters", "refine_rounds", "round_iters", "round_noise", "shake_iters", "shake_noise",
                   "sigma_max", "shake_prior", "round_prior", "shake_average")
@@ -100,7 +100,7 @@ def measure_case(sh, configs: tuple, x: torch.Tensor, blurred: np.ndarray, sharp
 def measure(args: argparse.Namespace) -> Path:
     from sharpkd.degrade import load_levin_kernels, protocol_degrade, protocol_kernel
     from sharpkd.evaluate import DEGRADATIONS
-    from sharpkd.infer import Sharpener
+    from sharpkd.infer import Sharpener, frame_to_tensor
 
     sh = Sharpener.from_pretrained(args.teacher, tile=0, ensemble=1)
     if not sh.blind or hasattr(sh.model, "guide"):
@@ -128,7 +128,7 @@ def measure(args: argparse.Namespace) -> Path:
                 continue
             t0 = time.perf_counter()
             blurred = protocol_degrade(sharp, protocol_kernel(j, i, levin), 1000 * j + i)
-            x = torch.from_numpy(blurred.astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+            x = frame_to_tensor(blurred)
             row = {"i": i, "j": j, "photo": name, "degradation": DEGRADATIONS[j], **measure_case(sh, configs, x,
                                                                                                   blurred, sharp)}
             with journal.open("a") as f:
