@@ -90,13 +90,13 @@ def collect(args: argparse.Namespace) -> dict:
     configs = {name: dataclasses.replace(shipped, **{k: type(getattr(shipped, k))(v) for k, v in fields.items()})
                for name, fields in settings.items()}
     captured = {}
-    plain_refine = teacher._refine
+    plain_refine, plain_shake = teacher._refine, teacher._shake
 
-    def capture(img, k, noise):  # the L0 kernel the shipped route refines
-        captured["k0"] = k.copy()
-        return plain_refine(img, k, noise)
+    def capture(img, k, noise, agreement, other=None):  # the L0 kernel the shipped route refines, and the check
+        captured["k0"], captured["check"] = k.copy(), None if other is None or other is k else other.copy()
+        return plain_shake(img, k, noise, agreement, other)
 
-    teacher._refine = capture
+    teacher._shake = capture
     rows = []
     if args.resume:  # the rows of the cases before it, from the JSON
         rows = json.loads(Path(args.json).read_text())["rows"][: args.resume]
@@ -113,10 +113,13 @@ def collect(args: argparse.Namespace) -> dict:
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     kr = plain_refine(y[0], captured["k0"], est.noise)
-                    out = teacher._solve(y, kr, max(est.noise, cfg.shake_noise), route="shake")
+                    kernels = [kr]
                     if cfg.shake_average:  # as BlindTeacher.restore: the L0 kernel's result averaged in
-                        out = (out + teacher._solve(y, captured["k0"], max(est.noise, cfg.shake_noise),
-                                                    route="shake")) / 2
+                        kernels.append(captured["k0"])
+                        if cfg.shake_average_check and captured["check"] is not None:  # and the second estimate's
+                            kernels.append(captured["check"])
+                    noise = max(est.noise, cfg.shake_noise)
+                    out = sum(teacher._solve(y, k, noise, route="shake") for k in kernels) / len(kernels)
                 row["seconds"][name] = time.perf_counter() - t0
                 row["gain"][name] = psnr(out, sharp) - base
                 row["match_l0"][name] = kernel_match(kr, captured["k0"])  # how far the refinement moved it

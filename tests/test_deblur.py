@@ -581,6 +581,18 @@ def test_shake_average_deconvolves_with_both_kernels_and_averages(monkeypatch):
     out = teacher.restore(x, [on])
     assert [(r, k is refined or k is k0) for r, k in solved] == [("shake", True), ("shake", True)]
     assert torch.allclose(out, torch.full_like(x, (float(refined.max()) + float(k0.max())) / 2))
+    # with shake_average_check, the second estimate's kernel is the third result of the mean
+    other = gaussian_kernel(3.0, 5)
+    assert teacher._shake(x[0], k0, 0.01, 0.95, other).check is None  # off: not kept
+    teacher.config = dataclasses.replace(teacher.config, shake_average_check=True)
+    three = teacher._shake(x[0], k0, 0.01, 0.95, other)
+    assert three.check is other and three.unrefined is k0
+    assert teacher._shake(x[0], k0, 0.01, 0.95).check is None  # no second estimate, nothing to add
+    solved.clear()
+    out = teacher.restore(x, [three])
+    assert len(solved) == 3 and any(k is other for _, k in solved)
+    mean = (float(refined.max()) + float(k0.max()) + float(other.max())) / 3
+    assert torch.allclose(out, torch.full_like(x, mean))
     # the round route is not averaged
     solved.clear()
     teacher.restore(x, [BlurEstimate(refined, 0.01, "round")])

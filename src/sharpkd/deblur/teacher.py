@@ -135,6 +135,9 @@ class BlindTeacherConfig:
     # displace the result differently (docs/results.md, "what a misplaced result costs"); the mean of two
     # differently displaced sharp photos is the closer guess
     shake_average: bool = False
+    # (False: off, as shipped) with shake_average, the second estimate (the check that confirmed camera shake,
+    # another support size and L0 weight) is deconvolved too, unrefined, and the three results are averaged
+    shake_average_check: bool = False
 
 
 @dataclass
@@ -152,6 +155,8 @@ class BlurEstimate:
     residual: float = 0.0  # round route: the fit's gradient residual over the noise's (sqrt(2) x noise)
     # camera shake with ``shake_average``: the L0 kernel the refined ``kernel`` came from, deconvolved as well
     unrefined: np.ndarray | None = None
+    # camera shake with ``shake_average_check``: the second estimate's kernel, deconvolved as well
+    check: np.ndarray | None = None
 
 
 class BlindTeacher(nn.Module):
@@ -196,7 +201,7 @@ class BlindTeacher(nn.Module):
                 found = self._round(img, noise, agreement, cfg.round_spread_ratio * spread)
                 if found is not None:
                     return found
-            return self._shake(img, self._pick(img, k, other), noise, agreement)
+            return self._shake(img, self._pick(img, k, other), noise, agreement, other)
         width = edge_sigma(img)
         if anisotropy(k) < cfg.isotropic_below or kernel_spread(k) > cfg.max_spread * width:
             # round blur (defocus, soft optics), or a free-form estimate far wider than the edges
@@ -220,11 +225,15 @@ class BlindTeacher(nn.Module):
         pad = cfg.kernel_size
         return min((k, other), key=lambda kern: reblur_residual(img, kern, cfg, pad=pad))
 
-    def _shake(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
+    def _shake(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float,
+               other: np.ndarray | None = None) -> BlurEstimate:
         """The camera-shake route's estimate: ``k`` refined (:meth:`_refine`), and with ``shake_average`` ``k``
-        itself to deconvolve as well."""
-        unrefined = k if self.config.shake_average and self.config.refine_rounds > 0 else None
-        return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement, unrefined=unrefined)
+        itself to deconvolve as well (and with ``shake_average_check`` the second estimate ``other``)."""
+        cfg = self.config
+        average = cfg.shake_average and cfg.refine_rounds > 0
+        unrefined = k if average else None
+        check = other if average and cfg.shake_average_check and other is not None and other is not k else None
+        return BlurEstimate(self._refine(img, k, noise), noise, "shake", agreement, unrefined=unrefined, check=check)
 
     def _round_or_network(self, img: torch.Tensor, k: np.ndarray, noise: float, agreement: float) -> BlurEstimate:
         """Round blur that a Gaussian re-blur of the network's output explains: that Gaussian, to be
@@ -255,7 +264,7 @@ class BlindTeacher(nn.Module):
         other = estimate_kernel(img, check)
         agreement = kernel_match(k, other)
         if agreement >= cfg.compact_agreement:
-            return self._shake(img, self._pick(img, k, other), noise, agreement)
+            return self._shake(img, self._pick(img, k, other), noise, agreement, other)
         return found or BlurEstimate(k, noise, "network", agreement)
 
     def _round(self, img: torch.Tensor, noise: float, agreement: float, min_width: float = 0.0) -> BlurEstimate | None:
@@ -289,9 +298,8 @@ class BlindTeacher(nn.Module):
                 outs.append(img.clamp(0, 1))
             elif est.route == "shake" and self.network is not None:
                 noise = max(est.noise, self.config.shake_noise)
-                out = self._solve(img, est.kernel, noise, route="shake")
-                if est.unrefined is not None:
-                    out = (out + self._solve(img, est.unrefined, noise, route="shake")) / 2
+                kernels = [k for k in (est.kernel, est.unrefined, est.check) if k is not None]
+                out = sum(self._solve(img, k, noise, route="shake") for k in kernels) / len(kernels)
                 outs.append(out)
             elif est.route == "round":
                 outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise), route="round"))
