@@ -102,7 +102,7 @@ def teacher_line(t: dict) -> str:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from sharpkd.checkpoint import load_model
+    from sharpkd.checkpoint import load_model, parse_assignments, replace_fields
     from sharpkd.deblur.estimate import estimate_kernel, kernel_match, reblur_residual
     from sharpkd.deblur.solve import wiener_deconvolve
     from sharpkd.degrade import pad_kernel
@@ -113,13 +113,11 @@ def measure(args: argparse.Namespace) -> dict:
     cfg = teacher.config
     main_cfg = teacher.estimate_config(cfg.kernel_size)  # the teacher's own settings for both estimates
     if args.estimate_set:  # another setting of the first estimate (EstimateConfig fields)
-        fields = {}
-        for item in args.estimate_set:
-            key, _, value = item.partition("=")
-            if not hasattr(main_cfg, key):
-                raise SystemExit(f"--estimate-set: {key!r} is not a field of EstimateConfig")
-            fields[key] = type(getattr(main_cfg, key))(float(value))
-        main_cfg = dataclasses.replace(main_cfg, **fields)
+        try:
+            option = "--estimate-set"
+            main_cfg = replace_fields(main_cfg, parse_assignments(args.estimate_set, option), option)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     check_cfg = teacher.estimate_config(min(cfg.kernel_size, cfg.check_kernel_size), lam=cfg.check_lam)
 
     def gain(y: np.ndarray, sharp: np.ndarray, k: np.ndarray) -> float:

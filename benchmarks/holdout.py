@@ -38,6 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from sharpkd.checkpoint import parse_assignments, replace_fields
     from sharpkd.data import limit_size, load_photos, split_holdout
     from sharpkd.evaluate import DEGRADATIONS, fixed_validation_set, gains_by_kind, parse_model_spec, validate
     from sharpkd.infer import Sharpener
@@ -53,13 +54,11 @@ def main() -> None:
     for m in args.models:
         name, ensemble = parse_model_spec(m)
         sh = Sharpener.from_pretrained(name, tile=0, ensemble=ensemble)
-        if args.set:
-            import dataclasses
-
-            fields = dict(item.split("=", 1) for item in args.set)
-            cfg = sh.model.config  # each value takes its field's type (an int field stays an int)
-            typed = {k: type(getattr(cfg, k))(float(v)) for k, v in fields.items()}
-            sh.model.config = dataclasses.replace(cfg, **typed)
+        if args.set:  # each value takes its field's type (an int field stays an int)
+            try:
+                sh.model.config = replace_fields(sh.model.config, parse_assignments(args.set))
+            except ValueError as err:
+                raise SystemExit(str(err)) from None
         net = sh.model if isinstance(sh.model, torch.nn.Module) and sh.ensemble == 1 else _Wrap(sh.sharpen_tensor)
         out = validate(net, blurred, sharp, per_image=True)
         kinds = gains_by_kind(out, base)

@@ -25,7 +25,6 @@ more than 0.1 dB, and the seconds per case of the refinement plus final run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -36,13 +35,17 @@ DEFAULT_SETTINGS = ("shipped:;refine16:refine_iters=16;refine24:refine_iters=24;
                     "refine16+geo:refine_iters=16,geo_ensemble=1")
 
 
-def parse_settings(text: str) -> dict[str, dict[str, float]]:
+def parse_settings(text: str) -> dict[str, dict[str, str]]:
     """``name:field=value,...;name:...`` -> {name: {field: value}}."""
+    from sharpkd.checkpoint import parse_assignments
+
     out = {}
     for item in filter(None, (s.strip() for s in text.split(";"))):
         name, _, fields = item.partition(":")
-        pairs = [f.split("=", 1) for f in fields.split(",") if f.strip()]
-        out[name] = {k.strip(): float(v) for k, v in pairs}
+        try:
+            out[name.strip()] = parse_assignments([f for f in fields.split(",") if f.strip()], "--settings")
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     return out
 
 
@@ -80,6 +83,7 @@ def collect(args: argparse.Namespace) -> dict:
     import torch
     from route_study import psnr
 
+    from sharpkd.checkpoint import replace_fields
     from sharpkd.deblur.estimate import kernel_match
     from sharpkd.infer import Sharpener
 
@@ -87,8 +91,10 @@ def collect(args: argparse.Namespace) -> dict:
     settings = parse_settings(args.settings)
     teacher = Sharpener.from_pretrained("teacher", tile=0).model
     shipped = teacher.config
-    configs = {name: dataclasses.replace(shipped, **{k: type(getattr(shipped, k))(v) for k, v in fields.items()})
-               for name, fields in settings.items()}
+    try:  # each value takes its field's type
+        configs = {name: replace_fields(shipped, fields, "--settings") for name, fields in settings.items()}
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     captured = {}
     plain_refine, plain_shake = teacher._refine, teacher._shake
 

@@ -23,7 +23,6 @@ little: a conservative test for a change that sends more photos to the solver.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,16 +31,14 @@ import numpy as np
 import torch
 
 
-def typed_settings(config, items: list[str]):
+def typed_settings(config, items: list[str], option: str = "--set"):
     """``config`` with each ``FIELD=VALUE`` applied, the value taking the field's type."""
-    fields = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not hasattr(config, key):
-            raise SystemExit(f"--set: {item!r} is not FIELD=VALUE for a field of {type(config).__name__}")
-        kind = type(getattr(config, key))
-        fields[key] = bool(float(value)) if kind is bool else kind(float(value))
-    return dataclasses.replace(config, **fields)
+    from sharpkd.checkpoint import parse_assignments, replace_fields
+
+    try:
+        return replace_fields(config, parse_assignments(items, option), option)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def dev_photos(data: str, count: int, max_side: int = 768) -> list[tuple[str, np.ndarray]]:
@@ -106,7 +103,7 @@ def measure(args: argparse.Namespace) -> Path:
     if not sh.blind or hasattr(sh.model, "guide"):
         raise SystemExit(f"{args.teacher} is not a blind teacher file")
     shipped = sh.model.config
-    first = typed_settings(shipped, args.set_a)
+    first = typed_settings(shipped, args.set_a, "--set-a")
     configs = (first, typed_settings(first, args.set))
     if configs[0] == configs[1]:
         raise SystemExit("settings A and B are the same: give --set FIELD=VALUE")

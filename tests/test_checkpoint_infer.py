@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sharpkd.checkpoint import CheckpointError, load_model, read_info, save_model
+from sharpkd.checkpoint import CheckpointError, load_model, parse_assignments, read_info, replace_fields, save_model
 from sharpkd.infer import Sharpener, run_padded, run_tiled, tile_starts
 
 
@@ -25,6 +25,24 @@ def test_fp16_checkpoint_is_close(tmp_path, perturbed):
     x = torch.rand(1, 3, 24, 24)
     with torch.no_grad():
         assert (model(x) - loaded(x)).abs().max() < 2e-3
+
+
+def test_command_line_overrides_take_each_fields_type_and_refuse_the_rest():
+    """parse_assignments + replace_fields (the benchmarks' and tools' ``--set FIELD=VALUE``)."""
+    from sharpkd.deblur.teacher import BlindTeacherConfig
+
+    cfg = BlindTeacherConfig()
+    new = replace_fields(cfg, parse_assignments(["shake_average=1", " refine_rounds = 2", "lam=0.5"]))
+    assert new.shake_average is True and new.refine_rounds == 2 and type(new.refine_rounds) is int
+    assert new.lam == 0.5 and new.kernel_size == cfg.kernel_size
+    assert cfg.shake_average is False and cfg.refine_rounds == 1  # a copy; the config itself is unchanged
+    assert replace_fields(new, {"shake_average": "0"}).shake_average is False
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        parse_assignments(["lam"])
+    for fields, message in [({"nope": "1"}, "not a field"), ({"refine_rounds": "1.5"}, "whole number"),
+                            ({"lam": "abc"}, "not a number"), ({"network": "1"}, "not a number field")]:
+        with pytest.raises(ValueError, match=message):
+            replace_fields(cfg, fields)
 
 
 def test_bad_model_files_give_clear_errors(tmp_path):

@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sharpkd.checkpoint import SHIPPED, build_model, config_to_dict, load_model, save_model
-
-
-def with_overrides(config: dict, overrides: dict[str, float]) -> dict:
-    """``config`` with ``--set`` values, each cast to its field's type (the network's fields are not settable)."""
-    config = dict(config)
-    for key, value in overrides.items():
-        if key not in config or key == "network":
-            raise SystemExit(f"--set: {key!r} is not a field of the blind teacher's config")
-        config[key] = type(config[key])(value)
-    return config
+from sharpkd.checkpoint import (
+    SHIPPED,
+    build_model,
+    config_to_dict,
+    load_model,
+    parse_assignments,
+    replace_fields,
+    save_model,
+)
 
 
 def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, half: bool = True,
@@ -35,8 +33,8 @@ def compose(blind_path: str | Path, network_path: str | Path, out: str | Path, h
     net, net_info = load_model(network_path)
     if blind_info.get("arch") != "blind" or net_info.get("arch") != "nafunet":
         raise SystemExit("expected a blind-teacher file and a nafunet teacher file")
-    config = {**config_to_dict(blind.config), "network": config_to_dict(net.config)}
-    model = build_model("blind", with_overrides(config, overrides or {}))
+    config = {**config_to_dict(replace_fields(blind.config, overrides or {})), "network": config_to_dict(net.config)}
+    model = build_model("blind", config)
     model.denoiser.load_state_dict(blind.denoiser.state_dict())
     for attr in ("shake_denoiser", "round_denoiser"):  # a route's fine-tuned prior, or a copy of the converted one
         if getattr(model, attr) is not None:
@@ -60,7 +58,7 @@ def set_routing(blind_path: str | Path, out: str | Path, overrides: dict[str, fl
     model, info = load_model(blind_path)
     if info.get("arch") != "blind":
         raise SystemExit(f"{blind_path} is not a blind-teacher file")
-    new = build_model("blind", with_overrides(config_to_dict(model.config), overrides))
+    new = build_model("blind", config_to_dict(replace_fields(model.config, overrides)))
     new.load_state_dict(model.state_dict())
     change = ", ".join(f"{k}={v:g}" for k, v in overrides.items())
     info = {**info, "notes": [*info.get("notes", []), f"config changed by tools/compose_blind_teacher.py "
@@ -81,16 +79,14 @@ def main() -> None:
                     help="keep --blind's weights and description, change only the --set fields (and note them)")
     ap.add_argument("--why", default="", help="with --config-only: the reason, added to the file's note")
     args = ap.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-        overrides[key] = float(value)
-    if args.config_only:
-        print(f"wrote {set_routing(args.blind, args.out, overrides, args.why)}")
-        return
-    print(f"wrote {compose(args.blind, args.network, args.out, half=not args.fp32, overrides=overrides)}")
+    try:
+        overrides = {k: float(v) for k, v in parse_assignments(args.set).items()}
+        if args.config_only:
+            print(f"wrote {set_routing(args.blind, args.out, overrides, args.why)}")
+            return
+        print(f"wrote {compose(args.blind, args.network, args.out, half=not args.fp32, overrides=overrides)}")
+    except ValueError as err:  # a --set field that the config does not have, or a value it cannot take
+        raise SystemExit(str(err)) from None
 
 
 if __name__ == "__main__":

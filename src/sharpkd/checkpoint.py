@@ -39,6 +39,39 @@ def config_to_dict(config: Any) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
+def parse_assignments(items: list[str], option: str = "--set") -> dict[str, str]:
+    """``["field=value", ...]`` (command-line overrides) -> ``{field: value}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option} expects FIELD=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def replace_fields(config: Any, fields: dict[str, Any], option: str = "--set") -> Any:
+    """A copy of the dataclass ``config`` with numeric ``fields`` replaced, each value (text or number) cast to
+    its field's type: an int stays an int, a bool is a number (0: false). A nested config such as the blind
+    teacher's ``network`` cannot be set this way."""
+    names = {f.name for f in dataclasses.fields(config)}
+    typed = {}
+    for key, value in fields.items():
+        if key not in names:
+            raise ValueError(f"{option}: {key!r} is not a field of {type(config).__name__}")
+        kind = type(getattr(config, key))
+        if kind not in (bool, int, float):
+            raise ValueError(f"{option}: {key} is not a number field of {type(config).__name__}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{option}: {key}={value!r} is not a number") from None
+        if kind is int and number != int(number):
+            raise ValueError(f"{option}: {key} takes a whole number, got {value!r}")
+        typed[key] = bool(number) if kind is bool else kind(number)
+    return dataclasses.replace(config, **typed)
+
+
 def build_model(arch: str, config: dict | Any | None = None) -> nn.Module:
     """Instantiate architecture ``arch`` from a config dataclass, a dict of its fields, or defaults."""
     if arch not in ARCHS:
