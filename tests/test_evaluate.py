@@ -251,3 +251,21 @@ def test_shake_solver_alignment_diagnostic_finds_a_displaced_result(load_script)
     assert out["aligned_gain"] > out["gain"] + 10
     same = mod.aligned_gains(tensor(sharp_np), tensor(blurred_np), tensor(sharp_np))
     assert same["shift"] == pytest.approx([0.0, 0.0], abs=0.05) and same["gain"] == pytest.approx(same["aligned_gain"])
+
+
+def test_round_blend_summary_groups_cases_and_marks_the_best_weight(load_script):
+    """benchmarks/round_blend.py's table: round-route cases only, per degradation and fitted width, best in bold."""
+    mod = load_script("benchmarks/round_blend.py")
+    rows = [{"degradation": "gauss1", "route": "round", "fit": 0.8, "gain": {"0": 5.0, "0.5": 4.0}},
+            {"degradation": "gauss1", "route": "round", "fit": 1.2, "gain": {"0": 1.0, "0.5": 4.0}},
+            {"degradation": "gauss3", "route": "round", "fit": 2.7, "gain": {"0": 3.0, "0.5": 2.0}},
+            {"degradation": "gauss3", "route": "network"}]
+    text = mod.summary({"weights": [0, 0.5], "rows": rows})
+    assert text.startswith("3 of 4 Gaussian cases take the round route")
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert lines["gauss1"] == "| gauss1 | 2 | +3.000 | **+4.000** |"
+    assert lines["gauss3"] == "| gauss3 | 1 | **+3.000** | +2.000 |"
+    assert lines["fitted width 0-1.5 px"] == "| fitted width 0-1.5 px | 2 | +3.000 | **+4.000** |"
+    assert "fitted width 1.5-2.5 px" not in lines  # no case there
+    assert lines["all"] == "| all | 3 | +3.000 | **+3.333** |"
+    assert mod.summary({"weights": [0], "rows": rows[3:]}) == "no case took the round route"
