@@ -133,6 +133,29 @@ def test_guide_deconvolves_only_on_the_deconvolving_routes():
                                wiener_deconvolve(x[:1, :, :20], k2, ks.config.balance))
 
 
+def test_guide_average_deconvolves_camera_shake_with_every_kernel_of_the_estimate():
+    """guide_average: on camera shake the guide is the mean of the Wiener results with the refined kernel and the
+    estimate's other kernels (unrefined, check); off, or on another route, the refined kernel alone."""
+    x = torch.rand(2, 3, 24, 24)
+    k, k0, other = gaussian_kernel(1.2), gaussian_kernel(0.8), gaussian_kernel(2.0)
+    ks = small_kstudent()
+    b = ks.config.balance
+    shake = BlurEstimate(k, 0.01, "shake", unrefined=k0, check=other)
+    alone = wiener_deconvolve(x[:1], k, b)
+    torch.testing.assert_close(ks.guide(x[:1], [shake]), alone)  # off (as trained)
+    ks.config = replace(ks.config, guide_average=True)
+    mean = (alone + wiener_deconvolve(x[:1], k0, b) + wiener_deconvolve(x[:1], other, b)) / 3
+    torch.testing.assert_close(ks.guide(x[:1], [shake]), mean)
+    torch.testing.assert_close(ks.guide(x[:1], [BlurEstimate(k, 0.01, "shake", unrefined=k0)]),
+                               (alone + wiener_deconvolve(x[:1], k0, b)) / 2)
+    torch.testing.assert_close(ks.guide(x[:1], [BlurEstimate(k, 0.01, "shake")]), alone)
+    rnd = BlurEstimate(k, 0.01, "round", unrefined=k0)  # only camera shake is averaged
+    torch.testing.assert_close(ks.guide(x[1:], [rnd]), wiener_deconvolve(x[1:], k, b))
+    # the filters of the three kernels are kept side by side and stay right when the size changes
+    torch.testing.assert_close(ks.guide(x[:1, :, :20], [shake]),
+                               sum(wiener_deconvolve(x[:1, :, :20], kk, b) for kk in (k, k0, other)) / 3)
+
+
 def test_round_route_guide_takes_its_own_balance_and_the_file_keeps_it(tmp_path):
     x = torch.rand(2, 3, 24, 24)
     k = gaussian_kernel(1.2)
@@ -598,6 +621,13 @@ def test_settings_tool_changes_the_estimate_settings_only(tmp_path, load_script)
                                                                 "changes": {"min_agreement": 0.8}}]
     before, _ = load_model(src)
     assert before.config.min_agreement is None  # the source file is not touched
+    again = tool.apply(str(out), tmp_path / "avg", {"guide_average": True}, "second command")
+    averaged, averaged_info = load_model(again)
+    assert averaged.config.guide_average and not model.config.guide_average
+    assert "the guide is the mean" in load_script("tools/ship_model.py").card_kstudent("kstudent", averaged,
+                                                                                        averaged_info, None)
+    assert "the guide is the mean" not in load_script("tools/ship_model.py").card_kstudent("kstudent", model, info,
+                                                                                            None)
     for k, v in before.state_dict().items():
         assert torch.equal(v, model.state_dict()[k])
     with pytest.raises(ValueError, match="estimate_side"):

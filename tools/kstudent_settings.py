@@ -7,7 +7,8 @@
 The settings are ``estimate_side`` (the central crop the kernel is estimated on), ``min_agreement``
 (how well the estimator's two estimates must agree before camera shake is deconvolved) and
 ``fallback_side`` (where the first crop shows no camera shake, the larger crop estimated instead; 0: off) and
-``photo_ensemble`` (the self-ensemble a photo gets by default; video runs one copy). None is
+``photo_ensemble`` (the self-ensemble a photo gets by default; video runs one copy) and ``guide_average`` (on
+camera shake, the guide averaged over the estimator's kernels: 1 on, 0 off). None is
 learned: the network was trained on the estimator's kernels and sees only the guide. The change is
 recorded in the file's description (``settings_history``), so its model card can say what was
 measured with which settings.
@@ -28,8 +29,8 @@ def apply(model_ref: str, out: str | Path, changes: dict, command: str) -> Path:
     if info.get("arch") != "kstudent":
         raise SystemExit(f"{model_ref} is a {info.get('arch')} file, not a kernel student")
     if not changes:
-        raise SystemExit("nothing to change: give --estimate-side, --min-agreement, --fallback-side or "
-                         "--photo-ensemble")
+        raise SystemExit("nothing to change: give --estimate-side, --min-agreement, --fallback-side, "
+                         "--photo-ensemble or --guide-average")
     model.config = replace(model.config, **changes)
     type(model)(config=model.config)  # the same checks as loading (ranges)
     out = Path(out)
@@ -47,9 +48,12 @@ def main() -> None:
     ap.add_argument("--min-agreement", type=float)
     ap.add_argument("--fallback-side", type=int, help="larger crop where the first shows no camera shake (0: off)")
     ap.add_argument("--photo-ensemble", type=int, help="self-ensemble copies a photo gets by default (1, 2, 4, 8)")
+    ap.add_argument("--guide-average", type=int, choices=(0, 1),
+                    help="1: on camera shake, the guide is the mean of the Wiener results with the estimator's kernels")
     args = ap.parse_args()
     changes = {k: v for k, v in (("estimate_side", args.estimate_side), ("min_agreement", args.min_agreement),
-                                 ("fallback_side", args.fallback_side), ("photo_ensemble", args.photo_ensemble))
+                                 ("fallback_side", args.fallback_side), ("photo_ensemble", args.photo_ensemble),
+                                 ("guide_average", None if args.guide_average is None else bool(args.guide_average)))
                if v is not None}
     if changes.get("fallback_side") == 0:
         changes["fallback_side"] = None

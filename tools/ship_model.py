@@ -82,7 +82,11 @@ def card_kstudent(name: str, model, info: dict, eval_rows: list[dict] | None, pr
              "(`shake`"
              + (f" when its two estimates agree at least {model.config.min_agreement}"
                 if model.config.min_agreement is not None else "")
-             + ", `round`), the photo itself elsewhere; then the network"
+             + ", `round`), the photo itself elsewhere"
+             + ("; on camera shake the guide is the mean of the Wiener deconvolutions with each kernel the estimate "
+                "carries (the refined kernel, the L0 kernel and the second estimate)"
+                if model.config.guide_average else "")
+             + "; then the network"
              + (f", {model.config.passes} passes on deconvolved photos (each later pass guided by the previous "
                 f"output corrected towards the photo: Wiener weight {model.config.refine_balance}, damping "
                 f"{model.config.refine_damping} for camera shake; {model.config.round_refine_balance} and "

@@ -5,7 +5,8 @@ Each cell is the median over timed runs of one whole frame, an H x W x 3 uint8 f
 clamp, crop, back to bytes; the INT8 student's frame graph takes the bytes as RGBA; no tiling), after
 warm-up runs.
 The kernel student's rows time what each video frame costs between blur estimates: the Wiener step
-with a 31 x 31 camera-shake kernel (FFTs of the whole frame) and the network. The estimate itself
+with a 31 x 31 camera-shake kernel (FFTs of the whole frame; three of them for a student with ``guide_average``,
+which averages the guide over the estimate's three kernels) and the network. The estimate itself
 (seconds, once per photo or every N frames) is not in these rows; ``sharpkd eval`` reports it per photo.
 Unsharp masking is OpenCV (Gaussian blur + weighted sum on uint8), the classical baseline. On CUDA
 the frame's copy back to the CPU waits for the GPU. Each cell stops after ``max_seconds`` of timed
@@ -86,7 +87,11 @@ def _method(name: str, device: str, threads: int, passes: int = 1) -> Callable[[
         from sharpkd.deblur.teacher import BlurEstimate
         from sharpkd.degrade import make_kernel
 
-        est = [BlurEstimate(make_kernel("motion", length=20.0, seed=0, size=31), 1 / 255, "shake")]
+        # with the other kernels an estimate carries, so a student that averages its guide over them
+        # (guide_average) is timed with that work too
+        est = [BlurEstimate(make_kernel("motion", length=20.0, seed=0, size=31), 1 / 255, "shake",
+                            unrefined=make_kernel("motion", length=20.0, seed=1, size=31),
+                            check=make_kernel("motion", length=20.0, seed=2, size=27))]
 
     def run(frame: np.ndarray):
         out = sh.sharpen_frame(frame, estimates=est)  # on CUDA, the copy back to the CPU waits for it

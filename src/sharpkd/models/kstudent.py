@@ -101,6 +101,10 @@ class KernelStudentConfig:
     # and web page's default): a photo waits seconds for its blur estimate, and the network's eight flipped copies
     # add well under a second to that. Video and the frame benchmark always run one copy.
     photo_ensemble: int = 1
+    # (False: off, as trained) on camera shake, the guide is the mean of the Wiener deconvolutions with every kernel
+    # the estimator deconvolves with (the refined kernel, and the L0 kernel and the second estimate where the
+    # estimator's file sets shake_average / shake_average_check); later passes still correct with the refined one
+    guide_average: bool = False
 
     @property
     def multiple(self) -> int:
@@ -202,8 +206,12 @@ class KernelStudent(nn.Module):
         for img, est in zip(x, estimates, strict=True):
             if deconvolves(est):
                 balance = self.balance_for(est.route)
-                out.append(wiener_deconvolve(img[None], est.kernel, balance,
-                                             filt=self._filter(est.kernel, *img.shape[-2:], balance)))
+                kernels = [est.kernel]
+                if self.config.guide_average and est.route == "shake":
+                    kernels += [k for k in (getattr(est, "unrefined", None), getattr(est, "check", None))
+                                if k is not None]
+                out.append(sum(wiener_deconvolve(img[None], k, balance, filt=self._filter(k, *img.shape[-2:], balance))
+                               for k in kernels) / len(kernels))
             else:
                 out.append(img[None])
         return torch.cat(out)
@@ -213,12 +221,13 @@ class KernelStudent(nn.Module):
         frames between two estimates share both)."""
         k = np.ascontiguousarray(kernel, dtype=np.float32)
         key = (k.shape, k.tobytes(), h, w, balance)
-        cached = self.__dict__.get("_filter_cache")
-        if cached is None or cached[0] != key:
+        cache = self.__dict__.setdefault("_filter_cache", {})
+        if key not in cache:
+            if len(cache) >= 3:  # the kernels of one estimate (guide_average: up to three)
+                cache.pop(next(iter(cache)))
             _, hp, wp = wiener_grid(h, w, k.shape[-1])
-            cached = (key, wiener_filter(k, hp, wp, balance))
-            self.__dict__["_filter_cache"] = cached
-        return cached[1]
+            cache[key] = wiener_filter(k, hp, wp, balance)
+        return cache[key]
 
     def run(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         """The network on photo and guide (any size; padded to its multiple), residual on the guide:
