@@ -156,6 +156,29 @@ def test_guide_average_deconvolves_camera_shake_with_every_kernel_of_the_estimat
                                sum(wiener_deconvolve(x[:1, :, :20], kk, b) for kk in (k, k0, other)) / 3)
 
 
+def test_frames_are_guided_by_the_refined_kernel_alone():
+    """guide_average is for photos: a video frame (Sharpener.sharpen_frame) is guided by the refined kernel only."""
+    from sharpkd.infer import Sharpener
+
+    ks = random_weights(small_kstudent())
+    ks.config = replace(ks.config, guide_average=True)
+    sh = Sharpener(ks, tile=0, ensemble=1)
+    frame = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
+    k, k0, other = gaussian_kernel(1.2), gaussian_kernel(0.8), gaussian_kernel(2.0)
+    full = [BlurEstimate(k, 0.01, "shake", unrefined=k0, check=other)]
+    single = sh.sharpen_frame(frame, estimates=[BlurEstimate(k, 0.01, "shake")])
+    np.testing.assert_array_equal(sh.sharpen_frame(frame, estimates=full), single)
+    photo = sh.sharpen_tensor(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255, full)
+    assert not torch.allclose(photo, torch.from_numpy(single).permute(2, 0, 1)[None].float() / 255, atol=2 / 255)
+    # sharpkd video's FrameSharpener too (BGR frames, its own estimate)
+    from sharpkd.video import FrameSharpener
+
+    sh.estimate_blur = lambda x: full
+    bgr = np.ascontiguousarray(frame[..., ::-1])
+    np.testing.assert_array_equal(FrameSharpener(sh)(bgr), sh.sharpen_frame(bgr, bgr=True,
+                                                                           estimates=[BlurEstimate(k, 0.01, "shake")]))
+
+
 def test_round_route_guide_takes_its_own_balance_and_the_file_keeps_it(tmp_path):
     x = torch.rand(2, 3, 24, 24)
     k = gaussian_kernel(1.2)

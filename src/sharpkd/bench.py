@@ -5,9 +5,10 @@ Each cell is the median over timed runs of one whole frame, an H x W x 3 uint8 f
 clamp, crop, back to bytes; the INT8 student's frame graph takes the bytes as RGBA; no tiling), after
 warm-up runs.
 The kernel student's rows time what each video frame costs between blur estimates: the Wiener step
-with a 31 x 31 camera-shake kernel (FFTs of the whole frame; three of them for a student with ``guide_average``,
-which averages the guide over the estimate's three kernels) and the network. The estimate itself
-(seconds, once per photo or every N frames) is not in these rows; ``sharpkd eval`` reports it per photo.
+with a 31 x 31 camera-shake kernel (FFTs of the whole frame; frames use the refined kernel alone, also for a
+student whose photos average the guide over the estimate's three kernels, ``guide_average``) and the network.
+The estimate itself (seconds, once per photo or every N frames) is not in these rows; ``sharpkd eval``
+reports it per photo.
 Unsharp masking is OpenCV (Gaussian blur + weighted sum on uint8), the classical baseline. On CUDA
 the frame's copy back to the CPU waits for the GPU. Each cell stops after ``max_seconds`` of timed
 runs (at least ``min_runs``), so slow models do not take minutes at 1080p.
@@ -87,8 +88,7 @@ def _method(name: str, device: str, threads: int, passes: int = 1) -> Callable[[
         from sharpkd.deblur.teacher import BlurEstimate
         from sharpkd.degrade import make_kernel
 
-        # with the other kernels an estimate carries, so a student that averages its guide over them
-        # (guide_average) is timed with that work too
+        # with the other kernels a teacher's estimate carries (frames leave them out, as sharpkd video does)
         est = [BlurEstimate(make_kernel("motion", length=20.0, seed=0, size=31), 1 / 255, "shake",
                             unrefined=make_kernel("motion", length=20.0, seed=1, size=31),
                             check=make_kernel("motion", length=20.0, seed=2, size=27))]

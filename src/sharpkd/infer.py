@@ -283,7 +283,19 @@ class Sharpener:
                 rgba = cv2.copyMakeBorder(rgba, 0, ph, 0, pw, border)
             out = backend.run_frame(rgba)[:h, :w]
             return cv2.cvtColor(out, cv2.COLOR_RGBA2BGR if bgr else cv2.COLOR_RGBA2RGB)
-        return tensor_to_frame(self.sharpen_tensor(frame_to_tensor(frame, bgr), estimates), bgr)
+        x = frame_to_tensor(frame, bgr)
+        if self.blind and hasattr(self.model, "guide"):
+            estimates = self.frame_estimates(estimates if estimates is not None else self.estimate_blur(x))
+        return tensor_to_frame(self.sharpen_tensor(x, estimates), bgr)
+
+    def frame_estimates(self, estimates: list) -> list:
+        """Blur estimates as video frames use them: the kernel student's frames are guided by the refined kernel
+        alone (a photo's ``guide_average`` would cost two more FFT pairs per frame); other models' as they are."""
+        if not hasattr(self.model, "guide"):
+            return estimates
+        import dataclasses
+
+        return [dataclasses.replace(e, unrefined=None, check=None) if hasattr(e, "check") else e for e in estimates]
 
     def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1]."""

@@ -108,7 +108,7 @@ class FrameSharpener:
             self.frames += 1
             return self.sharpener.sharpen_frame(frame, bgr=True)
         x = frame_to_tensor(frame, bgr=True)  # once: the estimate (when due) and the sharpening share it
-        est = self._estimate(x)
+        est = self.sharpener.frame_estimates(self._estimate(x))
         self.frames += 1
         return tensor_to_frame(self.sharpener.sharpen_tensor(x, est), bgr=True)
 
