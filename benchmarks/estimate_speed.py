@@ -113,8 +113,8 @@ def measure(args: argparse.Namespace) -> dict:
     cfg = teacher.config
     main_cfg = teacher.estimate_config(cfg.kernel_size)  # the teacher's own settings for both estimates
     if args.estimate_set:  # another setting of the first estimate (EstimateConfig fields)
+        option = "--estimate-set"
         try:
-            option = "--estimate-set"
             main_cfg = replace_fields(main_cfg, parse_assignments(args.estimate_set, option), option)
         except ValueError as err:
             raise SystemExit(str(err)) from None

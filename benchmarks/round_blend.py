@@ -93,15 +93,14 @@ def summary(data: dict) -> str:
 
 
 def main() -> None:
+    from teacher_ab import dev_set_options
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="teacher")
     ap.add_argument("--photos", type=int, default=20, help="hold-out photos first, then training photos")
     ap.add_argument("--degradations", default="gauss1,gauss2,gauss3")
     ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.5", help="weights of the network's output (0: shipped)")
-    ap.add_argument("--max-side", type=int, default=768)
-    ap.add_argument("--data", default="../shared/datasets/train")
-    ap.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
-    ap.add_argument("--threads", type=int, default=2)
+    dev_set_options(ap)
     ap.add_argument("--json", help="write the rows here (rewritten after every case)")
     ap.add_argument("--summary", metavar="JSON", help="print the summary of a JSON written before and stop")
     args = ap.parse_args()

@@ -41,6 +41,14 @@ def typed_settings(config, items: list[str], option: str = "--set"):
         raise SystemExit(str(err)) from None
 
 
+def dev_set_options(ap: argparse.ArgumentParser) -> None:
+    """The options of the development set and its degradations that this script and round_blend.py share."""
+    ap.add_argument("--max-side", type=int, default=768, help="photos reduced to this longer side (Kodak24's)")
+    ap.add_argument("--data", default="../shared/datasets/train")
+    ap.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
+    ap.add_argument("--threads", type=int, default=2)
+
+
 def dev_photos(data: str, count: int, max_side: int = 768) -> list[tuple[str, np.ndarray]]:
     """The hold-out photos, then training photos (seeded draw) up to ``count``, each at most ``max_side``."""
     from sharpkd.data import limit_size, load_photos, split_holdout
@@ -172,10 +180,7 @@ def main() -> None:
                     help="setting A (default: the file as it is)")
     ap.add_argument("--photos", type=int, default=24, help="hold-out photos first, then training photos")
     ap.add_argument("--degradations", default="gauss1,gauss2,gauss3,motion")
-    ap.add_argument("--max-side", type=int, default=768, help="photos reduced to this longer side (Kodak24's)")
-    ap.add_argument("--data", default="../shared/datasets/train")
-    ap.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
-    ap.add_argument("--threads", type=int, default=2)
+    dev_set_options(ap)
     ap.add_argument("--out", help="folder of the journal (resumable)")
     ap.add_argument("--show", metavar="JOURNAL", help="print the summary of a journal and stop")
     args = ap.parse_args()

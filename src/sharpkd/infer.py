@@ -284,7 +284,7 @@ class Sharpener:
             out = backend.run_frame(rgba)[:h, :w]
             return cv2.cvtColor(out, cv2.COLOR_RGBA2BGR if bgr else cv2.COLOR_RGBA2RGB)
         x = frame_to_tensor(frame, bgr)
-        if self.blind and hasattr(self.model, "guide"):
+        if self.blind:
             estimates = self.frame_estimates(estimates if estimates is not None else self.estimate_blur(x))
         return tensor_to_frame(self.sharpen_tensor(x, estimates), bgr)
 
@@ -295,7 +295,7 @@ class Sharpener:
             return estimates
         import dataclasses
 
-        return [dataclasses.replace(e, unrefined=None, check=None) if hasattr(e, "check") else e for e in estimates]
+        return [dataclasses.replace(e, unrefined=None, check=None) for e in estimates]
 
     def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1]."""

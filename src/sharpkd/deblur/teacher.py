@@ -158,6 +158,11 @@ class BlurEstimate:
     # camera shake with ``shake_average_check``: the second estimate's kernel, deconvolved as well
     check: np.ndarray | None = None
 
+    @property
+    def kernels(self) -> list[np.ndarray]:
+        """The kernels whose deconvolutions are averaged: ``kernel``, then ``unrefined`` and ``check`` where set."""
+        return [k for k in (self.kernel, self.unrefined, self.check) if k is not None]
+
 
 class BlindTeacher(nn.Module):
     """(B, 3, H, W) in [0, 1] -> deblurred, same shape. ``forward`` = ``restore(x, estimate(x))``."""
@@ -298,9 +303,7 @@ class BlindTeacher(nn.Module):
                 outs.append(img.clamp(0, 1))
             elif est.route == "shake" and self.network is not None:
                 noise = max(est.noise, self.config.shake_noise)
-                kernels = [k for k in (est.kernel, est.unrefined, est.check) if k is not None]
-                out = sum(self._solve(img, k, noise, route="shake") for k in kernels) / len(kernels)
-                outs.append(out)
+                outs.append(sum(self._solve(img, k, noise, route="shake") for k in est.kernels) / len(est.kernels))
             elif est.route == "round":
                 outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise), route="round"))
             else:

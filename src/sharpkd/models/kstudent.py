@@ -206,10 +206,7 @@ class KernelStudent(nn.Module):
         for img, est in zip(x, estimates, strict=True):
             if deconvolves(est):
                 balance = self.balance_for(est.route)
-                kernels = [est.kernel]
-                if self.config.guide_average and est.route == "shake":
-                    kernels += [k for k in (getattr(est, "unrefined", None), getattr(est, "check", None))
-                                if k is not None]
+                kernels = est.kernels if self.config.guide_average and est.route == "shake" else [est.kernel]
                 out.append(sum(wiener_deconvolve(img[None], k, balance, filt=self._filter(k, *img.shape[-2:], balance))
                                for k in kernels) / len(kernels))
             else:
