@@ -897,3 +897,57 @@ def test_sharpener_runs_the_further_passes_over_tiles_and_the_self_ensemble():
     ens = Sharpener(model, tile=0, ensemble=2).sharpen_tensor(x)
     torch.testing.assert_close(ens, second, atol=2e-5, rtol=0)
     assert (ens - whole).abs().max() > 1e-4
+
+
+def test_camera_shake_labels_and_guides_average_over_the_estimates_kernels(tmp_path):
+    """Banks keep the L0 kernel and the second estimate of a camera-shake case beside the refined one. Its
+    teacher label is then the mean of the three deconvolutions when the teacher averages camera shake
+    (``shake_average``, ``shake_average_check``), as the teacher restores a photo, and with ``guide_average`` its
+    training guide is the mean of the three Wiener deconvolutions, as the kernel student's is at run time.
+    Gaussian cases keep one kernel, label and guide."""
+    from scipy.ndimage import convolve
+
+    from sharpkd.deblur.finetune import case_kernels, make_case, solve
+    from sharpkd.degrade import make_kernel
+    from sharpkd.distill_kernel import prepare, teacher_labels
+    from sharpkd.models import BlindTeacher
+
+    rng = np.random.default_rng(0)
+    sharp = (np.clip(convolve(rng.random((48, 48)), np.ones((3, 3)) / 9, mode="wrap"), 0, 1) * 255).astype(np.uint8)
+    sharp = np.repeat(sharp[..., None], 3, -1)
+    cfg = BlindTeacherConfig(kernel_size=9, check_kernel_size=7, iters=2, cg_steps=1, estimate_iters=1,
+                             refine_rounds=1, shake_average=True, shake_average_check=True)
+    teacher = BlindTeacher(config=cfg).eval()
+
+    class Smooth(torch.nn.Module):  # a denoiser prior that keeps the solver's results apart
+        def forward(self, x, sigma):
+            return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+    teacher.denoiser = Smooth()
+    shake = make_case(teacher, sharp, "motion", make_kernel("motion", length=6, seed=1, size=9), 1)
+    assert {"unrefined", "check"} <= set(shake) and all(shake[n].shape == (9, 9) for n in ("unrefined", "check"))
+    kernels = case_kernels(shake)
+    assert len(kernels) == 3 and all(abs(float(k.sum()) - 1) < 1e-5 for k in kernels)
+    assert not torch.allclose(kernels[0], kernels[2])
+    gauss = {**shake, "kind": "gauss"}
+    for n in ("unrefined", "check"):
+        gauss.pop(n)
+    y = shake["blurred"][None].float() / 255
+    labels = teacher_labels(teacher, [shake, gauss], tmp_path / "labels.pt", progress=False)
+    with torch.no_grad():
+        runs = [solve(teacher, y, k[None], "motion") for k in kernels]
+        mean = sum(runs) / 3
+        one = solve(teacher, y, kernels[0][None], "gauss")
+    to8 = lambda t: (t[0].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
+    assert torch.equal(labels[0], to8(mean)) and not torch.equal(labels[0], to8(runs[0]))
+    assert torch.equal(labels[1], to8(one))
+    teacher.config = replace(cfg, shake_average=False)  # a teacher without averaging labels with the refined kernel
+    assert torch.equal(teacher_labels(teacher, [shake], tmp_path / "single.pt", progress=False)[0], to8(runs[0]))
+
+    averaged = prepare([shake, gauss], 0.01, guide_average=True)
+    plain = prepare([shake, gauss], 0.01)
+    wiener = [wiener_deconvolve(y, k, 0.01) for k in kernels]
+    torch.testing.assert_close(averaged[0]["g"], sum(wiener) / 3)
+    torch.testing.assert_close(plain[0]["g"], wiener[0])
+    torch.testing.assert_close(averaged[1]["g"], plain[1]["g"])
+    assert torch.equal(averaged[0]["k"], kernels[0])  # later passes still correct with the refined kernel

@@ -91,6 +91,10 @@ class KernelDistillConfig:
     margin: int = 16
     w_first: float = 0.5
     w_first_kd: float = 0.0  # L1 of the first pass to the teacher's label on windows with a kernel (needs w_kd)
+    # 1: camera shake's first-pass guide is the mean of the Wiener deconvolutions with the case's three kernels
+    # (KernelStudentConfig.guide_average, set in the trained file too), in training and validation alike;
+    # needs banks that carry the kernels (built since the twenty-sixth session)
+    guide_average: int = 0
     val_every: int = 1000
     seed: int = 0
 
@@ -116,10 +120,16 @@ def cached_labels(bank: list[dict], path: Path, desc: str, label, progress: bool
 def teacher_labels(teacher, bank: list[dict], path: Path, progress: bool = True) -> list[torch.Tensor]:
     """The teacher's deconvolution (uint8) of every bank case with its estimated kernel, through its
     route's solver and prior; cached in ``path`` and resumed from it."""
-    from sharpkd.deblur.finetune import solve
+    from sharpkd.deblur.finetune import case_kernels, solve
+
+    cfg = teacher.config
+    average = bool(cfg.shake_average and cfg.refine_rounds > 0)
 
     def label(c: dict) -> torch.Tensor:
-        return solve(teacher, c["blurred"][None].float() / 255, (c["est"] / c["est"].sum())[None], c["kind"])
+        y = c["blurred"][None].float() / 255
+        kernels = case_kernels(c)[: (3 if cfg.shake_average_check else 2) if average and c["kind"] == "motion" else 1]
+        # as the teacher restores camera shake with ``shake_average``: the mean of the deconvolutions
+        return sum(solve(teacher, y, k[None], c["kind"]) for k in kernels) / len(kernels)
 
     return cached_labels(bank, path, "teacher labels", label, progress)
 
@@ -133,19 +143,26 @@ def network_labels(teacher, bank: list[dict], path: Path, progress: bool = True)
 
 
 def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None = None,
-            round_balance: float = 0.0, net_labels: list[torch.Tensor] | None = None) -> list[dict]:
+            round_balance: float = 0.0, net_labels: list[torch.Tensor] | None = None,
+            guide_average: bool = False) -> list[dict]:
     """Float crops with their guide (Wiener deconvolution with the estimated kernel, weight
-    ``round_balance`` for Gaussian cases where it is set, else ``balance``) made once; a case's ``group``
-    (its validation row) is kept."""
+    ``round_balance`` for Gaussian cases where it is set, else ``balance``; with ``guide_average``, camera shake's
+    guide is the mean of the Wiener deconvolutions with every kernel the case carries, as
+    ``KernelStudentConfig.guide_average`` makes it at run time) made once; a case's ``group`` (its validation row)
+    is kept."""
+    from sharpkd.deblur.finetune import case_kernels
     from sharpkd.deblur.solve import wiener_deconvolve
 
     out = []
     for i, c in enumerate(bank):
         y = c["blurred"][None].float() / 255
         b = round_balance if c["kind"] == "gauss" and round_balance > 0 else balance
-        k = (c["est"] / c["est"].sum()).float()
+        kernels = case_kernels(c)
+        k = kernels[0]
+        if not (guide_average and c["kind"] == "motion"):
+            kernels = kernels[:1]
         case = {"kind": c["kind"], "y": y, "x": c["sharp"][None].float() / 255 if "sharp" in c else None,
-                "g": wiener_deconvolve(y, k, b), "k": k}
+                "g": sum(wiener_deconvolve(y, kern, b) for kern in kernels) / len(kernels), "k": k}
         if "group" in c:
             case["group"] = c["group"]
         if labels is not None:
@@ -395,8 +412,11 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
     model = build_student(init, cfg)
     balance = float(model.config.balance)
     round_balance = float(model.config.round_balance or 0.0)  # the model's (an --init kernel student may set it)
-    summary = train(model, prepare(bank, balance, labels, round_balance, net_labels),
-                    prepare(val_bank, balance, round_balance=round_balance), cfg, out, progress)
+    average = bool(cfg.guide_average)
+    if average:
+        model.config.guide_average = True
+    summary = train(model, prepare(bank, balance, labels, round_balance, net_labels, average),
+                    prepare(val_bank, balance, round_balance=round_balance, guide_average=average), cfg, out, progress)
     info = {"stage": "kernel student", "command": "python -m sharpkd.distill_kernel " + " ".join(sys.argv[1:]),
             "steps": cfg.steps, "data": [data], "teacher": teacher_name, "init": init, "distilled": cfg.w_kd > 0,
             "hardware": hardware(), "train_cases": len(bank), "val_cases": len(val_bank),

@@ -80,17 +80,29 @@ def make_case(teacher, sharp: np.ndarray, kind: str, kernel: np.ndarray, seed: i
     cfg = teacher.config
     size = int(cfg.kernel_size)
     y = torch.from_numpy(protocol_degrade(sharp, kernel, seed)).permute(2, 0, 1).float() / 255
+    def padded(k: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(pad_kernel(np.asarray(k, np.float64), size)).float()
+
+    extra = {}
     with torch.no_grad():
         if kind == "motion":
             k0 = estimate_kernel(y, teacher.estimate_config(size))
             est = teacher._refine(y, k0, cfg.shake_noise)
+            # the other kernels a camera-shake estimate carries (BlurEstimate.kernels): the L0 kernel the refined
+            # one came from and the second estimate, so labels and guides can average over them as at run time
+            second = teacher.estimate_config(min(size, int(cfg.check_kernel_size)), lam=cfg.check_lam)
+            extra = {"unrefined": padded(k0), "check": padded(estimate_kernel(y, second))}
         else:
             width, _ = fit_gaussian_width(y, teacher._network(y[None])[0])
             est = gaussian_kernel(max(width, 0.3))
     return {"kind": kind, "sharp": torch.from_numpy(sharp).permute(2, 0, 1).contiguous(),
-            "blurred": (y * 255).round().to(torch.uint8),
-            "true": torch.from_numpy(pad_kernel(np.asarray(kernel, np.float64), size)).float(),
-            "est": torch.from_numpy(pad_kernel(np.asarray(est, np.float64), size)).float()}
+            "blurred": (y * 255).round().to(torch.uint8), "true": padded(kernel), "est": padded(est), **extra}
+
+
+def case_kernels(case: dict) -> list[torch.Tensor]:
+    """A bank case's kernels to average over, each normalised: its ``est``, then (camera shake, banks built since
+    the twenty-sixth session) the L0 kernel and the second estimate, in :attr:`BlurEstimate.kernels`' order."""
+    return [(k / k.sum()).float() for k in (case.get(n) for n in ("est", "unrefined", "check")) if k is not None]
 
 
 def case_kernel(i: int, rng: np.random.Generator, size: int, gauss_only: bool = False,
