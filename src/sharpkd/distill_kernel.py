@@ -255,6 +255,8 @@ def build_student(init: str, cfg: KernelDistillConfig):
     passes = {"passes": cfg.passes, "refine_balance": cfg.refine_balance, "refine_damping": cfg.refine_damping,
               "round_refine_balance": cfg.round_refine_balance or None,
               "round_refine_damping": cfg.round_refine_damping or None}
+    if cfg.guide_average:  # trained on the averaged guide: the file guides photos so too
+        passes["guide_average"] = True
     if info.get("arch") == "kstudent":
         if abs(base.config.balance - cfg.balance) > 1e-12:
             raise SystemExit(f"--init {init} was trained with --balance {base.config.balance}, not {cfg.balance}")
@@ -413,8 +415,6 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
     balance = float(model.config.balance)
     round_balance = float(model.config.round_balance or 0.0)  # the model's (an --init kernel student may set it)
     average = bool(cfg.guide_average)
-    if average:
-        model.config.guide_average = True
     summary = train(model, prepare(bank, balance, labels, round_balance, net_labels, average),
                     prepare(val_bank, balance, round_balance=round_balance, guide_average=average), cfg, out, progress)
     info = {"stage": "kernel student", "command": "python -m sharpkd.distill_kernel " + " ".join(sys.argv[1:]),
