@@ -211,7 +211,8 @@ def test_training_guides_follow_the_round_balance(tmp_path):
     torch.testing.assert_close(prepare(bank, 0.01)[0]["g"], g[1])
     save_model(tmp_path / "k.safetensors", random_weights(KernelStudent(config=KernelStudentConfig(**SMALL))))
     cont = build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig(round_balance=0.003))
-    assert cont.config.round_balance == 0.003
+    assert cont.config.round_balance == 0.003 and not cont.config.guide_average
+    assert build_student(str(tmp_path / "k.safetensors"), KernelDistillConfig(guide_average=1)).config.guide_average
     save_model(tmp_path / "s.safetensors", random_weights(Student(config=StudentConfig(**SMALL))))
     assert build_student(str(tmp_path / "s.safetensors"), KernelDistillConfig()).config.round_balance is None
 
