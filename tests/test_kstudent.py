@@ -901,9 +901,9 @@ def test_sharpener_runs_the_further_passes_over_tiles_and_the_self_ensemble():
 
 
 def test_camera_shake_labels_and_guides_average_over_the_estimates_kernels(tmp_path):
-    """Banks keep the L0 kernel and the second estimate of a camera-shake case beside the refined one. Its
-    teacher label is then the mean of the three deconvolutions when the teacher averages camera shake
-    (``shake_average``, ``shake_average_check``), as the teacher restores a photo, and with ``guide_average`` its
+    """Banks keep the L0 kernel and the second estimate of a camera-shake case beside the refined one. With
+    ``--label-average`` its teacher label is the mean of the three deconvolutions when the teacher averages camera
+    shake (``shake_average``, ``shake_average_check``), as the teacher restores a photo, and with ``guide_average`` its
     training guide is the mean of the three Wiener deconvolutions, as the kernel student's is at run time.
     Gaussian cases keep one kernel, label and guide."""
     from scipy.ndimage import convolve
@@ -934,7 +934,7 @@ def test_camera_shake_labels_and_guides_average_over_the_estimates_kernels(tmp_p
     for n in ("unrefined", "check"):
         gauss.pop(n)
     y = shake["blurred"][None].float() / 255
-    labels = teacher_labels(teacher, [shake, gauss], tmp_path / "labels.pt", progress=False)
+    labels = teacher_labels(teacher, [shake, gauss], tmp_path / "labels.pt", progress=False, average=True)
     with torch.no_grad():
         runs = [solve(teacher, y, k[None], "motion") for k in kernels]
         mean = sum(runs) / 3
@@ -942,8 +942,11 @@ def test_camera_shake_labels_and_guides_average_over_the_estimates_kernels(tmp_p
     to8 = lambda t: (t[0].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
     assert torch.equal(labels[0], to8(mean)) and not torch.equal(labels[0], to8(runs[0]))
     assert torch.equal(labels[1], to8(one))
-    teacher.config = replace(cfg, shake_average=False)  # a teacher without averaging labels with the refined kernel
+    # without ``average`` (the default), or from a teacher that does not average, the refined kernel's alone
     assert torch.equal(teacher_labels(teacher, [shake], tmp_path / "single.pt", progress=False)[0], to8(runs[0]))
+    teacher.config = replace(cfg, shake_average=False)
+    assert torch.equal(teacher_labels(teacher, [shake], tmp_path / "off.pt", progress=False, average=True)[0],
+                       to8(runs[0]))
 
     averaged = prepare([shake, gauss], 0.01, guide_average=True)
     plain = prepare([shake, gauss], 0.01)

@@ -19,7 +19,12 @@ photos that have no sharp original. A twin trained without the teacher cannot us
 Teacher labels: the teacher's own deconvolution of each training crop with that kernel, through the
 route's solver and prior (cached in ``labels.pt``, resumable). With ``--w-kd-net W`` also the teacher
 network's restoration of each crop (``labels-net.pt``): what the teacher outputs where its router does not
-deconvolve, the target of a distillation term of weight W on the windows that carry no kernel.
+deconvolve, the target of a distillation term of weight W on the windows that carry no kernel. Banks built since
+the twenty-sixth session also keep a camera-shake case's L0 kernel and second estimate: ``--label-average 1``
+labels camera shake with the mean of the teacher's deconvolutions with them (``labels-avg.pt``), as a teacher
+with ``shake_average`` restores a photo, and ``--guide-average 1`` trains on the guide a photo gets with
+``guide_average`` (the mean of the three Wiener deconvolutions) and sets that in the file. Both are off by
+default (measured, not shipped: docs/realtime.md).
 
 Training: random windows (flipped and rotated), the guide being the Wiener deconvolution with the
 estimate. In ``no_kernel_share`` of them the photo itself takes the guide's place: the case where the
@@ -95,6 +100,9 @@ class KernelDistillConfig:
     # (KernelStudentConfig.guide_average, set in the trained file too), in training and validation alike;
     # needs banks that carry the kernels (built since the twenty-sixth session)
     guide_average: int = 0
+    # 1: camera shake's teacher labels average the teacher's deconvolutions with the case's kernels, as a teacher
+    # with ``shake_average`` restores a photo (cached in labels-avg.pt); 0: the refined kernel's alone (labels.pt)
+    label_average: int = 0
     val_every: int = 1000
     seed: int = 0
 
@@ -117,18 +125,20 @@ def cached_labels(bank: list[dict], path: Path, desc: str, label, progress: bool
     return labels
 
 
-def teacher_labels(teacher, bank: list[dict], path: Path, progress: bool = True) -> list[torch.Tensor]:
+def teacher_labels(teacher, bank: list[dict], path: Path, progress: bool = True,
+                   average: bool = False) -> list[torch.Tensor]:
     """The teacher's deconvolution (uint8) of every bank case with its estimated kernel, through its
-    route's solver and prior; cached in ``path`` and resumed from it."""
+    route's solver and prior; cached in ``path`` and resumed from it. With ``average``, a camera-shake case that
+    carries its other kernels is labelled as a teacher with ``shake_average`` (and ``shake_average_check``)
+    restores it: the mean of the deconvolutions with the refined kernel, the L0 kernel (and the second estimate)."""
     from sharpkd.deblur.finetune import case_kernels, solve
 
     cfg = teacher.config
-    average = bool(cfg.shake_average and cfg.refine_rounds > 0)
+    average = bool(average and cfg.shake_average and cfg.refine_rounds > 0)
 
     def label(c: dict) -> torch.Tensor:
         y = c["blurred"][None].float() / 255
         kernels = case_kernels(c)[: (3 if cfg.shake_average_check else 2) if average and c["kind"] == "motion" else 1]
-        # as the teacher restores camera shake with ``shake_average``: the mean of the deconvolutions
         return sum(solve(teacher, y, k[None], c["kind"]) for k in kernels) / len(kernels)
 
     return cached_labels(bank, path, "teacher labels", label, progress)
@@ -409,7 +419,8 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
         extra = build_bank(teacher, train_photos, cfg.teacher_only_cases, cfg.crop, cfg.seed + 4,
                            out / "bank-teacher-only.pt", progress=progress)
         bank += [{k: v for k, v in c.items() if k != "sharp"} | {"teacher_only": True} for c in extra]
-    labels = teacher_labels(teacher, bank, out / "labels.pt", progress) if cfg.w_kd > 0 else None
+    name = "labels-avg.pt" if cfg.label_average else "labels.pt"
+    labels = teacher_labels(teacher, bank, out / name, progress, bool(cfg.label_average)) if cfg.w_kd > 0 else None
     net_labels = network_labels(teacher, bank, out / "labels-net.pt", progress) if cfg.w_kd_net > 0 else None
     model = build_student(init, cfg)
     balance = float(model.config.balance)
