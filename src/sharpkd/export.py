@@ -113,7 +113,8 @@ def _shapes_from_quantised(graph) -> None:
             node.input[0] = src.input[0]
 
 
-def export_int8_model(model: nn.Module, path: str | Path, calibration: np.ndarray, info: dict | None = None) -> Path:
+def export_int8_model(model: nn.Module, path: str | Path, calibration: np.ndarray, info: dict | None = None,
+                      reduce_range: bool = True) -> Path:
     """``model`` exported in its int8 graph form and quantised (:func:`export_int8`) to ``path``. A plain
     student gets the frame form: RGBA bytes in and out (:func:`_frame_io`), which
     :class:`~sharpkd.backends.OnnxBackend` also runs on float images."""
@@ -125,9 +126,9 @@ def export_int8_model(model: nn.Module, path: str | Path, calibration: np.ndarra
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", info, target="frame" if frame else "int8")
         if not frame:
-            return export_int8(fp32, path, calibration)
+            return export_int8(fp32, path, calibration, reduce_range=reduce_range)
         rgba = np.concatenate([calibration, np.zeros_like(calibration[:, :1])], 1).transpose(0, 2, 3, 1)
-        return export_int8(fp32, path, np.ascontiguousarray(rgba), frame_io=True)
+        return export_int8(fp32, path, np.ascontiguousarray(rgba), frame_io=True, reduce_range=reduce_range)
 
 
 def _frame_io(graph) -> None:
@@ -149,11 +150,13 @@ def _frame_io(graph) -> None:
 
 
 def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray, per_channel: bool = True,
-                frame_io: bool = False) -> Path:
+                frame_io: bool = False, reduce_range: bool = True) -> Path:
     """Statically quantise an exported fp32 model with ONNX Runtime's tools (QDQ format, uint8
     activations and int8 weights, the pairing ORT recommends for x86 CPUs), calibrated (min/max)
     on ``calibration`` images. The sharpkd metadata is carried over with ``precision: int8``.
-    ``frame_io``: the file is the frame form (NHWC RGBA), and reads and writes bytes (:func:`_frame_io`)."""
+    ``frame_io``: the file is the frame form (NHWC RGBA), and reads and writes bytes (:func:`_frame_io`).
+    ``reduce_range`` (default): 7-bit weights, so that the uint8 x int8 products of CPUs without VNNI (AVX2's
+    VPMADDUBSW sums pairs into 16 bits) cannot saturate; ONNX Runtime's documented remedy for non-VNNI CPUs."""
     import tempfile
 
     import onnx
@@ -181,7 +184,7 @@ def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray
             overrides = {"TensorQuantOverrides": {INPUT: [byte], OUTPUT: [byte]}} if frame_io else {}
             quantize_static(str(pre), str(Path(tmp) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            extra_options=overrides)
+                            reduce_range=reduce_range, extra_options=overrides)
         q = onnx.load(str(Path(tmp) / "q.onnx"))
     _shapes_from_quantised(q.graph)
     if frame_io:
@@ -189,7 +192,7 @@ def export_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarray
     del q.metadata_props[:]
     entry = q.metadata_props.add()
     meta = {**meta, "precision": "int8", **({"io": "rgba8"} if frame_io else {}),
-            "calibration_images": int(len(calibration))}
+            "calibration_images": int(len(calibration)), "reduce_range": bool(reduce_range)}
     entry.key, entry.value = "sharpkd", json.dumps(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = path.with_name(path.name + ".tmp")
