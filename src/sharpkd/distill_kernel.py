@@ -136,9 +136,11 @@ def teacher_labels(teacher, bank: list[dict], path: Path, progress: bool = True,
     cfg = teacher.config
     average = bool(average and cfg.shake_average and cfg.refine_rounds > 0)
 
+    shake_kernels = 3 if cfg.shake_average_check else 2  # as many as the teacher's camera-shake route averages
+
     def label(c: dict) -> torch.Tensor:
         y = c["blurred"][None].float() / 255
-        kernels = case_kernels(c)[: (3 if cfg.shake_average_check else 2) if average and c["kind"] == "motion" else 1]
+        kernels = case_kernels(c)[: shake_kernels if average and c["kind"] == "motion" else 1]
         return sum(solve(teacher, y, k[None], c["kind"]) for k in kernels) / len(kernels)
 
     return cached_labels(bank, path, "teacher labels", label, progress)
