@@ -85,6 +85,7 @@ def collect(args: argparse.Namespace) -> dict:
 
     from sharpkd.checkpoint import replace_fields
     from sharpkd.deblur.estimate import kernel_match
+    from sharpkd.deblur.solve import soften as soften_result
     from sharpkd.infer import Sharpener
 
     torch.set_num_threads(args.threads)
@@ -125,9 +126,19 @@ def collect(args: argparse.Namespace) -> dict:
                         if cfg.shake_average_check and captured["check"] is not None:  # and the second estimate's
                             kernels.append(captured["check"])
                     noise = max(est.noise, cfg.shake_noise)
-                    out = sum(teacher._solve(y, k, noise, route="shake") for k in kernels) / len(kernels)
+                    results = [teacher._solve(y, k, noise, route="shake") for k in kernels]
+                    out = soften_result(sum(results) / len(results), cfg.shake_soften)  # as restore() does
+                if args.save_outputs:  # each kernel's result and the truth, 8-bit, to study post-processing offline
+                    folder = Path(args.save_outputs)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(folder / f"{len(rows):03d}_{name}.npz",
+                                        results=np.stack([to_u8(r) for r in results]), sharp=to_u8(sharp),
+                                        blurred=to_u8(y))
                 row["seconds"][name] = time.perf_counter() - t0
                 row["gain"][name] = psnr(out, sharp) - base
+                for width in args.soften:  # the same result with a light Gaussian blur (no solver run)
+                    row.setdefault("softened", {}).setdefault(name, {})[str(width)] = psnr(soften(out, width),
+                                                                                          sharp) - base
                 row["match_l0"][name] = kernel_match(kr, captured["k0"])  # how far the refinement moved it
                 row["match_true"][name] = kernel_match(kr, k_true)
                 if args.aligned:
@@ -145,6 +156,20 @@ def collect(args: argparse.Namespace) -> dict:
         if args.json:
             Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     return {"settings": settings, "rows": rows}
+
+
+def to_u8(t) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> (3, H, W) uint8."""
+    return np.round(t[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+
+def soften(out, width: float):
+    """``out`` (1, 3, H, W) blurred by a Gaussian of standard deviation ``width`` px (reflected borders)."""
+    import torch
+    from scipy.ndimage import gaussian_filter
+
+    arr = out[0].double().numpy()
+    return torch.from_numpy(np.stack([gaussian_filter(c, width, mode="reflect") for c in arr]))[None].float()
 
 
 def aligned_gains(out, y, sharp, border: int = 20) -> dict:
@@ -187,6 +212,19 @@ def summary(data: dict) -> None:
         print(f"| {n} | {g.mean():+.2f} | {d.mean():+.3f} | {rest.mean():+.3f} | {int((d > 0.1).sum())} / "
               f"{int((d < -0.1).sum())} "
               f"| {d.min():+.2f} | {sec:.1f} |")
+    soft = [r for r in rows if "softened" in r]
+    if soft:
+        widths = list(soft[0]["softened"][names[0]])
+        print(f"\nsoftened results (a Gaussian blur of the final result; {len(soft)} cases):\n")
+        print("| setting | " + " | ".join(f"width {w} px" for w in widths) + " |")
+        print("|---|" + "---|" * len(widths))
+        for n in names:
+            cells = []
+            for w in widths:
+                g = np.array([r["softened"][n][w] for r in soft])
+                d = g - np.array([r["gain"][n] for r in soft])
+                cells.append(f"{g.mean():+.2f} ({d.mean():+.3f}; {int((d > 0.1).sum())} / {int((d < -0.1).sum())})")
+            print(f"| {n} | " + " | ".join(cells) + " |")
     aligned = [r for r in rows if "aligned" in r]
     if aligned:
         print(f"\nmisalignment (oracle diagnostic, {len(aligned)} cases; gains on the photo less a 20-px border):\n")
@@ -211,6 +249,10 @@ def main() -> None:
     ap.add_argument("--aligned", action="store_true",
                     help="also score each result after the shift that registers it onto the sharp photo (an oracle "
                          "diagnostic of misalignment), and the solver with the true kernel")
+    ap.add_argument("--soften", type=lambda t: [float(v) for v in t.split(",") if v], default=[], metavar="W,W",
+                    help="also score each result blurred by a Gaussian of these widths (px)")
+    ap.add_argument("--save-outputs", metavar="DIR",
+                    help="save each camera-shake case's per-kernel results (8-bit .npz) here, to study offline")
     ap.add_argument("--resume", type=int, default=0, metavar="N",
                     help="with --levin: keep the first N rows of --json and go on from photo N")
     ap.add_argument("--threads", type=int, default=2)

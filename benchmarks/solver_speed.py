@@ -11,6 +11,9 @@ noise and rounding; Kodak24 is never read). The solver runs as the teacher's fin
 on the solver alone, not on the estimate. Printed per photo: seconds for the whole run, seconds of one
 FFDNet pass at the solver's padded size, and the gain over the blurred photo.
 
+``--prior-backend torch`` times the prior's convolutions in PyTorch instead of ONNX Runtime (the teacher's
+default since the twenty-seventh session); ``--compare`` the two JSON files to see that they agree.
+
 To time another version of the code, run this file with that version first on the path, e.g.
 ``git worktree add /tmp/old REV; PYTHONPATH=/tmp/old/src python benchmarks/solver_speed.py --json old.json``.
 """
@@ -36,8 +39,8 @@ def measure(args: argparse.Namespace) -> dict:
     from sharpkd.metrics import psnr
 
     teacher = load_model(args.teacher)[0]
+    teacher.prior_backend = args.prior_backend
     cfg = teacher.config
-    prior = teacher.prior("shake")
 
     def to_t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
@@ -47,6 +50,7 @@ def measure(args: argparse.Namespace) -> dict:
         img = to_t(y)
         noise = max(estimate_noise(img), cfg.min_noise, cfg.shake_noise)
         with torch.no_grad():
+            prior = teacher._runner(teacher.prior("shake"), img)  # what the solver runs (made before timing)
             t0 = time.perf_counter()
             out = teacher._solve(img, k_true, noise, route="shake")
             t1 = time.perf_counter()
@@ -61,7 +65,7 @@ def measure(args: argparse.Namespace) -> dict:
         r = rows[-1]
         print(f"{name}: {r['seconds']:.1f} s (one FFDNet pass {r['ffdnet_seconds']:.2f} s), gain {r['gain']:+.2f} dB",
               flush=True)
-    return {"teacher": args.teacher, "threads": args.threads, "rows": rows}
+    return {"teacher": args.teacher, "threads": args.threads, "prior_backend": args.prior_backend, "rows": rows}
 
 
 def summary(res: dict) -> str:
@@ -81,7 +85,11 @@ def compare(a: dict, b: dict) -> None:
 def main() -> None:
     from estimate_speed import cli
 
-    cli(__doc__, measure, summary, compare, limit=True)
+    def extra(ap) -> None:
+        ap.add_argument("--prior-backend", choices=("onnx", "torch"), default="onnx",
+                        help="what runs the prior's convolutions (BlindTeacher.prior_backend; default onnx)")
+
+    cli(__doc__, measure, summary, compare, limit=True, extra=extra)
 
 
 if __name__ == "__main__":

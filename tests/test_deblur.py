@@ -433,6 +433,50 @@ def test_ffdnet_channels_last_pass_matches_plain_convolutions():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+def test_onnx_prior_gives_the_torch_answer_for_odd_sizes_and_batches():
+    """OnnxFFDNet (the priors' convolutions run by ONNX Runtime) returns FFDNet's output to float rounding, for
+    odd sizes, a batch with one noise level per image and a plain float noise level."""
+    from sharpkd.deblur.denoiser import FFDNet, OnnxFFDNet
+
+    torch.manual_seed(0)
+    net = FFDNet(width=8, depth=3).eval()
+    runner = OnnxFFDNet(net, threads=1)
+    for x, sigma in ((torch.rand(2, 3, 13, 18), torch.tensor([0.02, 0.1])), (torch.rand(1, 3, 20, 31), 0.05)):
+        with torch.no_grad():
+            ref = net(x, sigma)
+        out = runner(x, sigma)
+        assert out.shape == x.shape
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_teacher_solver_runs_its_prior_with_onnx_runtime_only_without_gradients(crop):
+    """With ``prior_backend`` "onnx" the solver's denoiser is an OnnxFFDNet made once per prior and reused; the
+    deconvolution equals the PyTorch prior's; after the weights change in place a new one is made (so a
+    fine-tuned prior is never run with stale weights); with gradients on, or "torch", the module itself runs."""
+    from sharpkd.deblur.denoiser import OnnxFFDNet
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+    from sharpkd.degrade import gaussian_kernel
+
+    torch.manual_seed(0)
+    teacher = BlindTeacher(config=BlindTeacherConfig(iters=3, cg_steps=2))
+    teacher.denoiser = type(teacher.denoiser)(width=8, depth=3).eval()
+    y = to_t(crop)
+    k = gaussian_kernel(1.5)
+    with torch.no_grad():
+        first = teacher._runner(teacher.denoiser, y)
+        assert isinstance(first, OnnxFFDNet) and teacher._runner(teacher.denoiser, y) is first
+        fast = teacher._solve(y, k, 0.01)
+        teacher.prior_backend = "torch"
+        assert teacher._runner(teacher.denoiser, y) is teacher.denoiser
+        slow = teacher._solve(y, k, 0.01)
+        assert torch.allclose(fast, slow, atol=1e-4)
+        teacher.prior_backend = "onnx"
+        teacher.denoiser.body[0].bias.add_(0.1)
+        assert teacher._runner(teacher.denoiser, y) is not first
+        assert len(teacher._runners) == 1  # the stale one is dropped
+    assert teacher._runner(teacher.denoiser, y) is teacher.denoiser  # gradients on
+
+
 def test_refining_against_a_sharp_latent_tightens_a_thick_kernel():
     """refine_kernel: given the sharp image as the latent, a too-thick estimate moves to the true shape."""
     import skimage.data
@@ -597,6 +641,32 @@ def test_shake_average_deconvolves_with_both_kernels_and_averages(monkeypatch):
     solved.clear()
     teacher.restore(x, [BlurEstimate(refined, 0.01, "round")])
     assert [r for r, _ in solved] == ["round"]
+
+
+def test_shake_soften_blurs_only_the_camera_shake_result(monkeypatch):
+    """``shake_soften`` blurs the camera-shake route's result by a Gaussian of that width (0: untouched); the
+    round route's result is never softened; ``soften`` keeps the mean and lowers the detail."""
+    import dataclasses
+
+    from sharpkd.deblur.solve import soften
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig, BlurEstimate
+    from sharpkd.degrade import gaussian_kernel
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 40)
+    assert soften(x, 0) is x
+    soft = soften(x, 0.7)
+    assert soft.shape == x.shape and abs(float(soft.mean() - x.mean())) < 1e-3
+    assert float(soft.diff(dim=-1).abs().mean()) < 0.7 * float(x.diff(dim=-1).abs().mean())
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net))
+    monkeypatch.setattr(teacher, "_solve", lambda img, kernel, noise, route="": x.clone())
+    k = gaussian_kernel(1.0, 5)
+    shake, round_ = BlurEstimate(k, 0.01, "shake"), BlurEstimate(k, 0.01, "round")
+    assert torch.equal(teacher.restore(x, [shake]), x)
+    teacher.config = dataclasses.replace(teacher.config, shake_soften=0.7)
+    assert torch.allclose(teacher.restore(x, [shake]), soft)
+    assert torch.equal(teacher.restore(x, [round_]), x)
 
 
 def test_route_iterations_and_geometric_ensemble_reach_the_solver(monkeypatch):

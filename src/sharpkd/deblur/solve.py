@@ -186,6 +186,18 @@ def masked_data_step(x: torch.Tensor, z: torch.Tensor, kty: torch.Tensor, otf: t
     return x
 
 
+def soften(x: torch.Tensor, width: float) -> torch.Tensor:
+    """(B, C, H, W) blurred by a Gaussian of standard deviation ``width`` px (scipy.ndimage's, borders
+    mirrored); ``width`` 0 returns ``x`` itself."""
+    if width <= 0:
+        return x
+    from scipy.ndimage import gaussian_filter
+
+    arr = x.detach().cpu().double().numpy()
+    out = gaussian_filter(arr, (0, 0, width, width), mode="reflect")
+    return torch.from_numpy(out).to(dtype=x.dtype, device=x.device)
+
+
 def estimate_noise(y: torch.Tensor) -> float:
     """Noise standard deviation of a (B, C, H, W) image in [0, 1] units, by scikit-image's wavelet
     estimator (Donoho's MAD of the finest diagonal coefficients), averaged over channels and images."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sharpkd.deblur.denoiser import FFDNet
+from sharpkd.deblur.denoiser import FFDNet, OnnxFFDNet
 from sharpkd.deblur.estimate import (
     EstimateConfig,
     anisotropy,
@@ -45,7 +45,7 @@ from sharpkd.deblur.estimate import (
     reblur_residual,
     refine_kernel,
 )
-from sharpkd.deblur.solve import estimate_noise, hqs_deconvolve
+from sharpkd.deblur.solve import estimate_noise, hqs_deconvolve, soften
 from sharpkd.degrade import gaussian_kernel
 from sharpkd.models.blocks import pad_to_multiple
 from sharpkd.models.teacher import NAFTeacher, NAFTeacherConfig
@@ -126,6 +126,10 @@ class BlindTeacherConfig:
     shake_iters: int = 0
     round_iters: int = 0
     refine_iters: int = 0
+    # conjugate-gradient steps of each data step in the camera-shake route's runs (the refinement's and the final
+    # ones; 0: ``cg_steps``). The round route keeps ``cg_steps``: its sigma-3 photos lost 0.15 dB on the hold-out
+    # crops with 4 (docs/results.md, twenty-seventh session)
+    shake_cg_steps: int = 0
     # (False: the first estimate, as before) a photo routed to camera shake is deconvolved with whichever of its
     # two estimates (the first and the check) the photo's L0 cartoon reproduces better under it
     # (sharpkd.deblur.estimate.reblur_residual); on procedural camera shake the first is not always the better one
@@ -138,6 +142,10 @@ class BlindTeacherConfig:
     # (False: off, as shipped) with shake_average, the second estimate (the check that confirmed camera shake,
     # another support size and L0 weight) is deconvolved too, unrefined, and the three results are averaged
     shake_average_check: bool = False
+    # (0: off) the camera-shake route's (averaged) result is blurred by a Gaussian of this standard deviation
+    # (px). An estimated kernel's shape errors misplace fine detail by up to a pixel; where the place of that
+    # detail is unsure, a slightly softer result is the closer guess (docs/results.md, twenty-seventh session)
+    shake_soften: float = 0.0
 
 
 @dataclass
@@ -173,6 +181,11 @@ class BlindTeacher(nn.Module):
         self.denoiser = FFDNet()
         self.shake_denoiser = FFDNet() if self.config.shake_prior else None
         self.round_denoiser = FFDNet() if self.config.round_prior else None
+        # what runs the priors' convolutions when no gradient is wanted, on the CPU: "onnx" (ONNX Runtime,
+        # about 30 % faster on an AVX2 CPU, the same answer to float rounding) or "torch". Not part of the
+        # file: it changes the speed, not the result.
+        self.prior_backend = "onnx"
+        self._runners: dict = {}
         self.network = None
         if self.config.network is not None:
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.config.network.items()}
@@ -303,7 +316,8 @@ class BlindTeacher(nn.Module):
                 outs.append(img.clamp(0, 1))
             elif est.route == "shake" and self.network is not None:
                 noise = max(est.noise, self.config.shake_noise)
-                outs.append(sum(self._solve(img, k, noise, route="shake") for k in est.kernels) / len(est.kernels))
+                out = sum(self._solve(img, k, noise, route="shake") for k in est.kernels) / len(est.kernels)
+                outs.append(soften(out, self.config.shake_soften))
             elif est.route == "round":
                 outs.append(self._solve(img, est.kernel, max(est.noise, self.config.round_noise), route="round"))
             else:
@@ -319,11 +333,24 @@ class BlindTeacher(nn.Module):
     def _solve(self, img: torch.Tensor, kernel: np.ndarray, noise: float, route: str = "") -> torch.Tensor:
         """The HQS solver with the denoiser of ``route`` (see :meth:`prior`)."""
         cfg = self.config
-        prior = self.prior(route)
+        prior = self._runner(self.prior(route), img)
         iters = int({"shake": cfg.shake_iters, "round": cfg.round_iters, "refine": cfg.refine_iters}.get(route, 0))
         iters = iters or cfg.iters
+        cg = (cfg.shake_cg_steps if route in ("shake", "refine") else 0) or cfg.cg_steps
         return hqs_deconvolve(img, kernel, prior, noise=noise, iters=iters, sigma_max=cfg.sigma_max,
-                              lam=cfg.lam, cg_steps=cfg.cg_steps, geo_ensemble=bool(cfg.geo_ensemble))
+                              lam=cfg.lam, cg_steps=cg, geo_ensemble=bool(cfg.geo_ensemble))
+
+    def _runner(self, prior: nn.Module, img: torch.Tensor):
+        """``prior`` itself, or with :attr:`prior_backend` "onnx", no gradient wanted and a CPU tensor, its
+        :class:`OnnxFFDNet`, made once per prior and its weights' current values (a fine-tuning step
+        changes the weights in place, which bumps their version counters, and so gets a new one)."""
+        if self.prior_backend != "onnx" or torch.is_grad_enabled() or img.device.type != "cpu":
+            return prior
+        key = (id(prior), tuple(int(p._version) for p in prior.parameters()))
+        if key not in self._runners:
+            self._runners = {k: v for k, v in self._runners.items() if k[0] != id(prior)}
+            self._runners[key] = OnnxFFDNet(prior)
+        return self._runners[key]
 
     def _refine(self, img: torch.Tensor, kernel: np.ndarray, noise: float) -> np.ndarray:
         """Deconvolve (the central crop the kernel came from) conservatively, then refine the kernel
