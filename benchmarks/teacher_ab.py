@@ -65,8 +65,9 @@ def dev_photos(data: str, count: int, max_side: int = 768) -> list[tuple[str, np
 # the BlindTeacherConfig fields that BlindTeacher.restore may read (a superset: the refinement's fields too): two
 # settings that agree on these restore one estimate to the same photo
 RESTORE_FIELDS = ("cg_steps", "estimate_side", "first_noise", "geo_ensemble", "iters", "lam", "multiple",
-                  "refine_iters", "refine_rounds", "round_iters", "round_noise", "shake_iters", "shake_noise", "shake_cg_steps",
-                  "sigma_max", "shake_prior", "round_prior", "shake_average", "shake_average_check", "shake_soften")
+                  "refine_iters", "refine_rounds", "round_iters", "round_noise", "shake_iters", "shake_noise",
+                  "shake_cg_steps", "sigma_max", "shake_prior", "round_prior", "shake_average", "shake_average_check",
+                  "shake_soften")
 
 
 def same_estimate(a, b) -> bool:

@@ -693,13 +693,25 @@ def test_route_iterations_and_geometric_ensemble_reach_the_solver(monkeypatch):
         teacher.config = dataclasses.replace(teacher.config, shake_iters=shake, round_iters=rnd, geo_ensemble=geo)
         teacher.restore(torch.cat([img, img]), ests)
         assert calls == want
+    # shake_cg_steps: the camera-shake route's runs (final and refinement) only; the round route keeps cg_steps
+    steps = []
+    monkeypatch.setattr(teacher_module, "hqs_deconvolve",
+                        lambda img, k, prior, **kw: steps.append(kw["cg_steps"]) or img)
+    for field, want in ((0, [8, 8]), (4, [4, 8])):
+        steps.clear()
+        teacher.config = dataclasses.replace(teacher.config, cg_steps=8, shake_cg_steps=field)
+        teacher.restore(torch.cat([img, img]), ests)
+        assert steps == want
+    teacher.config = dataclasses.replace(teacher.config, shake_cg_steps=0, geo_ensemble=True)
+    monkeypatch.setattr(teacher_module, "hqs_deconvolve",
+                        lambda img, k, prior, **kw: calls.append((kw["iters"], kw["geo_ensemble"])) or img)
     calls.clear()
     teacher.config = dataclasses.replace(teacher.config, refine_rounds=1)
     monkeypatch.setattr(teacher_module, "refine_kernel", lambda blurred, latent, kernel, config, **cleaning: kernel)
     teacher._refine(torch.rand(3, 140, 140), gaussian_kernel(1.0, 31), 0.01)
     assert calls == [(8, True)]
     old = config_to_dict(BlindTeacherConfig())
-    for key in ("shake_iters", "round_iters", "geo_ensemble"):
+    for key in ("shake_iters", "round_iters", "geo_ensemble", "shake_cg_steps"):
         old.pop(key)
     assert BlindTeacherConfig(**old) == BlindTeacherConfig()
 

@@ -289,6 +289,9 @@ def test_estimates_are_shared_by_content_and_estimator():
     picks.attach_estimator(shared)
     a.attach_estimator(shared)
     assert (a.estimator.config.pick_by_residual, picks.estimator.config.pick_by_residual) == (False, True)
+    shared.config = replace(shared.config, shake_cg_steps=4)  # the teacher's faster camera-shake runs: not for
+    a.attach_estimator(shared)  # the kernel student's refinement, which keeps what it was measured with
+    assert a.estimator.config.shake_cg_steps == 0 and shared.config.shake_cg_steps == 4
     assert KernelStudentConfig().pick_by_residual is False
     picks.estimate(x)
     assert picks.estimator.calls == 2  # another setting: not from the cache

@@ -60,9 +60,11 @@ class _Stack(nn.Module):
 class OnnxFFDNet:
     """An :class:`FFDNet` whose convolutions ONNX Runtime runs (float32, inference only): the same call and,
     to float rounding, the same answer. The solver calls its denoiser 8 times per run on the whole padded
-    photo, and on an AVX2 CPU without AVX-512 ONNX Runtime's convolutions took 1.37 s per 576 x 840 pass
-    against PyTorch's 1.97 (``python benchmarks/solver_speed.py --prior-backends torch,onnx``). The graph is
-    exported in memory when the object is made (a tenth of a second); nothing is written to disk."""
+    photo, which is most of the teacher's time on camera shake; on an AMD EPYC without AVX-512 the teacher took
+    63.7 s per camera-shake photo with it and 71.2 s with PyTorch's convolutions, its results within one 8-bit
+    level (``python benchmarks/teacher_time.py``; one pass alone: ``benchmarks/solver_speed.py
+    --prior-backend``). The graph is exported in memory when the object is made (a tenth of a second); nothing
+    is written to disk."""
 
     def __init__(self, net: FFDNet, threads: int = 0):
         import io

@@ -161,7 +161,9 @@ class KernelStudent(nn.Module):
 
         def at(side: int) -> nn.Module:
             est = copy.copy(teacher)
-            est.config = replace(teacher.config, estimate_side=side, **own)
+            # the refinement's run with the teacher's cg_steps whatever the file's camera-shake route uses
+            # (shake_cg_steps): that is the estimate the shipped kernel students were measured with
+            est.config = replace(teacher.config, estimate_side=side, shake_cg_steps=0, **own)
             return est.eval()
 
         self.__dict__["_estimator"] = at(self.config.estimate_side)
