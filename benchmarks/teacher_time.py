@@ -1,6 +1,7 @@
 """Seconds per photo of the shipped blind teacher on the benchmark's camera-shake photos, its slowest route.
 
     python benchmarks/teacher_time.py --json docs/eval/teacher_time/epyc.json
+    python benchmarks/teacher_time.py --teacher runs/old/teacher.safetensors      # another file
     python benchmarks/teacher_time.py --photos 0,7 --backends onnx         # a quicker look
 
 Issue 15 allows the teacher 60 s for a 768 x 512 photo on two cores. Photos the teacher deconvolves as camera
@@ -34,6 +35,7 @@ def main() -> None:
     from sharpkd.provenance import hardware
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="teacher", help="a blind teacher's name or file (default: the shipped one)")
     ap.add_argument("--data", default="../shared/datasets/eval/kodak24")
     ap.add_argument("--kernels", default="../shared/datasets/kernels/levin09.npz")
     ap.add_argument("--photos", default="0,1,2,3,4,5,6,7", help="photo indices (comma-separated)")
@@ -45,7 +47,7 @@ def main() -> None:
     images = load_eval_images(args.data)
     levin = load_levin_kernels(args.kernels)
     backends = [b for b in args.backends.split(",") if b]
-    sh = Sharpener.from_pretrained("teacher", tile=0)
+    sh = Sharpener.from_pretrained(args.teacher, tile=0)
     motion = 3  # the protocol's degradation index of camera shake
     rows = []
     for i in (int(v) for v in args.photos.split(",")):
