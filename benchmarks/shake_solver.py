@@ -85,7 +85,7 @@ def collect(args: argparse.Namespace) -> dict:
 
     from sharpkd.checkpoint import replace_fields
     from sharpkd.deblur.estimate import kernel_match
-    from sharpkd.deblur.solve import soften as soften_result
+    from sharpkd.deblur.solve import soften
     from sharpkd.infer import Sharpener
 
     torch.set_num_threads(args.threads)
@@ -126,14 +126,8 @@ def collect(args: argparse.Namespace) -> dict:
                         if cfg.shake_average_check and captured["check"] is not None:  # and the second estimate's
                             kernels.append(captured["check"])
                     noise = max(est.noise, cfg.shake_noise)
-                    results = [teacher._solve(y, k, noise, route="shake") for k in kernels]
-                    out = soften_result(sum(results) / len(results), cfg.shake_soften)  # as restore() does
-                if args.save_outputs:  # each kernel's result and the truth, 8-bit, to study post-processing offline
-                    folder = Path(args.save_outputs)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(folder / f"{len(rows):03d}_{name}.npz",
-                                        results=np.stack([to_u8(r) for r in results]), sharp=to_u8(sharp),
-                                        blurred=to_u8(y))
+                    out = sum(teacher._solve(y, k, noise, route="shake") for k in kernels) / len(kernels)
+                    out = soften(out, cfg.shake_soften)  # as restore() does
                 row["seconds"][name] = time.perf_counter() - t0
                 row["gain"][name] = psnr(out, sharp) - base
                 for width in args.soften:  # the same result with a light Gaussian blur (no solver run)
@@ -156,20 +150,6 @@ def collect(args: argparse.Namespace) -> dict:
         if args.json:
             Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     return {"settings": settings, "rows": rows}
-
-
-def to_u8(t) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> (3, H, W) uint8."""
-    return np.round(t[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
-
-
-def soften(out, width: float):
-    """``out`` (1, 3, H, W) blurred by a Gaussian of standard deviation ``width`` px (reflected borders)."""
-    import torch
-    from scipy.ndimage import gaussian_filter
-
-    arr = out[0].double().numpy()
-    return torch.from_numpy(np.stack([gaussian_filter(c, width, mode="reflect") for c in arr]))[None].float()
 
 
 def aligned_gains(out, y, sharp, border: int = 20) -> dict:
@@ -251,8 +231,6 @@ def main() -> None:
                          "diagnostic of misalignment), and the solver with the true kernel")
     ap.add_argument("--soften", type=lambda t: [float(v) for v in t.split(",") if v], default=[], metavar="W,W",
                     help="also score each result blurred by a Gaussian of these widths (px)")
-    ap.add_argument("--save-outputs", metavar="DIR",
-                    help="save each camera-shake case's per-kernel results (8-bit .npz) here, to study offline")
     ap.add_argument("--resume", type=int, default=0, metavar="N",
                     help="with --levin: keep the first N rows of --json and go on from photo N")
     ap.add_argument("--threads", type=int, default=2)

@@ -3,6 +3,7 @@
     python benchmarks/teacher_time.py --json docs/eval/teacher_time/epyc.json
     python benchmarks/teacher_time.py --teacher runs/old/teacher.safetensors      # another file
     python benchmarks/teacher_time.py --photos 0,7 --backends onnx         # a quicker look
+    python benchmarks/teacher_time.py --photos 0 --backends torch --profile   # where one photo's time goes
 
 Issue 15 allows the teacher 60 s for a 768 x 512 photo on two cores. Photos the teacher deconvolves as camera
 shake cost the most (two estimates, a kernel refinement and four solver runs), so this script times those: the
@@ -19,12 +20,26 @@ the machine's speed during the run touches both. Printed per photo: the route, t
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# where a photo's time goes (--profile): the functions whose cumulative time is reported
+PARTS = {"denoiser passes": "around_stack", "kernel estimates": "estimate_kernel",
+         "conjugate-gradient data steps": "masked_data_step"}
+
+
+def parts(profiler: cProfile.Profile) -> dict[str, float]:
+    """Seconds spent in each of :data:`PARTS` (cumulative, all calls) and in the whole profiled call."""
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive calls, own, cumulative, ..)
+    out = {part: sum(v[3] for k, v in stats.items() if k[2] == fn) for part, fn in PARTS.items()}
+    out["total"] = pstats.Stats(profiler).total_tt
+    return out
 
 
 def main() -> None:
@@ -41,6 +56,9 @@ def main() -> None:
     ap.add_argument("--photos", default="0,1,2,3,4,5,6,7", help="photo indices (comma-separated)")
     ap.add_argument("--backends", default="onnx,torch")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where each photo's time went (denoiser passes, kernel estimates, CG data steps; "
+                         "profiling slows the run a little)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,9 +76,15 @@ def main() -> None:
         outs = {}
         for b in backends:
             sh.model.prior_backend = b
+            profiler = cProfile.Profile() if args.profile else None
             t0 = time.perf_counter()
+            if profiler:
+                profiler.enable()
             out = to_uint8(sh.sharpen_array(blurred.astype(np.float32) / 255))
             row["seconds"][b] = time.perf_counter() - t0
+            if profiler:
+                profiler.disable()
+                row.setdefault("profile", {})[b] = parts(profiler)
             row["psnr"][b] = psnr(sharp, out)
             row["route"] = sh.last_estimates[0].route
             outs[b] = out.astype(np.int16)
@@ -69,6 +93,8 @@ def main() -> None:
         print(f"{name} (k{row['kernel']}, {row['route']}): "
               + ", ".join(f"{b} {row['seconds'][b]:.1f} s" for b in backends)
               + f"; results differ by at most {row['max_level_difference']} level(s)", flush=True)
+        for b, spent in row.get("profile", {}).items():
+            print(f"  {b}, profiled: " + ", ".join(f"{part} {sec:.1f} s" for part, sec in spent.items()), flush=True)
     for b in backends:
         s = [r["seconds"][b] for r in rows]
         shake = [r["seconds"][b] for r in rows if r["route"] == "shake"]

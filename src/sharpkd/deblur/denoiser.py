@@ -27,12 +27,7 @@ class FFDNet(nn.Module):
         self.body = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1) for i, o in zip(ins, outs, strict=True))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
-        y = F.pixel_unshuffle(x, 2)
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
-        y = torch.cat([y, s.expand(y.shape[0], 1, *y.shape[-2:])], 1)
-        return F.pixel_shuffle(self.convolve(y).contiguous(), 2)[..., :h, :w]
+        return around_stack(x, sigma, self.convolve)
 
     def convolve(self, y: torch.Tensor) -> torch.Tensor:
         """The convolution stack on the half-resolution input (B, 4C + 1, h, w) -> (B, 4C, h, w)."""
@@ -44,6 +39,18 @@ class FFDNet(nn.Module):
             if n < len(self.body) - 1:
                 y = F.relu(y, inplace=True)
         return y
+
+
+def around_stack(x: torch.Tensor, sigma: torch.Tensor | float, stack) -> torch.Tensor:
+    """FFDNet's steps around its convolution stack: ``x`` padded to even sides, pixel-unshuffled by 2, a
+    constant noise-level map appended; ``stack`` (the convolutions, (B, 4C + 1, h, w) -> (B, 4C, h, w)) run;
+    the result shuffled back and cropped to ``x``'s size."""
+    h, w = x.shape[-2:]
+    x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    y = F.pixel_unshuffle(x, 2)
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    y = torch.cat([y, s.expand(y.shape[0], 1, *y.shape[-2:])], 1)
+    return F.pixel_shuffle(stack(y).contiguous(), 2)[..., :h, :w]
 
 
 class _Stack(nn.Module):
@@ -60,11 +67,11 @@ class _Stack(nn.Module):
 class OnnxFFDNet:
     """An :class:`FFDNet` whose convolutions ONNX Runtime runs (float32, inference only): the same call and,
     to float rounding, the same answer. The solver calls its denoiser 8 times per run on the whole padded
-    photo, which is most of the teacher's time on camera shake; on an AMD EPYC without AVX-512 the teacher took
-    63.7 s per camera-shake photo with it and 71.2 s with PyTorch's convolutions, its results within one 8-bit
-    level (``python benchmarks/teacher_time.py``; one pass alone: ``benchmarks/solver_speed.py
-    --prior-backend``). The graph is exported in memory when the object is made (a tenth of a second); nothing
-    is written to disk."""
+    photo, which is most of the teacher's time on camera shake; on an AMD EPYC without AVX-512 the teacher file
+    shipped until the twenty-seventh session took 63.7 s per camera-shake photo with it and 71.2 s with PyTorch's
+    convolutions, its results within one 8-bit level (``python benchmarks/teacher_time.py --teacher F``; one pass
+    alone: ``benchmarks/solver_speed.py --prior-backend``). The graph is exported in memory when the object is
+    made; nothing is written to disk."""
 
     def __init__(self, net: FFDNet, threads: int = 0):
         import io
@@ -75,8 +82,8 @@ class OnnxFFDNet:
         self.channels = net.channels
         buf = io.BytesIO()
         axes = {0: "batch", 2: "height", 3: "width"}
-        # the TorchScript exporter: a plain convolution stack, exported in about 0.1 s (the dynamo exporter
-        # takes 2-6 s, which a one-photo command would wait for)
+        # the TorchScript exporter: a plain convolution stack exports in a fraction of a second, where the dynamo
+        # exporter takes seconds, which a one-photo command would wait for
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(_Stack(net).float().eval(), (torch.rand(1, 4 * net.channels + 1, 8, 12),), buf,
@@ -90,10 +97,7 @@ class OnnxFFDNet:
                                             providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        x = F.pad(x.detach().float(), (0, w % 2, 0, h % 2), mode="replicate")
-        y = F.pixel_unshuffle(x, 2)
-        s = torch.as_tensor(sigma, dtype=y.dtype).reshape(-1, 1, 1, 1)
-        y = torch.cat([y, s.expand(y.shape[0], 1, *y.shape[-2:])], 1)
-        out = self.session.run(["out"], {"y": np.ascontiguousarray(y.numpy())})[0]
-        return F.pixel_shuffle(torch.from_numpy(out), 2)[..., :h, :w]
+        return around_stack(x.detach().float(), sigma, self._stack)
+
+    def _stack(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["out"], {"y": np.ascontiguousarray(y.numpy())})[0])

@@ -181,9 +181,9 @@ class BlindTeacher(nn.Module):
         self.denoiser = FFDNet()
         self.shake_denoiser = FFDNet() if self.config.shake_prior else None
         self.round_denoiser = FFDNet() if self.config.round_prior else None
-        # what runs the priors' convolutions when no gradient is wanted, on the CPU: "onnx" (ONNX Runtime,
-        # about 30 % faster on an AVX2 CPU, the same answer to float rounding) or "torch". Not part of the
-        # file: it changes the speed, not the result.
+        # what runs the priors' convolutions when no gradient is wanted, on the CPU: "onnx" (ONNX Runtime; a
+        # camera-shake photo about 10 % faster on an AVX2 CPU, benchmarks/teacher_time.py; the same answer to
+        # float rounding) or "torch". Not part of the file: it changes the speed, not the result.
         self.prior_backend = "onnx"
         self._runners: dict = {}
         self.network = None
