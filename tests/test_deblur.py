@@ -831,3 +831,34 @@ def test_pick_by_residual_chooses_the_estimate_that_explains_the_photo(monkeypat
         assert est.route == "shake" and len(calls) == 2
         assert refined[0] is not None and np.array_equal(refined[0], chosen)
         assert len(seen) == (2 if pick else 0) and all(p == 31 for _, p in seen)
+
+
+def test_a_jpeg_files_quantisation_step_raises_the_blind_models_noise_floor(tmp_path, crop):
+    """JPEG compression removes the detail the noise estimate reads: a JPEG file's step (read from its tables)
+    lifts the noise level of the teacher and of the kernel student's estimator to ``jpeg_noise`` x the step;
+    lossless files, and configs without ``jpeg_noise``, are estimated as before."""
+    import dataclasses
+
+    from PIL import Image
+
+    from sharpkd.imageio import read_image
+    from sharpkd.infer import Sharpener
+
+    blurred = protocol_degrade(crop, make_kernel("gaussian", sigma=1.5, size=9), 0)
+    Image.fromarray(blurred).save(tmp_path / "b.jpg", quality=90)
+    Image.fromarray(blurred).save(tmp_path / "b.png")
+    jpg, png = read_image(tmp_path / "b.jpg"), read_image(tmp_path / "b.png")
+    assert png.jpeg_step is None and jpg.jpeg_step == 11  # the median of Pillow's luma table at quality 90
+    for name in ("teacher", "kstudent"):
+        sh = Sharpener.from_pretrained(name, tile=0, ensemble=1)
+        teacher = sh.model.estimator if name == "kstudent" else sh.model
+        x = torch.from_numpy(jpg.rgb).permute(2, 0, 1)[None]
+        teacher.config = dataclasses.replace(teacher.config, jpeg_noise=0.0)
+        plain = sh.estimate_blur(x, jpeg_step=jpg.jpeg_step)[0].noise
+        assert plain == sh.estimate_blur(x)[0].noise < 0.4 * 11 / 255  # ignored when the config does not ask
+        teacher.config = dataclasses.replace(teacher.config, jpeg_noise=0.4)
+        out = sh.sharpen_image(jpg)
+        assert out.rgb.shape == jpg.rgb.shape and out.jpeg_step == jpg.jpeg_step
+        assert sh.last_estimates[0].noise == pytest.approx(0.4 * 11 / 255)
+        sh.sharpen_image(png)
+        assert sh.last_estimates[0].noise == pytest.approx(sh.estimate_blur(to_t(blurred))[0].noise)

@@ -83,7 +83,8 @@ def cmd_sharpen(args: argparse.Namespace) -> int:
 def sharpen_saving_kernel(sharpener, img, folder: Path, name: str):
     """Sharpen with a blind model and save its blur estimate as ``NAME.kernel.png`` (scaled to its
     peak, 8x enlarged), ``NAME.kernel.npy`` (the kernel itself, float64, sums to 1) and
-    ``NAME.kernel.json`` (the route the photo took, the agreement of the two estimates, the noise)."""
+    ``NAME.kernel.json`` (the route the photo took, the agreement of the two estimates, the noise, and for a
+    JPEG file its quantisation step, :func:`sharpkd.imageio.jpeg_step`)."""
     import json
 
     import numpy as np
@@ -93,7 +94,7 @@ def sharpen_saving_kernel(sharpener, img, folder: Path, name: str):
     from sharpkd.imageio import LoadedImage
 
     x = torch.from_numpy(np.ascontiguousarray(img.rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-    est = sharpener.estimate_blur(x)
+    est = sharpener.estimate_blur(x, jpeg_step=img.jpeg_step)
     out = sharpener.sharpen_tensor(x, est)[0].permute(1, 2, 0).numpy()
     k = est[0].kernel
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,9 +103,9 @@ def sharpen_saving_kernel(sharpener, img, folder: Path, name: str):
     np.save(folder / f"{name}.kernel.npy", k)
     e = est[0]
     report = {"route": getattr(e, "route", "shake"), "agreement": round(float(getattr(e, "agreement", 1.0)), 4),
-              "noise_255": round(float(e.noise) * 255, 3), "kernel_size": int(k.shape[0])}
+              "noise_255": round(float(e.noise) * 255, 3), "kernel_size": int(k.shape[0]), "jpeg_step": img.jpeg_step}
     (folder / f"{name}.kernel.json").write_text(json.dumps(report) + "\n")
-    return LoadedImage(out, img.alpha, img.mode, img.format, dict(img.info))
+    return LoadedImage(out, img.alpha, img.mode, img.format, dict(img.info), img.jpeg_step)
 
 
 def plan_outputs(inputs: list[str], output: str, exts: set[str], recursive: bool = False,

@@ -195,17 +195,20 @@ class Sharpener:
         kernel student)."""
         return isinstance(self.backend, TorchBackend) and self.backend.blind
 
-    def estimate_blur(self, x: torch.Tensor) -> list:
+    def estimate_blur(self, x: torch.Tensor, jpeg_step: float | None = None) -> list:
         """The blur the model finds in each image of a (B, 3, H, W) batch (blind models only): a list of
-        :class:`sharpkd.deblur.teacher.BlurEstimate` (kernel and noise level)."""
+        :class:`sharpkd.deblur.teacher.BlurEstimate` (kernel and noise level). ``jpeg_step``: the images
+        were decoded from a JPEG file (:attr:`sharpkd.imageio.LoadedImage.jpeg_step`), which raises the noise
+        floor of a model whose config asks for it."""
         if not self.blind:
             raise ValueError(f"{self.name} does not estimate the blur (only the teacher and the kernel student do)")
-        return self.model.estimate(x.float().to(self.device))
+        return self.model.estimate(x.float().to(self.device), jpeg_step=jpeg_step)
 
-    def sharpen_tensor(self, x: torch.Tensor, estimates: list | None = None) -> torch.Tensor:
+    def sharpen_tensor(self, x: torch.Tensor, estimates: list | None = None,
+                       jpeg_step: float | None = None) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> same shape, on the CPU. ``estimates``: for a blind model,
         blur estimates from :meth:`estimate_blur` (made here from the whole image when omitted, so
-        tiles share one kernel)."""
+        tiles share one kernel; ``jpeg_step`` as there)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         x = x.float()
@@ -213,7 +216,7 @@ class Sharpener:
         def prepare(t: torch.Tensor):
             """What the network pass runs on (for the kernel student, photo and guide joined) and its function."""
             if self.blind:
-                est = estimates if estimates is not None and t is x else self.estimate_blur(t)
+                est = estimates if estimates is not None and t is x else self.estimate_blur(t, jpeg_step)
                 self.last_estimates = est
                 if hasattr(self.model, "guide"):  # the kernel student: deconvolve the whole photo once,
                     # then tile the network over photo and guide together (six channels)
@@ -297,14 +300,16 @@ class Sharpener:
 
         return [dataclasses.replace(e, unrefined=None, check=None) for e in estimates]
 
-    def sharpen_array(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1]."""
+    def sharpen_array(self, rgb: np.ndarray, jpeg_step: float | None = None) -> np.ndarray:
+        """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1]. ``jpeg_step``: as :meth:`estimate_blur`'s."""
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-        return self.sharpen_tensor(x)[0].permute(1, 2, 0).numpy()
+        return self.sharpen_tensor(x, jpeg_step=jpeg_step)[0].permute(1, 2, 0).numpy()
 
     def sharpen_image(self, img: LoadedImage) -> LoadedImage:
-        """Sharpen the colour of a loaded image; alpha, mode and metadata are carried over."""
-        return LoadedImage(self.sharpen_array(img.rgb), img.alpha, img.mode, img.format, dict(img.info))
+        """Sharpen the colour of a loaded image; alpha, mode and metadata are carried over. A blind model is
+        told a JPEG file's compression (:attr:`~sharpkd.imageio.LoadedImage.jpeg_step`)."""
+        return LoadedImage(self.sharpen_array(img.rgb, img.jpeg_step), img.alpha, img.mode, img.format,
+                           dict(img.info), img.jpeg_step)
 
     @overload
     def __call__(self, image: Image.Image) -> Image.Image: ...

@@ -146,6 +146,11 @@ class BlindTeacherConfig:
     # (px). An estimated kernel's shape errors misplace fine detail by up to a pixel; where the place of that
     # detail is unsure, a slightly softer result is the closer guess (docs/results.md, twenty-seventh session)
     shake_soften: float = 0.0
+    # (0: off) a JPEG file's noise floor per step of its quantisation table: the estimated noise level is at least
+    # jpeg_noise x the file's median luma step (sharpkd.imageio.jpeg_step) / 255. Compression removes the finest
+    # detail that the noise estimate reads, so a JPEG otherwise looks nearly noise-free while its errors are
+    # larger than the sensor's noise (benchmarks/jpeg_inputs.py)
+    jpeg_noise: float = 0.0
 
 
 @dataclass
@@ -192,15 +197,21 @@ class BlindTeacher(nn.Module):
             self.network = NAFTeacher(config=NAFTeacherConfig(**fields))
 
     @torch.no_grad()
-    def estimate(self, x: torch.Tensor) -> list[BlurEstimate]:
-        """One :class:`BlurEstimate` per image of the batch."""
-        return [self._estimate_one(img) for img in x]
+    def estimate(self, x: torch.Tensor, jpeg_step: float | None = None) -> list[BlurEstimate]:
+        """One :class:`BlurEstimate` per image of the batch. ``jpeg_step``: the images were decoded from a JPEG
+        file with this median luma quantisation step (:func:`sharpkd.imageio.jpeg_step`; None: not a JPEG)."""
+        return [self._estimate_one(img, jpeg_step) for img in x]
 
-    def _estimate_one(self, img: torch.Tensor) -> BlurEstimate:
+    def noise_floor(self, jpeg_step: float | None = None) -> float:
+        """The least noise level an estimate takes: ``min_noise``, and for a JPEG ``jpeg_noise`` x its step."""
+        cfg = self.config
+        return max(cfg.min_noise, cfg.jpeg_noise * float(jpeg_step or 0.0) / 255)
+
+    def _estimate_one(self, img: torch.Tensor, jpeg_step: float | None = None) -> BlurEstimate:
         cfg = self.config
         side = min(img.shape[-2:])
         ks = min(cfg.kernel_size, (side // 2 - 1) | 1)
-        noise = max(estimate_noise(img[None]), cfg.min_noise)
+        noise = max(estimate_noise(img[None]), self.noise_floor(jpeg_step))
         if ks < 5:  # too small to say anything about its blur: leave it as it is (or to the network)
             return BlurEstimate(np.ones((1, 1)), noise, "network" if self.network is not None else "none")
         k = estimate_kernel(img, self.estimate_config(ks))

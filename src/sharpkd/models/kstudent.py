@@ -178,18 +178,19 @@ class KernelStudent(nn.Module):
         return self._estimator
 
     @torch.no_grad()
-    def estimate(self, x: torch.Tensor) -> list:
+    def estimate(self, x: torch.Tensor, jpeg_step: float | None = None) -> list:
         """One :class:`sharpkd.deblur.teacher.BlurEstimate` per image of the batch: the estimate on
         ``config.estimate_side`` crops, or where that does not take the camera-shake route and
         ``config.fallback_side`` is set, the estimate on crops that large. Estimates are kept for the last
         photos seen (by content), so kernel students sharing an estimator (a benchmark of two of them, a
-        photo sharpened again) estimate each photo once."""
+        photo sharpened again) estimate each photo once. ``jpeg_step``: as the teacher's
+        (:meth:`sharpkd.deblur.teacher.BlindTeacher.estimate`)."""
         import hashlib
 
         out = []
         for img in x:
             arr = img.detach().cpu().float().contiguous().numpy()
-            digest = (arr.shape, hashlib.sha1(arr.tobytes()).digest())
+            digest = (arr.shape, hashlib.sha1(arr.tobytes()).digest(), jpeg_step)
             est = _cached(self.estimator, digest, img)
             if est.route != "shake" and self._fallback is not None:
                 est = _cached(self._fallback, digest, img)
@@ -317,13 +318,13 @@ def refine_guide(out: torch.Tensor, photo: torch.Tensor, kernel: torch.Tensor, b
 
 
 def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
-    """``estimator``'s estimate of ``img`` (whose shape and content hash are ``digest``), from the cache
+    """``estimator``'s estimate of ``img`` (``digest``: its shape, content hash and JPEG step), from the cache
     when this estimator, at these settings, has seen it."""
     cfg = estimator.config  # every setting but the network's (which the token names)
     settings = tuple((f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name != "network")
     key = (estimator.__dict__["_estimate_token"], settings, *digest)
     if key not in _ESTIMATES:
-        _ESTIMATES[key] = estimator.estimate(img[None])[0]
+        _ESTIMATES[key] = estimator.estimate(img[None], jpeg_step=digest[2])[0]
         while len(_ESTIMATES) > ESTIMATE_CACHE:
             _ESTIMATES.popitem(last=False)
     _ESTIMATES.move_to_end(key)
