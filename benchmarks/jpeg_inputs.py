@@ -130,7 +130,8 @@ def measure(args: argparse.Namespace) -> Path:
                         est = sh.estimate_blur(tensor, jpeg_step=step if told else None) if sh.blind else None
                         y = tensor_to_frame(sh.sharpen_tensor(tensor, est), False)
                         rec = {"method": m, "photo": name, "i": i, "degradation": d, "quality": q, "jpeg_step": step,
-                               "route": est[0].route if est else "", "noise": round(est[0].noise * 255, 3) if est else None,
+                               "route": est[0].route if est else "",
+                               "noise": round(est[0].noise * 255, 3) if est else None,
                                "input_psnr": round(base, 4), "psnr": round(psnr(y, sharp), 4),
                                "gain": round(psnr(y, sharp) - base, 4), "seconds": round(time.perf_counter() - t, 2)}
                         f.write(json.dumps(rec) + "\n")
@@ -161,7 +162,8 @@ def show(journal: str) -> None:
                 continue
             cols = " | ".join(f"{np.mean(v):+.2f}" if v else "" for v in vals)
             rt = ", ".join(f"{k or '-'} {n}" for k, n in sorted(routes[(m, q)].items()))
-            print(f"| {m} | {q or 'lossless'} | {cols} | {np.mean(every):+.3f} | {min(every):+.2f} | {len(every)} | {rt} |")
+            print(f"| {m} | {q or 'lossless'} | {cols} | {np.mean(every):+.3f} | {min(every):+.2f} | {len(every)} "
+                  f"| {rt} |")
 
 
 def main() -> None:
