@@ -20,9 +20,9 @@ Kodak24 is never read.
 
 A method is a model name with optional ``:jpeg`` (the model is told the file's quantisation step, as
 ``sharpkd sharpen`` tells it for a JPEG file) and ``+FIELD=VALUE`` overrides of a blind teacher's config
-(e.g. ``teacher+min_noise=0.008``). Each case goes to ``OUT/journal.jsonl`` as it is measured (a rerun with
-the same ``--out`` skips the cases already there). The score is the gain over the decoded JPEG (PSNR, RGB, 8 bit,
-as the benchmark), with the route a blind model took.
+(e.g. ``teacher:jpeg+jpeg_noise=0.2``; for a kernel student, of its estimator's). Each case goes to
+``OUT/journal.jsonl`` as it is measured (a rerun with the same ``--out`` skips the cases already there). The score
+is the gain over the decoded JPEG (PSNR, RGB, 8 bit, as the benchmark), with the route a blind model took.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ def load_method(spec: str):
     name, told, sets = parse_method(spec)
     model, ensemble = parse_model_spec(name)
     sh = Sharpener.from_pretrained(model, tile=0, ensemble=ensemble)
-    if sets:
-        sh.model.config = replace_fields(sh.model.config, parse_assignments(sets, "+"))
+    if sets:  # a kernel student's overrides go to its estimator (a blind teacher's config)
+        target = sh.model.estimator if hasattr(sh.model, "attach_estimator") else sh.model
+        target.config = replace_fields(target.config, parse_assignments(sets, "+"))
     return sh, told
 
 
