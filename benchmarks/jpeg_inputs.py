@@ -143,18 +143,32 @@ def measure(args: argparse.Namespace) -> Path:
 
 
 def show(journal: str) -> None:
+    """The mean gains of a journal, over the cases that every method in it has measured (so a stopped run
+    compares like with like), and per method the cases better or worse than the first method's by > 0.1 dB."""
     rows = [json.loads(line) for line in Path(journal).read_text().splitlines() if line.strip()]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    have: dict = defaultdict(set)
+    for r in rows:
+        have[(r["photo"], r["degradation"], r["quality"])].add(r["method"])
+    common = {k for k, v in have.items() if len(v) == len(methods)}
+    rows = [r for r in rows if (r["photo"], r["degradation"], r["quality"]) in common]
+    first = {(r["photo"], r["degradation"], r["quality"]): r["gain"] for r in rows if r["method"] == methods[0]}
+    moved: dict = defaultdict(lambda: [0, 0])
+    for r in rows:
+        change = r["gain"] - first[(r["photo"], r["degradation"], r["quality"])]
+        moved[(r["method"], r["quality"])][0] += change > 0.1
+        moved[(r["method"], r["quality"])][1] += change < -0.1
     cells: dict = defaultdict(list)
     routes: dict = defaultdict(lambda: defaultdict(int))
     for r in rows:
         cells[(r["method"], r["quality"], r["degradation"])].append(r["gain"])
         routes[(r["method"], r["quality"])][r["route"]] += 1
-    methods = list(dict.fromkeys(r["method"] for r in rows))
     qualities = sorted({r["quality"] for r in rows}, key=lambda q: (q != 0, -q))
     degs = [d for d in DEGRADATIONS if any(r["degradation"] == d for r in rows)]
-    print("Mean gain over the decoded file (dB); quality 0 is the lossless file.\n")
-    print("| method | quality | " + " | ".join(degs) + " | mean | worst case | cases | routes |")
-    print("|---|---|" + "---|" * (len(degs) + 4))
+    print(f"Mean gain over the decoded file (dB) on the {len(common)} cases every method has; quality 0 is the "
+          f"lossless file. Better / worse: cases more than 0.1 dB above / below {methods[0]}.\n")
+    print("| method | quality | " + " | ".join(degs) + " | mean | worst case | cases | better / worse | routes |")
+    print("|---|---|" + "---|" * (len(degs) + 5))
     for m in methods:
         for q in qualities:
             vals = [cells.get((m, q, d), []) for d in degs]
@@ -163,8 +177,9 @@ def show(journal: str) -> None:
                 continue
             cols = " | ".join(f"{np.mean(v):+.2f}" if v else "" for v in vals)
             rt = ", ".join(f"{k or '-'} {n}" for k, n in sorted(routes[(m, q)].items()))
+            b, w = moved[(m, q)]
             print(f"| {m} | {q or 'lossless'} | {cols} | {np.mean(every):+.3f} | {min(every):+.2f} | {len(every)} "
-                  f"| {rt} |")
+                  f"| {b} / {w} | {rt} |")
 
 
 def main() -> None:
