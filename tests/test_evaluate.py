@@ -269,3 +269,41 @@ def test_round_blend_summary_groups_cases_and_marks_the_best_weight(load_script)
     assert "fitted width 1.5-2.5 px" not in lines  # no case there
     assert lines["all"] == "| all | 3 | +3.000 | **+3.333** |"
     assert mod.summary({"weights": [0], "rows": rows[3:]}) == "no case took the round route"
+
+
+def test_jpeg_inputs_benchmark_tells_a_model_the_files_step_and_resumes(tmp_path, shared_datasets, load_script,
+                                                                        monkeypatch, capsys):
+    """benchmarks/jpeg_inputs.py: each degraded photo is scored lossless and as a JPEG; a ``:jpeg`` method is told
+    the file's quantisation step (and its ``+FIELD=VALUE`` overrides reach the teacher's config), which lifts its
+    noise level on the JPEG and changes nothing on the lossless file; a rerun measures nothing again."""
+    import sys
+
+    import torch
+
+    from sharpkd.checkpoint import load_denoiser
+    from sharpkd.deblur.teacher import BlindTeacher, BlindTeacherConfig
+
+    net = {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    torch.manual_seed(0)
+    teacher = BlindTeacher(config=BlindTeacherConfig(network=net, iters=2, cg_steps=1, estimate_iters=1))
+    teacher.denoiser.load_state_dict(load_denoiser().state_dict())
+    path = save_model(tmp_path / "t.safetensors", teacher, {"stage": "teacher"}, half=False)
+    mod = load_script("benchmarks/jpeg_inputs.py")
+    out = tmp_path / "j"
+    monkeypatch.setattr(sys, "argv", ["jpeg_inputs.py", "--photos", "train:1", "--max-side", "96", "--degradations",
+                                      "gauss2", "--qualities", "0,75", "--models", f"{path},{path}:jpeg+jpeg_noise=2",
+                                      "--data", str(shared_datasets / "train"), "--threads", "1", "--out", str(out)])
+    mod.main()
+    rows = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    expected = [(0, False), (0, True), (75, False), (75, True)]
+    assert [(r["quality"], r["method"].endswith("=2")) for r in rows] == expected
+    lossless, told_lossless, plain, told = rows
+    assert lossless["jpeg_step"] is None and told_lossless["noise"] == lossless["noise"]
+    assert told_lossless["gain"] == pytest.approx(lossless["gain"])
+    assert plain["jpeg_step"] == told["jpeg_step"] == 28.5  # Pillow's quality-75 luma table
+    assert plain["noise"] < 57 and told["noise"] == pytest.approx(2 * 28.5)  # noise levels in 8-bit levels
+    assert plain["input_psnr"] == told["input_psnr"] < lossless["input_psnr"]
+    printed = capsys.readouterr().out
+    assert "on the 2 cases every method has" in printed and "| lossless |" in printed
+    mod.main()  # resumed: nothing left to measure
+    assert len((out / "journal.jsonl").read_text().splitlines()) == 4
