@@ -5,11 +5,11 @@
     python benchmarks/jpeg_inputs.py --show runs/jpeg/holdout/journal.jsonl        # the summary of a run
 
 BENCHMARK.md scores lossless PNGs. A photo on a phone or a camera is a JPEG, and JPEG compression removes
-exactly the finest detail that the noise estimate reads (the wavelet MAD of the finest diagonal band): on
-blurred photos with 1/255 noise, saved at quality 90, the estimate falls from about 1.05 to 0.3-0.5 levels
-while the file differs from the lossless one by 1.3-3 levels. The solver then takes the photo for
-almost noise-free and amplifies the compression's errors, and the round route's fit, judged against that
-noise, rejects Gaussian blur it would accept.
+exactly the finest detail that the noise estimate reads (the wavelet MAD of the finest diagonal band), so the
+estimate falls below the sensor noise that the compression replaced with its own, larger errors (each case's
+``noise`` is journalled, in 8-bit levels). The solver then takes the photo for almost noise-free and amplifies
+the compression's errors, and the round route's fit, judged against that noise, rejects Gaussian blur it would
+accept.
 
 Photos: ``holdout`` (the training pool's 7 hold-out photos) or ``train:N`` (a seeded draw of N photos of its
 training split, for choosing settings), each reduced to at most ``--max-side`` px. Photo ``i`` is degraded as
