@@ -862,3 +862,6 @@ def test_a_jpeg_files_quantisation_step_raises_the_blind_models_noise_floor(tmp_
         assert sh.last_estimates[0].noise == pytest.approx(0.4 * 11 / 255)
         sh.sharpen_image(png)
         assert sh.last_estimates[0].noise == pytest.approx(sh.estimate_blur(to_t(blurred))[0].noise)
+        with Image.open(tmp_path / "b.jpg") as im:  # a PIL image opened from a JPEG file: the same step
+            assert sh(im).size == im.size
+        assert sh.last_estimates[0].noise == pytest.approx(0.4 * 11 / 255)

@@ -202,7 +202,9 @@ class Sharpener:
         floor of a model whose config asks for it."""
         if not self.blind:
             raise ValueError(f"{self.name} does not estimate the blur (only the teacher and the kernel student do)")
-        return self.model.estimate(x.float().to(self.device), jpeg_step=jpeg_step)
+        x = x.float().to(self.device)
+        # (only when there is one: a model's own estimator need not know about JPEG files)
+        return self.model.estimate(x) if jpeg_step is None else self.model.estimate(x, jpeg_step=jpeg_step)
 
     def sharpen_tensor(self, x: torch.Tensor, estimates: list | None = None,
                        jpeg_step: float | None = None) -> torch.Tensor:
@@ -332,8 +334,10 @@ class Sharpener:
         if isinstance(image, torch.Tensor):
             return self.sharpen_tensor(image if image.ndim == 4 else image[None]).reshape(image.shape)
         if isinstance(image, Image.Image):
+            from sharpkd.imageio import jpeg_step
+
             arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-            out = (self.sharpen_array(arr) * 255 + 0.5).astype(np.uint8)
+            out = (self.sharpen_array(arr, jpeg_step(image)) * 255 + 0.5).astype(np.uint8)  # a JPEG's step, as files
             return Image.fromarray(out)
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3:

@@ -324,7 +324,9 @@ def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
     settings = tuple((f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name != "network")
     key = (estimator.__dict__["_estimate_token"], settings, *digest)
     if key not in _ESTIMATES:
-        _ESTIMATES[key] = estimator.estimate(img[None], jpeg_step=digest[2])[0]
+        step = digest[2]
+        _ESTIMATES[key] = (estimator.estimate(img[None]) if step is None else
+                           estimator.estimate(img[None], jpeg_step=step))[0]
         while len(_ESTIMATES) > ESTIMATE_CACHE:
             _ESTIMATES.popitem(last=False)
     _ESTIMATES.move_to_end(key)
