@@ -159,16 +159,20 @@ def show(journal: str) -> None:
         moved[(r["method"], r["quality"])][0] += change > 0.1
         moved[(r["method"], r["quality"])][1] += change < -0.1
     cells: dict = defaultdict(list)
+    noise: dict = defaultdict(list)
     routes: dict = defaultdict(lambda: defaultdict(int))
     for r in rows:
         cells[(r["method"], r["quality"], r["degradation"])].append(r["gain"])
+        if r["noise"] is not None:
+            noise[(r["method"], r["quality"])].append(r["noise"])
         routes[(r["method"], r["quality"])][r["route"]] += 1
     qualities = sorted({r["quality"] for r in rows}, key=lambda q: (q != 0, -q))
     degs = [d for d in DEGRADATIONS if any(r["degradation"] == d for r in rows)]
     print(f"Mean gain over the decoded file (dB) on the {len(common)} cases every method has; quality 0 is the "
           f"lossless file. Better / worse: cases more than 0.1 dB above / below {methods[0]}.\n")
-    print("| method | quality | " + " | ".join(degs) + " | mean | worst case | cases | better / worse | routes |")
-    print("|---|---|" + "---|" * (len(degs) + 5))
+    print("| method | quality | " + " | ".join(degs) + " | mean | worst case | cases | better / worse | routes "
+          "| noise level (median, 8-bit levels) |")
+    print("|---|---|" + "---|" * (len(degs) + 6))
     for m in methods:
         for q in qualities:
             vals = [cells.get((m, q, d), []) for d in degs]
@@ -178,8 +182,9 @@ def show(journal: str) -> None:
             cols = " | ".join(f"{np.mean(v):+.2f}" if v else "" for v in vals)
             rt = ", ".join(f"{k or '-'} {n}" for k, n in sorted(routes[(m, q)].items()))
             b, w = moved[(m, q)]
+            level = f"{np.median(noise[(m, q)]):.2f}" if noise[(m, q)] else ""
             print(f"| {m} | {q or 'lossless'} | {cols} | {np.mean(every):+.3f} | {min(every):+.2f} | {len(every)} "
-                  f"| {b} / {w} | {rt} |")
+                  f"| {b} / {w} | {rt} | {level} |")
 
 
 def main() -> None:

@@ -202,9 +202,7 @@ class Sharpener:
         floor of a model whose config asks for it."""
         if not self.blind:
             raise ValueError(f"{self.name} does not estimate the blur (only the teacher and the kernel student do)")
-        x = x.float().to(self.device)
-        # (only when there is one: a model's own estimator need not know about JPEG files)
-        return self.model.estimate(x) if jpeg_step is None else self.model.estimate(x, jpeg_step=jpeg_step)
+        return self.model.estimate(x.float().to(self.device), jpeg_step=jpeg_step)
 
     def sharpen_tensor(self, x: torch.Tensor, estimates: list | None = None,
                        jpeg_step: float | None = None) -> torch.Tensor:

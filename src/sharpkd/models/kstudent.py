@@ -191,9 +191,9 @@ class KernelStudent(nn.Module):
         for img in x:
             arr = img.detach().cpu().float().contiguous().numpy()
             digest = (arr.shape, hashlib.sha1(arr.tobytes()).digest(), jpeg_step)
-            est = _cached(self.estimator, digest, img)
+            est = _cached(self.estimator, digest, img, jpeg_step)
             if est.route != "shake" and self._fallback is not None:
-                est = _cached(self._fallback, digest, img)
+                est = _cached(self._fallback, digest, img, jpeg_step)
             out.append(est)
         return out
 
@@ -317,16 +317,14 @@ def refine_guide(out: torch.Tensor, photo: torch.Tensor, kernel: torch.Tensor, b
     return wiener_refine(out.clamp(0, 1), photo, kernel, balance, damping)
 
 
-def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor):
-    """``estimator``'s estimate of ``img`` (``digest``: its shape, content hash and JPEG step), from the cache
-    when this estimator, at these settings, has seen it."""
+def _cached(estimator: nn.Module, digest: tuple, img: torch.Tensor, jpeg_step: float | None = None):
+    """``estimator``'s estimate of ``img`` (told its JPEG step; ``digest``: its shape, content hash and that
+    step), from the cache when this estimator, at these settings, has seen it."""
     cfg = estimator.config  # every setting but the network's (which the token names)
     settings = tuple((f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name != "network")
     key = (estimator.__dict__["_estimate_token"], settings, *digest)
     if key not in _ESTIMATES:
-        step = digest[2]
-        _ESTIMATES[key] = (estimator.estimate(img[None]) if step is None else
-                           estimator.estimate(img[None], jpeg_step=step))[0]
+        _ESTIMATES[key] = estimator.estimate(img[None], jpeg_step=jpeg_step)[0]
         while len(_ESTIMATES) > ESTIMATE_CACHE:
             _ESTIMATES.popitem(last=False)
     _ESTIMATES.move_to_end(key)
