@@ -20,7 +20,8 @@ Kodak24 is never read.
 
 A method is a model name with optional ``:jpeg`` (the model is told the file's quantisation step, as
 ``sharpkd sharpen`` tells it for a JPEG file) and ``+FIELD=VALUE`` overrides of a blind teacher's config
-(e.g. ``teacher:jpeg+jpeg_noise=0.2``; for a kernel student, of its estimator's). Each case goes to
+(e.g. ``teacher:jpeg+jpeg_noise=0.2``); for a kernel student, of its own config where the field is one of
+``KernelStudentConfig`` (``kstudent@x1:jpeg+round_balance=0.03``), else of its estimator's. Each case goes to
 ``OUT/journal.jsonl`` as it is measured (a rerun with the same ``--out`` skips the cases already there). The score
 is the gain over the decoded JPEG (PSNR, RGB, 8 bit, as the benchmark), with the route a blind model took.
 """
@@ -28,6 +29,7 @@ is the gain over the decoded JPEG (PSNR, RGB, 8 bit, as the benchmark), with the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import time
@@ -85,9 +87,19 @@ def load_method(spec: str):
     name, told, sets = parse_method(spec)
     model, ensemble = parse_model_spec(name)
     sh = Sharpener.from_pretrained(model, tile=0, ensemble=ensemble)
-    if sets:  # a kernel student's overrides go to its estimator (a blind teacher's config)
-        target = sh.model.estimator if hasattr(sh.model, "attach_estimator") else sh.model
-        target.config = replace_fields(target.config, parse_assignments(sets, "+"))
+    if sets:  # a kernel student's overrides go to its own config where they name its fields, else to its
+        # estimator's (a blind teacher's config)
+        assigned = parse_assignments(sets, "+")
+        targets = [sh.model]
+        if hasattr(sh.model, "attach_estimator"):
+            own = {f.name for f in dataclasses.fields(sh.model.config)}
+            targets.append(sh.model.estimator)
+            split = [{k: v for k, v in assigned.items() if k in own}, {k: v for k, v in assigned.items() if k not in own}]
+        else:
+            split = [assigned]
+        for target, fields in zip(targets, split, strict=True):
+            if fields:
+                target.config = replace_fields(target.config, fields, "+")
     return sh, told
 
 

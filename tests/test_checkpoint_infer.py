@@ -37,6 +37,9 @@ def test_command_line_overrides_take_each_fields_type_and_refuse_the_rest():
     assert new.lam == 0.5 and new.kernel_size == cfg.kernel_size
     assert cfg.shake_average is False and cfg.refine_rounds == 1  # a copy; the config itself is unchanged
     assert replace_fields(new, {"shake_average": "0"}).shake_average is False
+    from sharpkd.models.kstudent import KernelStudentConfig  # an unset optional number takes its number type
+
+    assert replace_fields(KernelStudentConfig(), {"round_balance": "0.05"}).round_balance == 0.05
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         parse_assignments(["lam"])
     for fields, message in [({"nope": "1"}, "not a field"), ({"refine_rounds": "1.5"}, "whole number"),

@@ -307,3 +307,18 @@ def test_jpeg_inputs_benchmark_tells_a_model_the_files_step_and_resumes(tmp_path
     assert "on the 2 cases every method has" in printed and "| lossless |" in printed
     mod.main()  # resumed: nothing left to measure
     assert len((out / "journal.jsonl").read_text().splitlines()) == 4
+
+
+def test_jpeg_inputs_overrides_reach_a_kernel_students_own_config_or_its_estimators(tmp_path, load_script):
+    """benchmarks/jpeg_inputs.py: ``+FIELD=VALUE`` on a kernel student sets its own config where FIELD is one of
+    its fields and its estimator's (a copy of the shipped teacher's) otherwise; another load is untouched."""
+    from sharpkd.models.kstudent import KernelStudent, KernelStudentConfig
+
+    small = KernelStudentConfig(unshuffle=2, width=8, low_width=8, low_blocks=1, high_blocks=1)
+    path = save_model(tmp_path / "k.safetensors", KernelStudent(config=small), {"stage": "kernel student"}, half=False)
+    mod = load_script("benchmarks/jpeg_inputs.py")
+    sh, told = mod.load_method(f"{path}@x1:jpeg+round_balance=0.03+jpeg_noise=0.5")
+    assert told and sh.model.config.round_balance == 0.03 and sh.model.estimator.config.jpeg_noise == 0.5
+    plain, told = mod.load_method(f"{path}@x1")
+    assert not told and plain.model.config.round_balance is None
+    assert plain.model.estimator.config.jpeg_noise != 0.5

@@ -504,11 +504,15 @@ def test_distill_command_trains_with_all_three_terms_and_without_the_teacher(tmp
     assert len(torch.load(tmp_path / "narrow" / "labels.pt", weights_only=True)) == 8
     narrow = torch.load(tmp_path / "narrow" / "bank-narrow.pt", weights_only=True)
     assert [c["kind"] for c in narrow] == ["gauss", "gauss"]
-    main(["--out", str(tmp_path / "nokd"), "--w-kd", "0", *common])
+    main(["--out", str(tmp_path / "nokd"), "--w-kd", "0", "--jpeg-share", "0.5", *common])
     _, info = load_model(tmp_path / "nokd")
     assert not info["distilled"] and not (tmp_path / "nokd" / "labels.pt").exists()
     log = [json.loads(line) for line in (tmp_path / "nokd" / "log.jsonl").read_text().splitlines()]
     assert all("kd" not in r.get("loss", {}) for r in log)
+    # JPEG windows: the hold-out cases are validated as JPEGs too, in rows of their own
+    assert set(log[-1]["val"]) == {"motion", "gauss", "motion_jpeg", "gauss_jpeg"}
+    with pytest.raises(SystemExit, match="jpeg"):
+        main(["--out", str(tmp_path / "bad"), "--jpeg-share", "0.5", "--jpeg-quality-min", "96", *common])
 
 
 def test_teacher_only_cases_learn_from_the_teacher_alone():
@@ -541,6 +545,43 @@ def test_teacher_only_cases_learn_from_the_teacher_alone():
     _, parts = loss_terms(model, both, cfg, 1, None)
     assert parts["rec"] == pytest.approx(float(torch.nn.functional.l1_loss(pred[gt], both["x"][gt])), rel=1e-4)
     assert parts["kd"] == pytest.approx(float(torch.nn.functional.l1_loss(pred[~gt], both["t"][~gt])), rel=1e-4)
+
+
+def test_jpeg_windows_take_photo_and_guide_from_the_decoded_jpeg_only_when_asked():
+    """``--jpeg-share``: a training crop carries its JPEG variant (the blurred crop saved as a JPEG and decoded,
+    the guide made from that), and a window takes photo and guide from it with that probability; truth and
+    labels stay the lossless crop's. Without the option the windows are the ones a run without variants draws."""
+    from sharpkd.degrade import jpeg
+    from sharpkd.distill_kernel import KernelDistillConfig, as_jpeg, jpeg_qualities, prepare, windows, with_jpeg
+
+    rng = np.random.default_rng(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                                             size=40, mode="bilinear")
+    k = torch.from_numpy(gaussian_kernel(1.0))
+    bank = [{"kind": kind, "blurred": (smooth[i] * 255).round().to(torch.uint8),
+             "sharp": torch.from_numpy(rng.integers(0, 256, (3, 40, 40), dtype=np.uint8)), "est": k}
+            for i, kind in enumerate(("gauss", "motion"))]
+    qualities = jpeg_qualities(50, KernelDistillConfig(jpeg_quality_min=40, jpeg_quality_max=45), 0)
+    assert set(qualities) <= set(range(40, 46)) and len(set(qualities)) > 1
+    jb = as_jpeg(bank, [40, 90])
+    assert [c["jpeg_quality"] for c in jb] == [40, 90] and jb[0]["sharp"] is bank[0]["sharp"]
+    y = bank[0]["blurred"][None].float() / 255
+    torch.testing.assert_close(jb[0]["blurred"][None].float() / 255, jpeg(y, 40), atol=0.51 / 255, rtol=0)
+    assert not torch.equal(jb[0]["blurred"], bank[0]["blurred"])
+    plain = prepare(bank, 1e-2)
+    cases = with_jpeg(plain, prepare(jb, 1e-2))
+    torch.testing.assert_close(cases[0]["gj"], wiener_deconvolve(jb[0]["blurred"][None].float() / 255, k, 1e-2))
+    cfg = KernelDistillConfig(batch=8, patch=16, no_kernel_share=0.0)
+    drawn, same = windows(cases, cfg, np.random.default_rng(3)), windows(plain, cfg, np.random.default_rng(3))
+    for key in ("y", "g", "x"):  # jpeg_share 0: nothing changes, not even the random stream
+        torch.testing.assert_close(drawn[key], same[key])
+    marked = with_jpeg(plain, [{"y": torch.ones_like(c["y"]), "g": torch.full_like(c["g"], 0.5)} for c in plain])
+    every = windows(marked, replace(cfg, jpeg_share=1.0), np.random.default_rng(3))
+    assert bool((every["y"] == 1).all() and (every["g"] == 0.5).all())
+    assert not bool((every["x"] == 1).all())  # the truth is still the lossless crop's
+    some = windows(marked, replace(cfg, jpeg_share=0.5, batch=32), np.random.default_rng(4))
+    from_jpeg = (some["y"] == 1).flatten(1).all(1)
+    assert 0 < int(from_jpeg.sum()) < 32 and bool((some["g"][from_jpeg] == 0.5).all())
 
 
 def test_windows_without_a_kernel_learn_the_teachers_network_output():

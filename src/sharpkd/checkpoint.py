@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def parse_assignments(items: list[str], option: str = "--set") -> dict[str, str]
 
 def replace_fields(config: Any, fields: dict[str, Any], option: str = "--set") -> Any:
     """A copy of the dataclass ``config`` with numeric ``fields`` replaced, each value (text or number) cast to
-    its field's type: an int stays an int, a bool is a number (0: false). A nested config such as the blind
+    its field's type: an int stays an int, a bool is a number (0: false), an unset optional number
+    (``float | None``) takes its number type. A nested config such as the blind
     teacher's ``network`` cannot be set this way."""
     names = {f.name for f in dataclasses.fields(config)}
     typed = {}
@@ -60,6 +62,9 @@ def replace_fields(config: Any, fields: dict[str, Any], option: str = "--set") -
         if key not in names:
             raise ValueError(f"{option}: {key!r} is not a field of {type(config).__name__}")
         kind = type(getattr(config, key))
+        if getattr(config, key) is None:  # an optional number that is unset: the number type it may take
+            hint = typing.get_type_hints(type(config)).get(key)
+            kind = next((t for t in typing.get_args(hint) if t in (bool, int, float)), type(None))
         if kind not in (bool, int, float):
             raise ValueError(f"{option}: {key} is not a number field of {type(config).__name__}")
         try:

@@ -42,6 +42,10 @@ runs twice on windows with a kernel (:attr:`KernelStudentConfig.passes`): the se
 first pass's output corrected towards the photo by a Wiener step on the residual, a half-quadratic-splitting
 step with the network as its prior, and the gradient runs through both passes (``--refine-*`` set that
 step, ``--round-refine-*`` its weights for Gaussian cases; the windows grow by ``--margin`` on each side).
+``--jpeg-share P`` cuts that share of the windows from the crop saved as a JPEG (a seeded quality per crop,
+``--jpeg-quality-min`` to ``--jpeg-quality-max``) and decoded, the guide made from the decoded file, as a JPEG
+photo is guided at run time; the kernel and the teacher's label stay the lossless crop's. Validation then adds
+rows ``<kind>_jpeg``: the hold-out cases saved at ``--val-jpeg-quality``, gains over the decoded JPEG.
 Validation: the hold-out banks, mean gain (dB) per blur kind with the estimate's guide (the last pass) and
 with the photo in its place (and the first pass alone, for a multi-pass network).
 """
@@ -103,6 +107,15 @@ class KernelDistillConfig:
     # 1: camera shake's teacher labels average the teacher's deconvolutions with the case's kernels, as a teacher
     # with ``shake_average`` restores a photo (cached in labels-avg.pt); 0: the refined kernel's alone (labels.pt)
     label_average: int = 0
+    # share of training windows cut from the crop saved as a JPEG (a seeded quality per crop, from
+    # jpeg_quality_min to jpeg_quality_max) and decoded, with the guide made from that decoded file: most photos
+    # reach users as JPEGs, whose compression errors a guide trained on lossless crops amplifies. The kernel
+    # and the teacher's label stay the lossless crop's. Where it is set, validation adds each hold-out case
+    # saved at ``val_jpeg_quality`` (rows ``<kind>_jpeg``; gains over the decoded JPEG)
+    jpeg_share: float = 0.0
+    jpeg_quality_min: int = 70
+    jpeg_quality_max: int = 95
+    val_jpeg_quality: int = 85
     val_every: int = 1000
     seed: int = 0
 
@@ -188,11 +201,37 @@ def prepare(bank: list[dict], balance: float, labels: list[torch.Tensor] | None 
     return out
 
 
+def as_jpeg(bank: list[dict], qualities: list[int]) -> list[dict]:
+    """The bank with each case's blurred crop saved as a JPEG at its quality (Pillow, as
+    :func:`sharpkd.degrade.jpeg`) and decoded; the rest of each case (truth, kernels) is kept."""
+    from sharpkd.degrade import jpeg
+
+    out = []
+    for c, q in zip(bank, qualities, strict=True):
+        decoded = jpeg(c["blurred"][None].float() / 255, int(q))[0]
+        out.append({**c, "blurred": (decoded * 255).round().to(torch.uint8), "jpeg_quality": int(q)})
+    return out
+
+
+def with_jpeg(cases: list[dict], jpeg_cases: list[dict]) -> list[dict]:
+    """Training cases that carry their JPEG variant (:func:`as_jpeg`, then :func:`prepare`) as ``yj`` and
+    ``gj``: the photo and guide a window takes in their place with probability ``jpeg_share``."""
+    return [{**c, "yj": j["y"], "gj": j["g"]} for c, j in zip(cases, jpeg_cases, strict=True)]
+
+
+def jpeg_qualities(n: int, cfg: KernelDistillConfig, seed: int) -> list[int]:
+    """One seeded JPEG quality per case, from ``jpeg_quality_min`` to ``jpeg_quality_max``."""
+    rng = np.random.default_rng(seed)
+    return [int(q) for q in rng.integers(cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1, size=n)]
+
+
 def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """A batch of random windows: photo ``y``, guide ``g``, truth ``x``, teacher ``t`` (cases with
     labels only), ``kd`` (1 where the window has a kernel and so a teacher label) and ``gt`` (0 for a
     teacher-only case, whose ``x`` is the teacher's label). Where a case has a network label ``n``, a
-    window without a kernel takes it as its ``t`` (a teacher-only case keeps its deconvolution)."""
+    window without a kernel takes it as its ``t`` (a teacher-only case keeps its deconvolution). Where a case
+    carries a JPEG variant (:func:`with_jpeg`), a window takes its photo and guide from it with probability
+    ``cfg.jpeg_share``."""
     keys = ("y", "g", "x", "t") if "t" in cases[0] else ("y", "g", "x")
     batch: dict[str, list] = {k: [] for k in (*keys, "kd", "gt", "k", "round")}
     size = cfg.patch + (2 * cfg.margin if cfg.passes > 1 else 0)
@@ -202,9 +241,11 @@ def windows(cases: list[dict], cfg: KernelDistillConfig, rng: np.random.Generato
         p = min(size, h, w)
         y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
         rot, flip = int(rng.integers(4)), bool(rng.integers(2))
+        # (drawn only where the option is on, so that runs without it keep their random stream)
+        src = {"y": "yj", "g": "gj"} if cfg.jpeg_share > 0 and "yj" in c and rng.random() < cfg.jpeg_share else {}
         crop = {}
         for k in keys + (("n",) if "t" in keys and "n" in c else ()):
-            t = torch.rot90(c[k][0, :, y0 : y0 + p, x0 : x0 + p], rot, dims=(-2, -1))
+            t = torch.rot90(c[src.get(k, k)][0, :, y0 : y0 + p, x0 : x0 + p], rot, dims=(-2, -1))
             crop[k] = t.flip(-1) if flip else t
         kernel = rng.random() >= cfg.no_kernel_share
         if not kernel:
@@ -403,6 +444,9 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
         raise SystemExit("--w-first-kd needs --w-kd > 0 and --passes 2 or more")
     if cfg.w_kd_net > 0 and cfg.w_kd <= 0:
         raise SystemExit("--w-kd-net needs --w-kd > 0 (a twin without the teacher has neither)")
+    if not 0 <= cfg.jpeg_share <= 1 or not (1 <= cfg.jpeg_quality_min <= cfg.jpeg_quality_max <= 100
+                                           and 1 <= cfg.val_jpeg_quality <= 100):
+        raise SystemExit("--jpeg-share must be in [0, 1] and the JPEG qualities in 1-100 (min <= max)")
     teacher, _, train_photos, held = start_run(data, teacher_name, out, cfg.seed, threads)
     bank, val_bank = [], []
     for tag, gauss in (("", False), ("-round", True)):
@@ -428,8 +472,16 @@ def run(data: str, teacher_name: str, init: str, out: Path, cfg: KernelDistillCo
     balance = float(model.config.balance)
     round_balance = float(model.config.round_balance or 0.0)  # the model's (an --init kernel student may set it)
     average = bool(cfg.guide_average)
-    summary = train(model, prepare(bank, balance, labels, round_balance, net_labels, average),
-                    prepare(val_bank, balance, round_balance=round_balance, guide_average=average), cfg, out, progress)
+    train_cases = prepare(bank, balance, labels, round_balance, net_labels, average)
+    val_cases = prepare(val_bank, balance, round_balance=round_balance, guide_average=average)
+    if cfg.jpeg_share > 0:  # JPEG variants of the training crops, and JPEG rows in validation
+        qualities = jpeg_qualities(len(bank), cfg, cfg.seed + 5)
+        train_cases = with_jpeg(train_cases, prepare(as_jpeg(bank, qualities), balance, round_balance=round_balance,
+                                                     guide_average=average))
+        jpeg_val = prepare(as_jpeg(val_bank, [cfg.val_jpeg_quality] * len(val_bank)), balance,
+                           round_balance=round_balance, guide_average=average)
+        val_cases += [{**c, "group": c.get("group", c["kind"]) + "_jpeg"} for c in jpeg_val]
+    summary = train(model, train_cases, val_cases, cfg, out, progress)
     info = {"stage": "kernel student", "command": "python -m sharpkd.distill_kernel " + " ".join(sys.argv[1:]),
             "steps": cfg.steps, "data": [data], "teacher": teacher_name, "init": init, "distilled": cfg.w_kd > 0,
             "hardware": hardware(), "train_cases": len(bank), "val_cases": len(val_bank),
