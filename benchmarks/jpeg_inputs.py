@@ -94,7 +94,8 @@ def load_method(spec: str):
         if hasattr(sh.model, "attach_estimator"):
             own = {f.name for f in dataclasses.fields(sh.model.config)}
             targets.append(sh.model.estimator)
-            split = [{k: v for k, v in assigned.items() if k in own}, {k: v for k, v in assigned.items() if k not in own}]
+            split = [{k: v for k, v in assigned.items() if k in own},
+                     {k: v for k, v in assigned.items() if k not in own}]
         else:
             split = [assigned]
         for target, fields in zip(targets, split, strict=True):
