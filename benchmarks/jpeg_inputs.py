@@ -3,6 +3,7 @@
     python benchmarks/jpeg_inputs.py --photos train:6 --qualities 0,90,75 --models teacher --out runs/jpeg/train
     python benchmarks/jpeg_inputs.py --photos holdout --models teacher,teacher:jpeg --out runs/jpeg/holdout
     python benchmarks/jpeg_inputs.py --show runs/jpeg/holdout/journal.jsonl        # the summary of a run
+    python benchmarks/jpeg_inputs.py --show runs/jpeg/holdout/journal.jsonl --models teacher   # some methods
 
 BENCHMARK.md scores lossless PNGs. A photo on a phone or a camera is a JPEG, and JPEG compression removes
 exactly the finest detail that the noise estimate reads (the wavelet MAD of the finest diagonal band), so the
@@ -155,11 +156,15 @@ def measure(args: argparse.Namespace) -> Path:
     return journal
 
 
-def show(journal: str) -> None:
+def show(journal: str, only: str = "") -> None:
     """The mean gains of a journal, over the cases that every method in it has measured (so a stopped run
-    compares like with like), and per method the cases better or worse than the first method's by > 0.1 dB."""
+    compares like with like), and per method the cases better or worse than the first method's by > 0.1 dB.
+    ``only``: comma-separated methods to show (and to find the common cases of), in that order; default all."""
     rows = [json.loads(line) for line in Path(journal).read_text().splitlines() if line.strip()]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = [m for m in only.split(",") if m] or list(dict.fromkeys(r["method"] for r in rows))
+    rows = [r for r in rows if r["method"] in methods]
+    if not rows:
+        raise SystemExit(f"{journal}: no cases of {', '.join(methods)}")
     have: dict = defaultdict(set)
     for r in rows:
         have[(r["photo"], r["degradation"], r["quality"])].add(r["method"])
@@ -205,7 +210,8 @@ def main() -> None:
     ap.add_argument("--photos", default="holdout", help="'holdout' or 'train:N'")
     ap.add_argument("--qualities", default="0,95,90,75", help="JPEG qualities (0: the lossless file)")
     ap.add_argument("--degradations", default=",".join(DEGRADATIONS))
-    ap.add_argument("--models", default="teacher,teacher:jpeg", help="comma-separated methods (see above)")
+    ap.add_argument("--models", default=None, help="comma-separated methods (see above; default "
+                    "'teacher,teacher:jpeg'); with --show, the methods to show (default: all in the journal)")
     ap.add_argument("--out", help="folder of the run's journal")
     ap.add_argument("--show", metavar="JOURNAL", help="print the summary of a journal and stop")
     ap.add_argument("--max-side", type=int, default=768)
@@ -214,8 +220,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.show:
-        show(args.show)
+        show(args.show, args.models or "")
         return
+    args.models = args.models or "teacher,teacher:jpeg"
     if not args.out:
         ap.error("--out is required (or --show JOURNAL)")
     torch.set_num_threads(args.threads)

@@ -307,6 +307,12 @@ def test_jpeg_inputs_benchmark_tells_a_model_the_files_step_and_resumes(tmp_path
     assert "on the 2 cases every method has" in printed and "| lossless |" in printed
     mod.main()  # resumed: nothing left to measure
     assert len((out / "journal.jsonl").read_text().splitlines()) == 4
+    capsys.readouterr()
+    mod.show(str(out / "journal.jsonl"), str(path))  # one method of the journal
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {path}")]
+    assert len(shown) == 2 and not any("jpeg_noise" in line for line in shown)
+    with pytest.raises(SystemExit, match="no cases"):
+        mod.show(str(out / "journal.jsonl"), "nothing-here")
 
 
 def test_jpeg_inputs_overrides_reach_a_kernel_students_own_config_or_its_estimators(tmp_path, load_script):
