@@ -65,6 +65,17 @@ def test_cache_batches_keep_the_three_images_aligned(tmp_path):
     assert float(err.diagonal().mean()) < float(err.mean())
     with pytest.raises(ValueError, match="sharpkd label"):
         LabelCache(tmp_path / "empty")
+    # --jpeg-prob: the blurred patches come back as decoded JPEGs, sharp patch and label as they were; a
+    # probability of 0 draws nothing, so runs without it keep their batches
+    from sharpkd.degrade import DegradeConfig, jpeg
+
+    plain = LabelCache(tmp_path, seed=2).batch(8)
+    torch.testing.assert_close(LabelCache(tmp_path, seed=2).batch(8, DegradeConfig()), plain)
+    packed = LabelCache(tmp_path, seed=2)
+    b, s, lab = packed.batch(8, DegradeConfig(jpeg_prob=1.0, jpeg_quality_range=(30, 30)))
+    torch.testing.assert_close((s, lab), plain[1:])
+    torch.testing.assert_close(b, jpeg(plain[0], 30))
+    assert float((b - plain[0]).abs().mean()) > 1 / 255
 
 
 def test_student_distils_from_a_label_cache_without_a_live_teacher(tmp_path, capsys):

@@ -582,7 +582,9 @@ def add_train(sub) -> None:
                    help="VGG16 layers compared: 1 relu1_2, 2 adds relu2_2, 3 adds relu3_3 (fewer: cheaper)")
     p.add_argument("--w-kd-out", type=float, default=1.0, help="weight of output distillation")
     p.add_argument("--w-kd-feat", type=float, default=0.1, help="weight of feature distillation")
-    p.add_argument("--jpeg-prob", type=float, default=0.0, help="share of training patches JPEG-compressed")
+    p.add_argument("--jpeg-prob", type=float, default=0.0,
+                   help="share of training patches saved as JPEGs (quality 60-95) and decoded; with --kd-cache, "
+                   "of the cached blurred patches (sharp patch and teacher label stay lossless)")
     p.add_argument("--blur-mix", default="gaussian=0.45,defocus=0.2,motion=0.35",
                    help="share of each blur kind in training, e.g. gaussian=0.35,defocus=0.15,motion=0.5")
     p.add_argument("--motion-length", type=float, nargs=2, default=(3.0, 30.0), metavar=("MIN", "MAX"),

@@ -315,10 +315,16 @@ def degrade_batch(sharp: torch.Tensor, cfg: DegradeConfig, rng: np.random.Genera
     std = torch.from_numpy(rng.uniform(*cfg.noise_range, size=b)).to(sharp)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     out = add_noise(out, std, gen).clamp(0, 1)
+    return torch.round(compress_some(out, cfg, rng) * 255) / 255
+
+
+def compress_some(batch: torch.Tensor, cfg: DegradeConfig, rng: np.random.Generator) -> torch.Tensor:
+    """``batch`` with each image, with probability ``cfg.jpeg_prob``, saved as a JPEG at a random quality in
+    ``cfg.jpeg_quality_range`` and decoded (in place; nothing is drawn from ``rng`` when the probability is 0)."""
     if cfg.jpeg_prob > 0:
-        use = rng.random(b) < cfg.jpeg_prob
+        use = rng.random(batch.shape[0]) < cfg.jpeg_prob
         if use.any():
             idx = np.flatnonzero(use)
             qs = rng.integers(cfg.jpeg_quality_range[0], cfg.jpeg_quality_range[1] + 1, size=len(idx))
-            out[idx] = jpeg(out[idx], [int(q) for q in qs])
-    return torch.round(out * 255) / 255
+            batch[idx] = jpeg(batch[idx], [int(q) for q in qs])
+    return batch

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sharpkd.data import Photo, limit_size
-from sharpkd.degrade import DegradeConfig, degrade_batch
+from sharpkd.degrade import DegradeConfig, compress_some, degrade_batch
 
 MANIFEST = "labels.json"
 
@@ -126,7 +126,10 @@ class LabelCache:
     def __len__(self) -> int:
         return len(self.arrays["sharp"])
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, n: int, degrade: DegradeConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` random patches; with ``degrade``, its ``jpeg_prob`` share of the blurred patches saved as JPEGs
+        and decoded (:func:`sharpkd.degrade.compress_some`): sharp patch and teacher label stay the lossless
+        patch's, so the student learns to undo the compression too."""
         idx = self.rng.integers(0, len(self), size=n)
         flips, rots = self.rng.random(n) < 0.5, self.rng.integers(0, 4, size=n)
 
@@ -138,4 +141,7 @@ class LabelCache:
                 out.append(np.rot90(a, k=int(r), axes=(1, 2)))
             return torch.from_numpy(np.ascontiguousarray(np.stack(out))).float() / 255
 
-        return take("blurred"), take("sharp"), take("label")
+        blurred = take("blurred")
+        if degrade is not None:
+            blurred = compress_some(blurred, degrade, self.rng)
+        return blurred, take("sharp"), take("label")

@@ -409,7 +409,7 @@ def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     b, e = cfg.batch_size // dd.world, cfg.kd_extra // dd.world
     if run.cache is not None:
         blurred, sharp, label = (t[dd.rank * b : (dd.rank + 1) * b].to(run.device)
-                                 for t in run.cache.batch(cfg.batch_size))
+                                 for t in run.cache.batch(cfg.batch_size, cfg.degrade))
         return blurred, sharp, label
     blurred, sharp = run.sampler.batch(cfg.batch_size, cfg.degrade)
     blurred, sharp = blurred[dd.rank * b : (dd.rank + 1) * b].to(run.device), sharp[dd.rank * b : (dd.rank + 1) * b]
