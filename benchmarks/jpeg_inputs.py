@@ -88,20 +88,16 @@ def load_method(spec: str):
     name, told, sets = parse_method(spec)
     model, ensemble = parse_model_spec(name)
     sh = Sharpener.from_pretrained(model, tile=0, ensemble=ensemble)
-    if sets:  # a kernel student's overrides go to its own config where they name its fields, else to its
-        # estimator's (a blind teacher's config)
-        assigned = parse_assignments(sets, "+")
-        targets = [sh.model]
-        if hasattr(sh.model, "attach_estimator"):
-            own = {f.name for f in dataclasses.fields(sh.model.config)}
-            targets.append(sh.model.estimator)
-            split = [{k: v for k, v in assigned.items() if k in own},
-                     {k: v for k, v in assigned.items() if k not in own}]
-        else:
-            split = [assigned]
-        for target, fields in zip(targets, split, strict=True):
-            if fields:
-                target.config = replace_fields(target.config, fields, "+")
+    model, rest = sh.model, parse_assignments(sets, "+")
+    if hasattr(model, "attach_estimator"):  # a kernel student: its own fields first, the rest to its estimator
+        own = {k: v for k, v in rest.items() if k in {f.name for f in dataclasses.fields(model.config)}}
+        rest = {k: v for k, v in rest.items() if k not in own}
+        if own:
+            model.config = replace_fields(model.config, own, "+")
+            model.attach_estimator(model.estimator)  # the estimate settings it copies take the new values
+        model = model.estimator
+    if rest:
+        model.config = replace_fields(model.config, rest, "+")
     return sh, told
 
 

@@ -325,6 +325,8 @@ def test_jpeg_inputs_overrides_reach_a_kernel_students_own_config_or_its_estimat
     mod = load_script("benchmarks/jpeg_inputs.py")
     sh, told = mod.load_method(f"{path}@x1:jpeg+round_balance=0.03+jpeg_noise=0.5")
     assert told and sh.model.config.round_balance == 0.03 and sh.model.estimator.config.jpeg_noise == 0.5
+    agree, _ = mod.load_method(f"{path}+min_agreement=0.95")  # a student field its estimate copies reaches it
+    assert agree.model.config.min_agreement == agree.model.estimator.config.min_agreement == 0.95
     plain, told = mod.load_method(f"{path}@x1")
     assert not told and plain.model.config.round_balance is None
     assert plain.model.estimator.config.jpeg_noise != 0.5
