@@ -2,6 +2,7 @@
 
     python benchmarks/student_arch.py train --steps 6000 [NAME ...]   # one 1-thread run per layout
     python benchmarks/student_arch.py report --out docs/student_arch   # curves + ONNX Runtime FPS
+    python benchmarks/student_arch.py report --repeats 3 x2-16-48 x2-16-32   # some layouts, each timed 3 times
 
 Every layout is trained the same way (ground truth only, same photos, degradations, seed, batch and
 schedule; ``--data ../shared/datasets/train``), so the curves compare the architectures, not the
@@ -32,6 +33,10 @@ LAYOUTS = {
     "x4-24-48-lb2": StudentConfig(unshuffle=4, width=24, low_width=48, low_blocks=2),
     "x4-16-72": StudentConfig(unshuffle=4, width=16, low_width=72, low_blocks=1),
     "x4-32-64-hb0": StudentConfig(unshuffle=4, width=32, low_width=64, low_blocks=1, high_blocks=0),
+    # thinner bottlenecks of the shipped layout (thirtieth session: what it takes on an AVX2-only CPU)
+    "x2-16-40": StudentConfig(unshuffle=2, width=16, low_width=40, low_blocks=2),
+    "x2-16-32": StudentConfig(unshuffle=2, width=16, low_width=32, low_blocks=2),
+    "x2-16-48-lb1": StudentConfig(unshuffle=2, width=16, low_width=48, low_blocks=1),
 }
 
 
@@ -54,6 +59,7 @@ def train(names: list[str], steps: int, root: Path, data: str) -> None:
 
 
 def fps(config: StudentConfig, size: tuple[int, int] = (640, 480), runs: int = 20) -> float:
+    """Frames per second of ``config``'s network (random weights), exported as the shipped fp32 graph form."""
     import numpy as np
 
     from sharpkd.backends import OnnxBackend
@@ -74,12 +80,19 @@ def fps(config: StudentConfig, size: tuple[int, int] = (640, 480), runs: int = 2
     return 1 / statistics.median(times)
 
 
-def report(root: Path, out: Path) -> None:
+def report(root: Path, out: Path, names: list[str], repeats: int = 1) -> None:
+    """Each layout's curve from its run folder, size and speed; with ``repeats`` > 1 the speed is the median of that
+    many timings taken in turn over the layouts (on a machine whose speed drifts, each layout sees the same drift)."""
     from sharpkd.checkpoint import count_params, macs_per_pixel
     from sharpkd.models import Student
 
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            speeds[name].append(fps(LAYOUTS[name]))
     rows = []
-    for name, config in LAYOUTS.items():
+    for name in names:
+        config = LAYOUTS[name]
         log = root / name / "log.jsonl"  # a layout not trained (yet) still gets its size and speed
         recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         curve = {r["step"]: round(r["val_gain"], 3) for r in recs if r.get("event") == "val"}
@@ -87,15 +100,17 @@ def report(root: Path, out: Path) -> None:
         net = Student(config=config).deploy()
         rows.append({"layout": name, "config": {k: v for k, v in vars(config).items() if k != "wiener"},
                      "params": count_params(net), "macs_per_pixel": round(macs_per_pixel(net)),
-                     "curve": curve, "train_s": train_s, "fps_onnx_fp32_640x480": round(fps(config), 1)})
+                     "curve": curve, "train_s": train_s,
+                     "fps_onnx_fp32_640x480": round(statistics.median(speeds[name]), 1),
+                     "fps_each_timing": [round(f, 1) for f in speeds[name]]})
         print(rows[-1], flush=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     steps = sorted({s for r in rows for s in r["curve"]})
-    lines = ["| layout | params | MACs/px | FPS fp32 640x480 | " + " | ".join(f"{s} steps" for s in steps) + " |",
+    lines = ["| layout | params | MACs/px | FPS fp32 640x480 |" + "".join(f" {s} steps |" for s in steps),
              "|---|---|---|---|" + "---|" * len(steps)]
     for r in rows:
-        lines.append(f"| {r['layout']} | {r['params']:,} | {r['macs_per_pixel']:,} | {r['fps_onnx_fp32_640x480']} | "
-                     + " | ".join(f"{r['curve'].get(s, '-')}" for s in steps) + " |")
+        lines.append(f"| {r['layout']} | {r['params']:,} | {r['macs_per_pixel']:,} | {r['fps_onnx_fp32_640x480']} |"
+                     + "".join(f" {r['curve'].get(s, '-')} |" for s in steps))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -108,11 +123,15 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/arch6000", help="folder of the training runs")
     ap.add_argument("--data", default="../shared/datasets/train")
     ap.add_argument("--out", default="docs/student_arch")
-    args = ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=1, help="report: time every layout this many times, in turn")
+    args = ap.parse_intermixed_args()  # layout names may follow the options
+    unknown = sorted(set(args.names) - set(LAYOUTS))
+    if unknown:
+        raise SystemExit(f"unknown layouts {unknown}; known: {', '.join(LAYOUTS)}")
     if args.action == "train":
         train(args.names or list(LAYOUTS), args.steps, Path(args.runs), args.data)
     else:
-        report(Path(args.runs), Path(args.out))
+        report(Path(args.runs), Path(args.out), args.names or list(LAYOUTS), args.repeats)
 
 
 if __name__ == "__main__":
