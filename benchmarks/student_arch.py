@@ -36,7 +36,7 @@ LAYOUTS = {
     # thinner bottlenecks of the shipped layout (thirtieth session: what it takes on an AVX2-only CPU)
     "x2-16-40": StudentConfig(unshuffle=2, width=16, low_width=40, low_blocks=2),
     "x2-16-32": StudentConfig(unshuffle=2, width=16, low_width=32, low_blocks=2),
-    "x2-16-48-lb1": StudentConfig(unshuffle=2, width=16, low_width=48, low_blocks=1),
+    "x2-16-48-lb1": PRESETS["student-s1"][1],
 }
 
 

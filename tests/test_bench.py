@@ -50,3 +50,21 @@ def test_bench_times_a_model_file_by_its_path(tmp_path, capsys):
         assert main(["bench", "--methods", f"{ks}-torch", "--resolutions", "64x48", "--runs", "3", "--warmup", "1",
                      "--json", str(out), *flag]) == 0
         assert json.loads(out.read_text())["rows"][0]["passes"] == want
+
+
+def test_bench_median_over_runs(tmp_path, load_script):
+    """benchmarks/bench_median.py: each (method, resolution) cell gets every run's FPS, in file order, and their median."""
+    mod = load_script("benchmarks/bench_median.py")
+
+    def row(method, w, fps):
+        return {"method": method, "width": w, "height": 480, "backend": "onnx", "precision": "fp32", "threads": 2,
+                "fps": fps}
+
+    files = []
+    for i, (a, b) in enumerate([(10.0, 30.0), (14.0, 20.0), (12.0, 40.0)]):
+        f = tmp_path / f"b{i}.json"
+        f.write_text(json.dumps({"rows": [row("student-onnx", 640, a), row("student-onnx", 320, b)]}))
+        files.append(f)
+    rows = mod.medians(files)
+    assert [(r["width"], r["fps_each"], r["fps_median"]) for r in rows] == [(640, [10.0, 14.0, 12.0], 12.0),
+                                                                            (320, [30.0, 20.0, 40.0], 30.0)]
