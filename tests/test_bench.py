@@ -53,7 +53,7 @@ def test_bench_times_a_model_file_by_its_path(tmp_path, capsys):
 
 
 def test_bench_median_over_runs(tmp_path, load_script):
-    """benchmarks/bench_median.py: each (method, resolution) cell gets every run's FPS, in file order, and their median."""
+    """benchmarks/bench_median.py: each (method, resolution) cell gets every run's FPS, in order, and the median."""
     mod = load_script("benchmarks/bench_median.py")
 
     def row(method, w, fps):
